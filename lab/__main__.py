@@ -1,0 +1,56 @@
+"""Command line: python -m lab {up,clean,leftovers,probe}.
+
+``up`` starts hosts and keeps them until Ctrl-C (or ``--detach``);
+``clean`` removes everything of a lab (default: every lab on this machine).
+"""
+import argparse
+import signal
+import sys
+
+from . import capabilities, topology
+from .lab import PREFIX, Lab, clean, leftovers
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m lab")
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="start lab hosts and keep them until Ctrl-C")
+    up.add_argument("hosts", nargs="*", help=f"a subset of {topology.DEFAULT.names()}")
+    up.add_argument("--name", help=f"lab name, {PREFIX}-<tag> (default {PREFIX}-demo)")
+    up.add_argument("--detach", action="store_true", help="leave the hosts running and return")
+    for verb in ("clean", "leftovers"):
+        p = sub.add_parser(verb, help=f"{verb} a lab (default: every lab)")
+        p.add_argument("name", nargs="?", default=PREFIX)
+    sub.add_parser("probe", help="can this kernel install an ESP SA?")
+    args = parser.parse_args(argv)
+
+    if args.command == "up":
+        topo = topology.DEFAULT.subset(args.hosts) if args.hosts else topology.DEFAULT
+        lab = Lab(topo, name=args.name).start()
+        if args.detach:
+            print(f"lab: {lab.name} left running; stop it with: python -m lab clean {lab.name}")
+            return 0
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        try:
+            print("lab: running; Ctrl-C tears it down")
+            signal.pause()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            lab.stop()
+    elif args.command == "clean":
+        clean(args.name)
+        print("\n".join(leftovers(args.name)) or "lab: nothing left")
+    elif args.command == "leftovers":
+        left = leftovers(args.name)
+        print("\n".join(left) or "lab: nothing left")
+        return 1 if left else 0
+    elif args.command == "probe":
+        ok, reason = capabilities.esp_support()
+        print(("ESP: yes — " if ok else "ESP: no — ") + reason)
+        return 0 if ok else 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,367 @@
+"""Real hosts on one machine: systemd-nspawn containers in network namespaces.
+
+Each host boots real systemd from an overlay of this machine's root (so every
+installed package is there) with its own writable /etc, /run and /var (the
+overlay's upper dir, on a tmpfs of the lab's own). Its network namespace is
+wired to a fabric namespace that holds one bridge per segment. Everything the
+lab creates carries its name (``vgwlab`` by default): ``clean(name)`` removes
+whatever a killed run left, and ``leftovers(name)`` proves nothing is left.
+"""
+import ipaddress
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from . import topology as topo
+
+PREFIX = "vgwlab"
+STATE_ROOT = Path("/var/tmp")
+REPO = Path(__file__).resolve().parent.parent
+HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+class LabError(RuntimeError):
+    pass
+
+
+class Result:
+    """What a command in a host did: returncode, stdout, stderr (text)."""
+
+    def __init__(self, argv, returncode, stdout, stderr):
+        self.argv, self.returncode, self.stdout, self.stderr = argv, returncode, stdout, stderr
+
+    @property
+    def ok(self):
+        return self.returncode == 0
+
+    def __repr__(self):
+        return f"Result(rc={self.returncode}, stdout={self.stdout!r:.200}, stderr={self.stderr!r:.200})"
+
+
+def sh(argv, check=True, input=None, timeout=60):
+    """Run a command in the root namespace; raise LabError with its stderr on failure."""
+    proc = subprocess.run(argv, input=input, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode:
+        raise LabError(f"{' '.join(map(str, argv))}: exit {proc.returncode}: {proc.stderr.strip()}")
+    return proc
+
+
+class LabHost:
+    """One running host. ``run`` executes inside all of its namespaces."""
+
+    def __init__(self, lab, spec):
+        self.lab, self.spec, self.name = lab, spec, spec.name
+        self.netns = f"{lab.name}-{spec.name}"
+        self.machine = self.netns
+        self.dir = lab.dir / spec.name
+        self.root = self.dir / "root"
+        self.nspawn = None  # the systemd-nspawn process
+        self.pid = None  # the container's PID 1, as seen from the root namespace
+
+    def address(self, segment):
+        return self.spec.address(segment)
+
+    def run(self, cmd, timeout=60, check=False, input=None, env=None):
+        """Run ``cmd`` (argv list, or a string for /bin/sh -c) inside the host.
+
+        Returns a Result; with ``check=True`` raises LabError on a non-zero exit.
+        The environment is a clean one, as a login on the host would have.
+        """
+        if isinstance(cmd, str):
+            cmd = ["/bin/sh", "-c", cmd]
+        environment = [f"PATH={HOST_PATH}", "LANG=C.UTF-8", "HOME=/root", "TERM=dumb"]
+        environment += [f"{k}={v}" for k, v in (env or {}).items()]
+        argv = ["nsenter", "-t", str(self.pid), "-a", "--wdns=/", "--", "/usr/bin/env", "-i",
+                *environment, *cmd]
+        try:
+            proc = subprocess.run(argv, input=input, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired as exc:
+            raise LabError(f"{self.name}: {cmd} timed out after {timeout}s") from exc
+        result = Result(cmd, proc.returncode, proc.stdout, proc.stderr)
+        if check and not result.ok:
+            raise LabError(f"{self.name}: {cmd}: exit {result.returncode}: {result.stderr.strip()}")
+        return result
+
+    def put(self, path, content, mode=0o644, owner=None):
+        """Write a file into the host (through its overlay; works before boot too)."""
+        target = self.root / str(path).lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.lab-tmp")
+        tmp.write_bytes(content.encode() if isinstance(content, str) else content)
+        os.chmod(tmp, mode)
+        os.replace(tmp, target)
+        if owner:
+            self.run(["chown", owner, str(path)], check=True)
+
+    def read(self, path):
+        return (self.root / str(path).lstrip("/")).read_text()
+
+    def enable_unit(self, unit, target="multi-user.target"):
+        """Enable a unit before boot (a symlink, as ``systemctl enable`` makes)."""
+        wants = self.root / "etc/systemd/system" / f"{target}.wants"
+        wants.mkdir(parents=True, exist_ok=True)
+        link = wants / unit
+        if not link.is_symlink():
+            link.symlink_to(f"/etc/systemd/system/{unit}")
+
+    def wait_unit(self, unit, timeout=30):
+        deadline = time.monotonic() + timeout
+        while True:
+            state = self.run(["systemctl", "is-active", unit]).stdout.strip()
+            if state == "active":
+                return
+            if state == "failed" or time.monotonic() > deadline:
+                log = self.run(["journalctl", "-u", unit, "-n", "30", "--no-pager"]).stdout
+                raise LabError(f"{self.name}: {unit} is {state!r}\n{log}")
+            time.sleep(0.2)
+
+    def wait_port(self, port, address="127.0.0.1", timeout=30):
+        """Wait until a TCP connect to address:port inside this host succeeds."""
+        deadline = time.monotonic() + timeout
+        probe = f"exec 3<>/dev/tcp/{address}/{int(port)}"
+        while not self.run(["bash", "-c", probe], timeout=5).ok:
+            if time.monotonic() > deadline:
+                raise LabError(f"{self.name}: nothing accepts on {address}:{port} after {timeout}s")
+            time.sleep(0.2)
+
+    def wait_booted(self, timeout=60):
+        deadline = time.monotonic() + timeout
+        while True:
+            state = self.run(["systemctl", "is-system-running", "--wait"], timeout=timeout)
+            if state.stdout.strip() in ("running", "degraded"):
+                return state.stdout.strip()
+            if time.monotonic() > deadline:
+                raise LabError(f"{self.name}: did not boot: {state}")
+            time.sleep(0.2)
+
+
+class Lab:
+    """A running topology. Use as a context manager, or call start()/stop().
+
+    >>> with Lab(DEFAULT.subset(["salt-master", "vpn-gw1"])) as lab:
+    ...     lab["vpn-gw1"].run("hostname").stdout
+    'vpn-gw1\\n'
+    """
+
+    def __init__(self, topology=topo.DEFAULT, name=None, repo=REPO, venv=None, log=print):
+        self.name = name or os.environ.get("VGWLAB_NAME", f"{PREFIX}-demo")
+        if not re.fullmatch(rf"{PREFIX}-[a-z0-9]+", self.name):
+            raise ValueError(f"a lab name is {PREFIX}-<letters and digits> (got {self.name!r}), "
+                             "so that clean() finds everything it made")
+        self.topology = topology
+        self.repo = Path(repo).resolve()
+        self.venv = Path(venv or os.environ.get("VPN_GATEWAY_VENV", self.repo / ".venv")).resolve()
+        self.dir = STATE_ROOT / self.name
+        self.hosts = {h.name: LabHost(self, h) for h in topology.hosts}
+        self.fabric = f"{self.name}-fabric"
+        self.log = log or (lambda *a: None)
+        self.timings = {}
+
+    def __getitem__(self, name):
+        return self.hosts[name]
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    # -- start -------------------------------------------------------------
+    def start(self):
+        """Start every host; on any failure (or Ctrl-C) tear down what was started."""
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self):
+        started = time.monotonic()
+        if leftovers(self.name):
+            self.log(f"lab: cleaning what an earlier run of {self.name} left")
+            clean(self.name)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        sh(["mount", "-t", "tmpfs", "-o", "mode=0700", self.name, str(self.dir)])
+        self._wire()
+        from . import saltstack  # late: keeps the network part free of Salt
+
+        for host in self.hosts.values():
+            self._prepare(host)
+        saltstack.provision(self)
+        for host in self.hosts.values():
+            self._boot(host)
+        for host in self.hosts.values():
+            host.wait_booted()
+        self.timings["boot"] = time.monotonic() - started
+        saltstack.wait_ready(self)
+        self.timings["start"] = time.monotonic() - started
+        self.log(f"lab: {len(self.hosts)} hosts up in {self.timings['start']:.1f}s "
+                 f"(booted in {self.timings['boot']:.1f}s): {', '.join(self.hosts)}")
+        return self
+
+    def _wire(self):
+        """Namespaces, bridges, veth pairs, addresses and routes, in one ip batch per namespace."""
+        sh(["ip", "netns", "add", self.fabric])
+        fabric = [f"link add br-{seg.name} type bridge" for seg in self.topology.segments]
+        fabric += [f"link set br-{seg.name} up" for seg in self.topology.segments]
+        sh(["ip", "-n", self.fabric, "-batch", "-"], input="\n".join(fabric) + "\n")
+        for index, host in enumerate(self.hosts.values()):
+            spec = host.spec
+            sh(["ip", "netns", "add", host.netns])
+            inside = ["link set lo up"]
+            for seg, addr in spec.addresses.items():
+                port = f"h{index}-{seg}"[:15]
+                sh(["ip", "-n", self.fabric, "link", "add", port, "type", "veth",
+                    "peer", "name", f"{seg}0", "netns", host.netns])
+                sh(["ip", "-n", self.fabric, "link", "set", port, "master", f"br-{seg}", "up"])
+                prefix = self._segment_prefix(seg)
+                inside += [f"addr add {addr}/{prefix} dev {seg}0", f"link set {seg}0 up"]
+            inside += [f"addr add {addr}/32 dev lo" for addr in spec.loopback]
+            for dst, via in spec.routes:
+                if self._on_link(spec, via):
+                    inside.append(f"route add {dst} via {via}")
+            sh(["ip", "-n", host.netns, "-batch", "-"], input="\n".join(inside) + "\n")
+            if spec.forwarding:
+                sh(["ip", "netns", "exec", host.netns, "sysctl", "-qw", "net.ipv4.ip_forward=1"])
+
+    def _segment_prefix(self, seg):
+        return next(s.cidr.split("/")[1] for s in self.topology.segments if s.name == seg)
+
+    def _on_link(self, spec, via):
+        return any(
+            ipaddress.ip_address(via) in ipaddress.ip_network(s.cidr)
+            for s in self.topology.segments
+            if s.name in spec.addresses
+        )
+
+    def _prepare(self, host):
+        for sub in ("upper", "work", "root"):
+            (host.dir / sub).mkdir(parents=True)
+        sh(["mount", "-t", "overlay", host.machine, "-o",
+            f"lowerdir=/,upperdir={host.dir / 'upper'},workdir={host.dir / 'work'}",
+            str(host.root)])
+        host.put("/etc/hostname", f"{host.name}\n")
+        hosts = ["127.0.0.1 localhost", f"127.0.1.1 {host.name}"]
+        for other in self.hosts.values():
+            for seg, addr in other.spec.addresses.items():
+                hosts.append(f"{addr} {other.name}-{seg}" + (f" {other.name}" if seg == next(
+                    iter(other.spec.addresses)) else ""))
+        host.put("/etc/hosts", "\n".join(hosts) + "\n")
+
+    def _boot(self, host):
+        log = open(host.dir / "console.log", "w")
+        binds = {self.repo, self.venv}
+        argv = [
+            "systemd-nspawn", "--quiet", "--boot", "--register=no", "--keep-unit",
+            "--capability=all", "--link-journal=no", "--console=pipe",
+            f"--directory={host.root}", f"--machine={host.machine}", f"--hostname={host.name}",
+            f"--network-namespace-path=/run/netns/{host.netns}",
+            *(f"--bind-ro={path}" for path in sorted(binds)),
+        ]
+        host.nspawn = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                       start_new_session=True)
+        log.close()
+        deadline = time.monotonic() + 10
+        while host.pid is None:
+            children = _children(host.nspawn.pid)
+            if children:
+                host.pid = children[0]
+            elif host.nspawn.poll() is not None or time.monotonic() > deadline:
+                raise LabError(f"{host.name}: systemd-nspawn exited: "
+                               f"{(host.dir / 'console.log').read_text()[-2000:]}")
+            else:
+                time.sleep(0.02)
+
+    # -- stop --------------------------------------------------------------
+    def stop(self):
+        started = time.monotonic()
+        clean(self.name)
+        self.timings["stop"] = time.monotonic() - started
+        self.log(f"lab: {self.name} torn down in {self.timings['stop']:.1f}s")
+
+
+def _children(pid):
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(p) for p in text.split()]
+
+
+def _nspawn_processes(name):
+    """PIDs of systemd-nspawn processes that run a machine of lab ``name``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"systemd-nspawn") and any(
+            a.startswith(f"--machine={name}-".encode()) for a in argv
+        ):
+            found.append(int(entry.name))
+    return found
+
+
+def _owned(name, path):
+    """Whether ``path`` (a mount point or dir) belongs to lab ``name``.
+
+    ``name`` may be a whole lab (``vgwlab-demo``) or the bare prefix
+    (``vgwlab``), which then means every lab on this machine.
+    """
+    root = str(STATE_ROOT / name)
+    return path == root or path.startswith(root + "/") or path.startswith(root + "-")
+
+
+def _mounts(name):
+    points = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
+    return [p for p in points if _owned(name, p)]
+
+
+def _namespaces(name):
+    out = sh(["ip", "netns", "list"], check=False).stdout
+    return [n.split()[0] for n in out.splitlines() if n.split()[0].startswith(f"{name}-")]
+
+
+def _dirs(name):
+    return [str(p) for p in STATE_ROOT.glob(f"{name}*") if p.is_dir() and _owned(name, str(p))]
+
+
+def leftovers(name=PREFIX):
+    """What lab ``name`` (or, for the bare prefix, every lab) still holds here."""
+    left = [f"process {pid}" for pid in _nspawn_processes(name)]
+    left += [f"mount {m}" for m in _mounts(name)]
+    left += [f"netns {n}" for n in _namespaces(name)]
+    left += [f"dir {d}" for d in _dirs(name)]
+    return left
+
+
+def clean(name=PREFIX):
+    """Tear down lab ``name`` (the bare prefix: every lab), whatever state a run
+    left it in: processes, mounts, namespaces, dirs. Idempotent."""
+    for pid in _nspawn_processes(name):
+        for child in _children(pid):  # the container's PID 1: killing it ends the container
+            _kill(child)
+        _kill(pid)
+    deadline = time.monotonic() + 10
+    while _nspawn_processes(name) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for point in sorted(_mounts(name), key=len, reverse=True):
+        sh(["umount", "-l", point], check=False)
+    for netns in _namespaces(name):
+        sh(["ip", "netns", "delete", netns], check=False)
+    for directory in _dirs(name):
+        if not any(_owned(directory.removeprefix(str(STATE_ROOT) + "/"), m) for m in _mounts(name)):
+            subprocess.run(["rm", "-rf", "--one-file-system", directory], check=False)
+
+
+def _kill(pid):
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass

@@ -1,0 +1,3 @@
+base:
+  'vpn-gw*':
+    - vpn_gateway
