@@ -1,0 +1,985 @@
+"""
+PgBouncer: the admin console as data, SCRAM verifiers, ``pgbouncer.ini`` and the auth file.
+
+The admin console is reached over PgBouncer's Unix socket as the ``pgbouncer``
+user from a process running under PgBouncer's own uid, which PgBouncer admits
+without a password: Salt holds no console secret. Queries go through ``psql
+--csv`` (simple query protocol, which the console requires).
+
+Candidate configs are checked twice before they replace the old ones: by the
+schema below (errors name the pillar key) and by starting a scratch PgBouncer
+on the candidate with a private Unix socket only, whose ERROR/WARNING lines
+(unknown settings, HBA lines it would skip) reject it.
+
+Minion config (or pillar) keys: ``pgbouncer.config`` (the ini path, default
+``/etc/pgbouncer/pgbouncer.ini``), ``pgbouncer.user`` / ``pgbouncer.group``
+(the service's account, default ``pgbouncer``), ``pgbouncer.service``.
+"""
+import base64
+import csv
+import grp
+import hashlib
+import hmac
+import io
+import ipaddress
+import os
+import pwd
+import re
+import secrets
+import shutil
+import socket
+import stringprep
+import subprocess
+import tempfile
+import time
+import unicodedata
+
+from salt.exceptions import CommandExecutionError, SaltInvocationError
+
+__virtualname__ = "pgbouncer"
+
+DEFAULTS = {
+    "config": "/etc/pgbouncer/pgbouncer.ini",
+    "user": "pgbouncer",
+    "group": "pgbouncer",
+    "service": "pgbouncer",
+}
+
+INT, BOOL, TIME, TEXT = "an integer", "a boolean", "a number of seconds", "a string"
+SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+POOL_MODES = ("session", "transaction", "statement")
+
+# The [pgbouncer] settings of PgBouncer 1.18 (SHOW CONFIG), by type; a tuple is an enum.
+SETTINGS = {
+    **dict.fromkeys((
+        "listen_port", "listen_backlog", "max_client_conn", "default_pool_size", "min_pool_size",
+        "reserve_pool_size", "max_db_connections", "max_user_connections", "pkt_buf",
+        "max_packet_size", "sbuf_loopcnt", "tcp_socket_buffer", "tcp_keepcnt", "tcp_keepidle",
+        "tcp_keepintvl", "tcp_user_timeout", "verbose", "stats_period"), INT),
+    **dict.fromkeys((
+        "application_name_add_host", "disable_pqexec", "log_connections", "log_disconnections",
+        "log_pooler_errors", "log_stats", "server_fast_close", "server_reset_query_always",
+        "server_round_robin", "so_reuseport", "syslog", "tcp_defer_accept", "tcp_keepalive"), BOOL),
+    **dict.fromkeys((
+        "reserve_pool_timeout", "server_idle_timeout", "server_lifetime", "server_connect_timeout",
+        "server_login_retry", "server_check_delay", "query_timeout", "query_wait_timeout",
+        "client_idle_timeout", "client_login_timeout", "idle_transaction_timeout",
+        "suspend_timeout", "autodb_idle_timeout", "dns_max_ttl", "dns_nxdomain_ttl",
+        "dns_zone_check_period"), TIME),
+    **dict.fromkeys((
+        "logfile", "pidfile", "listen_addr", "unix_socket_dir", "unix_socket_mode",
+        "unix_socket_group", "user", "auth_file", "auth_hba_file", "auth_query", "auth_user",
+        "admin_users", "stats_users", "server_reset_query", "server_check_query",
+        "ignore_startup_parameters", "job_name", "resolv_conf", "syslog_ident",
+        "syslog_facility", "client_tls_key_file", "client_tls_cert_file", "client_tls_ca_file",
+        "client_tls_protocols", "client_tls_ciphers", "client_tls_ecdhcurve",
+        "client_tls_dheparams", "server_tls_ca_file", "server_tls_key_file",
+        "server_tls_cert_file", "server_tls_protocols", "server_tls_ciphers"), TEXT),
+    "auth_type": ("any", "trust", "plain", "md5", "scram-sha-256", "cert", "hba", "pam"),
+    "pool_mode": POOL_MODES,
+    "client_tls_sslmode": SSLMODES,
+    "server_tls_sslmode": SSLMODES,
+}
+# Settings PgBouncer reads only at start (SHOW CONFIG changeable=no); used when it is not running.
+RESTART_SETTINGS = frozenset((
+    "listen_addr", "listen_port", "unix_socket_dir", "unix_socket_mode", "unix_socket_group",
+    "pidfile", "user", "listen_backlog", "pkt_buf", "so_reuseport", "disable_pqexec", "job_name",
+    "resolv_conf"))
+# PgBouncer's own defaults for the settings the cross-checks read.
+SETTING_DEFAULTS = {"default_pool_size": 20, "max_db_connections": 0, "min_pool_size": 0,
+                    "listen_port": 6432}
+
+# A [databases] entry's keys, in the order they are written; SHOW DATABASES column per key.
+DATABASE_KEYS = {
+    "host": "host", "port": "port", "dbname": "database", "user": "force_user",
+    "auth_user": None, "pool_size": "pool_size", "reserve_pool": "reserve_pool",
+    "max_db_connections": "max_connections", "pool_mode": "pool_mode",
+    "client_encoding": None, "datestyle": None, "timezone": None, "connect_query": None,
+}
+DATABASE_INTS = ("port", "pool_size", "reserve_pool", "max_db_connections")
+# Names that are safe unquoted in pgbouncer.ini, the auth file and console commands.
+NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,62}")
+HOST_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.:-]{0,252}")
+B64 = "[A-Za-z0-9+/=]+"
+VERIFIER_RE = re.compile(rf"SCRAM-SHA-256\$(\d+):({B64})\$({B64}):({B64})")
+SHOW_SUBJECTS = ("pools", "stats", "databases", "config", "servers", "clients", "users", "lists")
+# Console columns that hold text even when they look like numbers.
+TEXT_COLUMNS = frozenset((
+    "name", "host", "database", "force_user", "pool_mode", "user", "type", "state", "addr",
+    "local_addr", "connect_time", "request_time", "ptr", "link", "tls", "application_name",
+    "key", "value", "default", "changeable", "list", "mode"))
+
+
+def __virtual__():
+    missing = [tool for tool in ("pgbouncer", "psql") if not shutil.which(tool)]
+    if missing:
+        return (False, f"pgbouncer module: {' and '.join(missing)} not found; install the "
+                       "pgbouncer and postgresql-client packages (psql reaches the admin console)")
+    return __virtualname__
+
+
+# -- pure helpers: ini, connect strings, auth file, validation, SCRAM -------------------------
+
+def _invalid(key, problem, fix):
+    """The error for bad input: names the key, the problem and the fix (never a secret)."""
+    return SaltInvocationError(f"{key}: {problem}; {fix}")
+
+
+def _parse_ini(text):
+    """pgbouncer.ini text -> {section: {key: value}} (keys lower-case, in file order)."""
+    sections, current = {}, None
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line[0] in ";#":
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            current = sections.setdefault(line[1:-1].strip().lower(), {})
+        elif "=" in line and current is not None:
+            key, value = line.split("=", 1)
+            current[key.strip().lower()] = value.strip()
+    return sections
+
+
+def _render_ini(sections):
+    """{section: {key: value}} -> pgbouncer.ini text, keys sorted so output is stable."""
+    lines = ["; Managed by Salt (pgbouncer states): edits here are replaced."]
+    for section in ("databases", "users", "pgbouncer"):
+        lines.append(f"\n[{section}]")
+        lines += [f"{key} = {value}" for key, value in sorted(sections.get(section, {}).items())]
+    return "\n".join(lines) + "\n"
+
+
+def _parse_connstr(text):
+    """A [databases] value (``host=a port=5432 connect_query='SELECT 1'``) -> dict."""
+    entry, pos = {}, 0
+    pattern = re.compile(r"\s*([A-Za-z_]+)\s*=\s*(?:'((?:[^']|'')*)'|(\S*))")
+    while pos < len(text.rstrip()):
+        match = pattern.match(text, pos)
+        if not match:
+            raise ValueError(f"cannot parse connect string at {text[pos:]!r}")
+        quoted, bare = match.group(2), match.group(3)
+        entry[match.group(1).lower()] = quoted.replace("''", "'") if quoted is not None else bare
+        pos = match.end()
+    return entry
+
+
+def _format_connstr(entry):
+    """dict (DATABASE_KEYS) -> a [databases] value, in a fixed key order."""
+    parts = []
+    for key in DATABASE_KEYS:
+        if key in entry:
+            value = str(entry[key])
+            parts.append(f"{key}='{value}'" if re.search(r"\s", value) or not value
+                         else f"{key}={value}")
+    return " ".join(parts)
+
+
+def _parse_auth_file(text):
+    """Auth file text (``"user" "secret"`` lines) -> {user: secret}."""
+    users = {}
+    for line in text.splitlines():
+        match = re.match(r'\s*"((?:[^"]|"")*)"\s+"((?:[^"]|"")*)"', line)
+        if match:
+            users[match.group(1).replace('""', '"')] = match.group(2).replace('""', '"')
+    return users
+
+
+def render_auth_file(users):
+    """{user: secret} -> auth file text, sorted by user.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' pgbouncer.render_auth_file '{"app": "SCRAM-SHA-256$4096:..."}'
+    """
+    for name, secret in users.items():
+        check_user(name, secret, "users")
+    return "".join(f'"{name}" "{secret}"\n' for name, secret in sorted(users.items()))
+
+
+def _check_name(value, key, what="name"):
+    if not isinstance(value, str) or not NAME_RE.fullmatch(value):
+        raise _invalid(key, f"{what} {value!r} is not safe in pgbouncer.ini and the auth file",
+                       "use 1-63 letters, digits, '_', '.' or '-', starting with a letter or '_'")
+    return value
+
+
+def check_user(name, secret, key="users"):
+    """Raise SaltInvocationError (naming ``key:name``, never the secret) unless the user name
+    and its password or verifier are fit for the auth file.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' pgbouncer.check_user app 's3cret'
+    """
+    _check_name(name, f"{key}:{name}", "user name")
+    if not isinstance(secret, str) or not secret:
+        raise _invalid(f"{key}:{name}:password", "is empty or not a string",
+                       "give the password as a non-empty string")
+    if any(c in secret for c in "\"'\n\r\0\\"):
+        raise _invalid(f"{key}:{name}:password",
+                       "contains a quote, backslash, newline or NUL, which the auth file "
+                       "cannot hold",
+                       "choose a password without them")
+    if secret.startswith("md5"):
+        raise _invalid(f"{key}:{name}:password", "looks like an md5 hash, which fails against a "
+                       "SCRAM server", "give the plaintext or a SCRAM-SHA-256 verifier")
+    return secret
+
+
+def _integer(value, key, minimum=0, maximum=2**31 - 1):
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise _invalid(key, f"{value!r} is not an integer", f"give an integer {minimum}..{maximum}")
+    try:
+        number = int(value)
+    except ValueError:
+        raise _invalid(key, f"{value!r} is not an integer",
+                       f"give an integer {minimum}..{maximum}") from None
+    if not minimum <= number <= maximum:
+        raise _invalid(key, f"{number} is out of range", f"give an integer {minimum}..{maximum}")
+    return str(number)
+
+
+def _text(value, key):
+    if not isinstance(value, str) or any(c in value for c in "\n\r\0") or value != value.strip():
+        raise _invalid(key, f"{value!r} is not a one-line string",
+                       "give a string without newlines or surrounding spaces")
+    return value
+
+
+def render_setting(key, value, where="settings"):
+    """One [pgbouncer] setting -> its text in the ini; SaltInvocationError names ``where:key``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' pgbouncer.render_setting server_lifetime 1800
+    """
+    name = f"{where}:{key}"
+    kind = SETTINGS.get(key)
+    if kind is None:
+        raise _invalid(name, "is not a PgBouncer 1.18 setting",
+                       "remove it or fix its spelling (SHOW CONFIG lists the settings)")
+    if isinstance(kind, tuple):
+        if value not in kind:
+            raise _invalid(name, f"{value!r} is not one of {', '.join(kind)}", "pick one of those")
+        return value
+    if kind == INT:
+        return _integer(value, name, *((1, 65535) if key == "listen_port" else ()))
+    if kind == BOOL:
+        if value not in (True, False, 0, 1) or isinstance(value, str):
+            raise _invalid(name, f"{value!r} is not a boolean", "give true or false")
+        return "1" if value else "0"
+    if kind == TIME:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise _invalid(name, f"{value!r} is not a number of seconds", "give a number >= 0")
+        return str(int(value)) if float(value).is_integer() else str(value)
+    text = _text(value, name)
+    if key == "listen_addr" and text not in ("", "*"):
+        for address in text.split(","):
+            try:
+                ipaddress.ip_address(address.strip())
+            except ValueError:
+                raise _invalid(name, f"{address!r} is not an IP address",
+                               "give '*' or a comma-separated list of IP addresses") from None
+    return text
+
+
+def render_settings(settings, where="settings"):
+    """Validate a [pgbouncer] section (a dict) -> {key: text}; cross-checks the pool sizes.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' pgbouncer.render_settings '{"default_pool_size": 20, "max_db_connections": 50}'
+    """
+    if not isinstance(settings, dict):
+        raise _invalid(where, "is not a mapping", "give settings as key: value pairs")
+    rendered = {key: render_setting(key, value, where) for key, value in settings.items()}
+
+    def number(key):
+        return int(rendered.get(key, SETTING_DEFAULTS[key]))
+
+    if number("max_db_connections") and number("default_pool_size") > number("max_db_connections"):
+        raise _invalid(f"{where}:default_pool_size",
+                       f"{number('default_pool_size')} is above max_db_connections "
+                       f"{number('max_db_connections')}",
+                       "lower default_pool_size or raise max_db_connections")
+    if number("min_pool_size") > number("default_pool_size"):
+        raise _invalid(f"{where}:min_pool_size", "is above default_pool_size",
+                       "lower min_pool_size")
+    if rendered.get("auth_type") == "hba" and not rendered.get("auth_hba_file"):
+        raise _invalid(f"{where}:auth_hba_file", "is not set but auth_type is hba",
+                       "set auth_hba_file (the hba rules are written there)")
+    return rendered
+
+
+def render_database(name, entry, where="databases"):
+    """Validate one [databases] entry -> {key: text} (DATABASE_KEYS).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' pgbouncer.render_database appdb '{"host": "198.19.1.10", "dbname": "app"}'
+    """
+    key = f"{where}:{name}"
+    _check_name(name, key, "database name")
+    if name == "pgbouncer":
+        raise _invalid(key, "'pgbouncer' is the admin console", "choose another name")
+    if not isinstance(entry, dict):
+        raise _invalid(key, "is not a mapping", "give host, port, dbname, ... as key: value pairs")
+    rendered = {}
+    for field, value in entry.items():
+        name_of = f"{key}:{field}"
+        if field == "password":
+            raise _invalid(name_of, "passwords do not belong in pgbouncer.ini",
+                           "put the user in the auth file (pgbouncer.user_present)")
+        if field not in DATABASE_KEYS:
+            raise _invalid(name_of, "is not a [databases] parameter",
+                           f"use one of {', '.join(DATABASE_KEYS)}")
+        if field in DATABASE_INTS:
+            rendered[field] = _integer(value, name_of, *((1, 65535) if field == "port" else ()))
+        elif field == "pool_mode":
+            rendered[field] = render_setting("pool_mode", value, key)
+        elif field in ("dbname", "user", "auth_user"):
+            rendered[field] = _check_name(value, name_of)
+        elif field == "host":
+            if not isinstance(value, str) or not HOST_RE.fullmatch(value):
+                raise _invalid(name_of, f"{value!r} is not a host name or IP address",
+                               "give one host name or IP address")
+            rendered[field] = value
+        else:
+            if "'" in str(value):
+                raise _invalid(name_of, "contains a single quote, which the connect string "
+                               "cannot hold", "remove the quote")
+            rendered[field] = _text(value, name_of)
+    if "host" not in rendered:
+        raise _invalid(f"{key}:host", "is missing", "give the database server's address")
+    return rendered
+
+
+def _check_pool_sizes(databases, settings, where="databases"):
+    """A database's pool_size must fit under max_db_connections (its own or the global one)."""
+    default_limit = int(settings.get("max_db_connections", 0))
+    for name, entry in databases.items():
+        limit = int(entry.get("max_db_connections", default_limit))
+        size = int(entry.get("pool_size", settings.get("default_pool_size", 20)))
+        if limit and size > limit:
+            raise _invalid(f"{where}:{name}:pool_size",
+                           f"{size} is above max_db_connections {limit}",
+                           "lower pool_size or raise max_db_connections")
+
+
+def port_in_use(listen_addr, port):
+    """The first address of ``listen_addr`` (PgBouncer's syntax) where ``port`` cannot be
+    bound because something holds it; None when it is free.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' pgbouncer.port_in_use 198.18.2.11 6432
+    """
+    for address in (a.strip() for a in listen_addr.split(",") if a.strip()):
+        address = "0.0.0.0" if address == "*" else address
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as PgBouncer binds
+            try:
+                probe.bind((address, int(port)))
+            except OSError as exc:
+                if exc.errno == 98:  # EADDRINUSE; other errors are PgBouncer's to report
+                    return address
+    return None
+
+
+def _saslprep(password):
+    """RFC 4013 SASLprep as PostgreSQL applies it (pure ASCII and failures pass through)."""
+    if password.isascii():
+        return password
+    mapped = "".join(" " if stringprep.in_table_c12(c) else c
+                     for c in password if not stringprep.in_table_b1(c))
+    normal = unicodedata.normalize("NFKC", mapped)
+    prohibited = (stringprep.in_table_c12, stringprep.in_table_c21_c22, stringprep.in_table_c3,
+                  stringprep.in_table_c4, stringprep.in_table_c5, stringprep.in_table_c6,
+                  stringprep.in_table_c7, stringprep.in_table_c8, stringprep.in_table_c9,
+                  stringprep.in_table_a1)
+    if not normal or any(check(c) for c in normal for check in prohibited):
+        return password
+    if any(stringprep.in_table_d1(c) for c in normal):
+        if not (stringprep.in_table_d1(normal[0]) and stringprep.in_table_d1(normal[-1])) or any(
+                stringprep.in_table_d2(c) for c in normal):
+            return password
+    return normal
+
+
+def scram_verifier(password, salt=None, iterations=4096):
+    """A SCRAM-SHA-256 verifier as PostgreSQL stores it in pg_authid.rolpassword.
+
+    password
+        The plaintext (never logged).
+    salt
+        The salt as base64 text; a random 16-byte salt when not given.
+    iterations
+        PBKDF2 iterations (PostgreSQL's default 4096).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' pgbouncer.scram_verifier 's3cret' salt='c2FsdHNhbHRzYWx0c2FsdA=='
+    """
+    raw_salt = secrets.token_bytes(16) if salt is None else base64.b64decode(salt, validate=True)
+    salted = hashlib.pbkdf2_hmac("sha256", _saslprep(password).encode(), raw_salt, int(iterations))
+    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+    stored_key = hashlib.sha256(client_key).digest()
+    server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
+
+    def b64(data):
+        return base64.b64encode(data).decode()
+
+    return f"SCRAM-SHA-256${int(iterations)}:{b64(raw_salt)}${b64(stored_key)}:{b64(server_key)}"
+
+
+def _verifier_matches(verifier, password):
+    """Whether a stored SCRAM verifier was made from ``password`` (its own salt and iterations)."""
+    match = VERIFIER_RE.fullmatch(verifier or "")
+    if not match:
+        return False
+    return hmac.compare_digest(scram_verifier(password, match.group(2), int(match.group(1))),
+                               verifier)
+
+
+def _parse_console_csv(text):
+    """``psql --csv`` output of one console command -> list of dicts, counters as ints."""
+    rows = list(csv.reader(io.StringIO(text)))
+    if not rows:
+        return []
+    header = rows[0]
+    return [
+        {col: (int(val) if col not in TEXT_COLUMNS and re.fullmatch(r"-?\d+", val) else val)
+         for col, val in zip(header, row)}
+        for row in rows[1:]
+    ]
+
+
+def same_setting(key, wanted, shown):
+    """Whether SHOW CONFIG's value ``shown`` is the rendered setting ``wanted``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' pgbouncer.same_setting unix_socket_mode 0777 511
+    """
+    if key == "unix_socket_mode":  # written in octal, shown in decimal
+        return int(wanted, 8) == int(shown)
+    if SETTINGS.get(key) == TIME:
+        return float(wanted) == float(shown)
+    return wanted == shown
+
+
+# -- host access ------------------------------------------------------------------------------
+
+def _option(name):
+    return __salt__["config.get"](f"pgbouncer.{name}", DEFAULTS[name])
+
+
+def _account():
+    """(uid, gid) of the service's account; CommandExecutionError when it does not exist."""
+    try:
+        return pwd.getpwnam(_option("user")).pw_uid, grp.getgrnam(_option("group")).gr_gid
+    except KeyError:
+        raise CommandExecutionError(
+            f"the PgBouncer account {_option('user')}:{_option('group')} does not exist; "
+            "apply vpn_gateway.pgbouncer (it creates it) or set pgbouncer.user/pgbouncer.group"
+        ) from None
+
+
+def _account_exists():
+    try:
+        _account()
+    except CommandExecutionError:
+        return False
+    return True
+
+
+def _run_as_service_user(argv, timeout=30, **kwargs):
+    uid, gid = _account()
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "PGCONNECT_TIMEOUT": "5"}
+    return subprocess.run(argv, user=uid, group=gid, extra_groups=[], env=env, cwd="/",
+                          capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+def config_path():
+    """The pgbouncer.ini this module manages (minion option ``pgbouncer.config``).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' pgbouncer.config_path
+    """
+    return _option("config")
+
+
+def read_config():
+    """The managed pgbouncer.ini as {section: {key: value}}, [databases] values as dicts.
+
+    Returns empty sections when the file does not exist yet.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' pgbouncer.read_config
+    """
+    try:
+        with open(config_path(), encoding="utf-8") as handle:
+            sections = _parse_ini(handle.read())
+    except FileNotFoundError:
+        sections = {}
+    sections = {name: sections.get(name, {}) for name in ("databases", "users", "pgbouncer")}
+    sections["databases"] = {name: _parse_connstr(value)
+                             for name, value in sections["databases"].items()}
+    return sections
+
+
+def _console_address():
+    settings = read_config()["pgbouncer"]
+    return settings.get("unix_socket_dir", "/tmp"), settings.get("listen_port", "6432")
+
+
+def console(command, timeout=30):
+    """Run one admin console command; rows as a list of dicts (empty for commands).
+
+    command
+        A console command such as ``SHOW POOLS`` or ``RELOAD``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' pgbouncer.console 'SHOW LISTS'
+    """
+    socket_dir, port = _console_address()
+    argv = ["psql", "-X", "-q", "--csv", "-v", "ON_ERROR_STOP=1", "-h", socket_dir, "-p", port,
+            "-U", "pgbouncer", "-d", "pgbouncer", "-c", command]
+    try:
+        proc = _run_as_service_user(argv, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise CommandExecutionError(f"PgBouncer console: {command} timed out after {timeout}s")
+    if proc.returncode:
+        raise CommandExecutionError(f"PgBouncer console ({socket_dir}, port {port}): {command}: "
+                                    f"{proc.stderr.strip()}")
+    return _parse_console_csv(proc.stdout)
+
+
+def show(subject):
+    """``SHOW <subject>`` as a list of dicts.
+
+    subject
+        One of pools, stats, databases, config, servers, clients, users, lists.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' pgbouncer.show pools
+    """
+    subject = str(subject).lower()
+    if subject not in SHOW_SUBJECTS:
+        raise SaltInvocationError(f"show: {subject!r} is not one of {', '.join(SHOW_SUBJECTS)}")
+    return console(f"SHOW {subject.upper()}")
+
+
+def _command(verb, database=None, timeout=30):
+    if database is not None:
+        _check_name(database, "database", "database name")
+    console(f"{verb} {database}" if database else verb, timeout=timeout)
+    return True
+
+
+def reload():
+    """RELOAD: re-read pgbouncer.ini and the auth file; clients stay connected.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' pgbouncer.reload
+    """
+    return _command("RELOAD")
+
+
+def pause(database=None):
+    """PAUSE (all or one database): wait for server connections to be released, then hold.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' pgbouncer.pause appdb
+    """
+    return _command("PAUSE", database, timeout=120)
+
+
+def resume(database=None):
+    """RESUME after PAUSE or SUSPEND.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' pgbouncer.resume appdb
+    """
+    return _command("RESUME", database)
+
+
+def reconnect(database=None):
+    """RECONNECT: close server connections once released, so new ones are made.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' pgbouncer.reconnect appdb
+    """
+    return _command("RECONNECT", database)
+
+
+def wait_close(database=None, timeout=60):
+    """WAIT_CLOSE: wait until server connections marked to close (after RECONNECT or a
+    changed target) are gone. CommandExecutionError after ``timeout`` seconds.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' pgbouncer.wait_close appdb timeout=30
+    """
+    return _command("WAIT_CLOSE", database, timeout=timeout)
+
+
+def database_mismatch(name, entry):
+    """What SHOW DATABASES shows for pool ``name`` that differs from ``entry`` (rendered
+    [databases] values); None when it runs as written.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' pgbouncer.database_mismatch appdb '{"host": "198.19.1.10", "port": "5432"}'
+    """
+    rows = [row for row in show("databases") if row["name"] == name]
+    if not rows:
+        return f"no database {name}"
+    wrong = [f"{column}={rows[0][column]!r}" for key, column in DATABASE_KEYS.items()
+             if column and key in entry and str(rows[0][column]) != str(entry[key])]
+    return ", ".join(wrong) or None
+
+
+def running():
+    """Whether the admin console answers.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' pgbouncer.running
+    """
+    try:
+        console("SHOW VERSION", timeout=10)
+    except CommandExecutionError:
+        return False
+    return True
+
+
+def status(maxwait_limit=5):
+    """Health summary: reachable, per pool waiting clients and ``maxwait``, server connections
+    in use against the limits, and ``problems`` (empty when healthy).
+
+    maxwait_limit
+        Seconds a client may wait for a server connection before it counts as a problem.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' pgbouncer.status
+    """
+    try:
+        pools, databases = show("pools"), show("databases")
+        config = {row["key"]: row["value"] for row in show("config")}
+    except CommandExecutionError as exc:
+        return {"reachable": False, "healthy": False, "problems": [str(exc)]}
+    max_db = int(config["max_db_connections"])
+    summary = {
+        "reachable": True,
+        "clients": sum(p["cl_active"] + p["cl_waiting"] for p in pools),
+        "max_client_conn": int(config["max_client_conn"]),
+        "max_db_connections": max_db,
+        "pools": [{key: pool[key] for key in ("database", "user", "cl_active", "cl_waiting",
+                                              "sv_active", "sv_idle", "sv_used", "maxwait")}
+                  for pool in pools if pool["database"] != "pgbouncer"],
+        "databases": [{"name": db["name"], "server_connections": db["current_connections"],
+                       "limit": db["max_connections"] or max_db, "pool_size": db["pool_size"]}
+                      for db in databases if db["name"] != "pgbouncer"],
+    }
+    problems = [f"{p['database']}/{p['user']}: {p['cl_waiting']} clients waiting, the oldest "
+                f"{p['maxwait']}s" for p in summary["pools"]
+                if p["cl_waiting"] and p["maxwait"] >= maxwait_limit]
+    problems += [f"{d['name']}: all {d['limit']} server connections in use"
+                 for d in summary["databases"]
+                 if d["limit"] and d["server_connections"] >= d["limit"]]
+    if summary["clients"] >= summary["max_client_conn"]:
+        problems.append(f"{summary['clients']} clients reach max_client_conn")
+    summary.update(problems=problems, healthy=not problems)
+    return summary
+
+
+def check_config(sections, hba=None, timeout=10):
+    """Start a scratch PgBouncer (private Unix socket, no TCP) on a candidate config and
+    return the ERROR/WARNING/FATAL lines it logs (empty when PgBouncer takes it).
+
+    sections
+        {section: {key: value}} with [databases] values as text.
+    hba
+        The auth_hba_file contents to check instead of the file on disk.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' pgbouncer.check_config "$(salt-call --out=json pgbouncer.read_config)"
+    """
+    uid, gid = _account()
+    with tempfile.TemporaryDirectory(prefix="pgbouncer-check-") as scratch:
+        os.chown(scratch, uid, gid)
+        settings = dict(sections.get("pgbouncer", {}))
+        log = os.path.join(scratch, "log")
+        settings.update(listen_addr="", unix_socket_dir=scratch, pidfile="", logfile=log,
+                        syslog="0")
+        settings.pop("user", None)
+        if hba is not None:
+            settings["auth_hba_file"] = _scratch_file(scratch, "hba", hba, uid, gid)
+        if not os.path.exists(settings.get("auth_file", "")):
+            settings["auth_file"] = _scratch_file(scratch, "users", "", uid, gid)
+        ini = _scratch_file(scratch, "pgbouncer.ini",
+                            _render_ini({**sections, "pgbouncer": settings}), uid, gid)
+        proc = subprocess.Popen(["pgbouncer", ini], user=uid, group=gid, extra_groups=[],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + timeout
+        try:
+            while proc.poll() is None and time.monotonic() < deadline:
+                if "process up" in _read(log):
+                    break
+                time.sleep(0.02)
+        finally:
+            proc.terminate()
+            stderr = proc.communicate(timeout=10)[1]
+        lines = (_read(log) + stderr).splitlines()
+    problems = [line.split(" ", 3)[-1] for line in lines
+                if re.search(r" (ERROR|WARNING|FATAL) ", line)]
+    if not problems and not any("process up" in line for line in lines):
+        problems.append(f"PgBouncer did not come up on the candidate config: {lines[-3:]}")
+    return problems
+
+
+def _scratch_file(directory, name, content, uid, gid):
+    path = os.path.join(directory, name)
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(content)
+    os.chown(path, uid, gid)
+    return path
+
+
+def _read(path):
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        return ""
+
+
+def render_config(sections):
+    """{section: {key: value}} (databases as dicts) -> pgbouncer.ini text, validated.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' pgbouncer.render_config '{"pgbouncer": {"listen_port": 6432}, "databases": {}}'
+    """
+    settings = render_settings(sections.get("pgbouncer", {}))
+    databases = {name: render_database(name, entry)
+                 for name, entry in sections.get("databases", {}).items()}
+    _check_pool_sizes(databases, settings)
+    return _render_ini({"databases": {n: _format_connstr(e) for n, e in databases.items()},
+                       "users": sections.get("users", {}), "pgbouncer": settings})
+
+
+def validate_config(sections, hba=None):
+    """Schema check, then a scratch PgBouncer run; raises SaltInvocationError naming what is
+    wrong, returns the rendered ini text when PgBouncer takes it.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' pgbouncer.validate_config "$(salt-call --out=json pgbouncer.read_config)"
+    """
+    text = render_config(sections)
+    if __opts__.get("test") and not _account_exists():
+        return text  # a dry run before the formula made the account: the schema check only
+    problems = check_config(_parse_ini(text), hba=hba)
+    hba_lines = [p for p in problems if re.match(r"hba line \d+", p)]
+    if hba_lines:
+        number = int(re.match(r"hba line (\d+)", hba_lines[0]).group(1))
+        raise _invalid(f"hba:{number - 1}", f"PgBouncer cannot parse it ({hba_lines[0]}) and "
+                       "would skip it, running more permissive than written",
+                       "write 'host|hostssl|hostnossl|local DATABASE USER [ADDRESS/BITS] METHOD'")
+    if problems:
+        raise SaltInvocationError(f"PgBouncer rejects the candidate config: {'; '.join(problems)}")
+    return text
+
+
+def write_config(sections, hba=None):
+    """Validate (schema, then a scratch PgBouncer), then replace pgbouncer.ini and, when
+    ``hba`` is given, the auth_hba_file atomically. True when a file changed.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' pgbouncer.write_config '{"pgbouncer": {...}, "databases": {...}}'
+    """
+    text = validate_config(sections, hba)
+    changed = False
+    if hba is not None:
+        changed = write_file(_parse_ini(text)["pgbouncer"]["auth_hba_file"], hba)
+    return write_file(config_path(), text) or changed
+
+
+def write_file(path, content, mode=0o640, owner="root", group=None):
+    """Replace ``path`` atomically (temp file, fsync, rename) with owner and mode set first.
+
+    Returns True when the content, mode or owner changed.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' pgbouncer.write_file /etc/pgbouncer/pg_hba.conf 'local all pgbouncer peer'
+    """
+    uid = pwd.getpwnam(owner).pw_uid
+    gid = grp.getgrnam(group or _option("group")).gr_gid
+    try:
+        stat = os.stat(path)
+        with open(path, encoding="utf-8") as handle:
+            if (handle.read(), stat.st_mode & 0o7777, stat.st_uid, stat.st_gid) == (
+                    content, mode, uid, gid):
+                return False
+    except FileNotFoundError:
+        pass
+    handle, tmp = tempfile.mkstemp(prefix=".salt-", dir=os.path.dirname(path))
+    try:
+        os.fchmod(handle, mode)
+        os.fchown(handle, uid, gid)
+        os.write(handle, content.encode())
+        os.fsync(handle)
+        os.close(handle)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return True
+
+
+def read_auth_file():
+    """The auth file's user names (secrets are never returned).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' pgbouncer.read_auth_file
+    """
+    return sorted(_auth_entries())
+
+
+def auth_file_path():
+    """The auth_file set in the managed pgbouncer.ini.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' pgbouncer.auth_file_path
+    """
+    path = read_config()["pgbouncer"].get("auth_file")
+    if not path:
+        raise CommandExecutionError(f"{config_path()} sets no auth_file; "
+                                    "set settings:auth_file (pgbouncer.settings) first")
+    return path
+
+
+def _auth_entries():
+    path = read_config()["pgbouncer"].get("auth_file")
+    return _parse_auth_file(_read(path)) if path else {}
+
+
+def user_matches(name, password, stored="plain", salt=None, iterations=4096):
+    """Whether the auth file holds ``name`` with this password: as plaintext, or as a verifier
+    made from it (with exactly ``salt`` and ``iterations`` when a salt is given). Never returns
+    or logs the secret.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' pgbouncer.user_matches app 's3cret' stored=scram-sha-256
+    """
+    current = _auth_entries().get(name)
+    if current is None:
+        return False
+    if stored == "plain":
+        return hmac.compare_digest(current, password)
+    if salt is not None:
+        return hmac.compare_digest(current, scram_verifier(password, salt, iterations))
+    return _verifier_matches(current, password)
+
+
+def set_user(name, secret):
+    """Write one auth file entry (plaintext or verifier), 0640 owned by the service account.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' pgbouncer.set_user app 'SCRAM-SHA-256$4096:...'
+    """
+    users = _auth_entries()
+    users[name] = secret
+    return write_file(auth_file_path(), render_auth_file(users), owner=_option("user"))
+
+
+def remove_user(name):
+    """Remove one auth file entry; True when it was there.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' pgbouncer.remove_user app
+    """
+    users = _auth_entries()
+    if users.pop(name, None) is None:
+        return False
+    return write_file(auth_file_path(), render_auth_file(users), owner=_option("user"))
