@@ -1,0 +1,994 @@
+"""Libreswan site-to-site tunnels: status, control and per-conn configuration.
+
+A *tunnel* is one IKEv2/PSK conn ``NAME`` to a primary remote gateway plus,
+optionally, ``NAME-backup``: the same selectors to a backup gateway, loaded
+with ``auto=add`` so that it never fights the primary (FACTS: identical
+selectors on two live conns give duplicate SAs). Which of the two is up is
+run-time state (``libreswan.switch``), never an edit of the files.
+
+Each tunnel lives in ``/etc/ipsec.d/NAME.conf`` and ``NAME.secrets`` (0600),
+applied per conn without restarting pluto (``whack --delete`` + ``addconn``,
+``--rereadsecrets``, ``--initiate``). The PSK is read from pillar by key
+(``psk_pillar``) and goes only into the secrets file: never into a return
+value, a log line, a command line or an exception.
+
+Pure helpers (``_validate``, ``_render_conf``, ``_parse_status``...) take and
+return plain data so that tests import them from this file directly.
+"""
+import difflib
+import ipaddress
+import os
+import re
+import shutil
+import tempfile
+import time
+
+__virtualname__ = "libreswan"
+
+CONF_DIR = "/etc/ipsec.d"
+IPSEC_CONF = "/etc/ipsec.conf"
+BACKUP_SUFFIX = "-backup"
+MIN_PSK_LENGTH = 32
+MANAGED_HEADER = "# Managed by Salt (libreswan.conn_present): local edits are replaced.\n"
+
+NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,39}$")
+ID_RE = re.compile(r"^@[A-Za-z0-9][A-Za-z0-9.-]{0,252}$")
+AUTO_VALUES = ("start", "add")
+
+# Algorithm tokens of ike=/phase2alg= (split on - ; + ,). Weak ones are refused
+# unless allow_weak_algorithms is set; anything matching neither is unknown.
+_KNOWN_ALGORITHMS = [
+    r"aes(_cbc|_ctr)?(128|192|256)?",
+    r"aes_(gcm|ccm)(_?(8|12|16|a|b|c))?(_?(128|192|256))?",
+    r"chacha20_poly1305",
+    r"camellia(_cbc)?(128|192|256)?",
+    r"sha1|sha2|sha256|sha384|sha512|sha2_(256|384|512)",
+    r"aes_xcbc|aes_cmac",
+    r"modp(1536|2048|3072|4096|6144|8192)",
+    r"dh(5|14|15|16|17|18|19|20|21|31)",
+    r"ecp_?(256|384|521)|curve25519",
+]
+_WEAK_ALGORITHMS = [
+    r"modp(768|1024)", r"dh(1|2|22|23|24)", r"md5", r"(3des|des)(_cbc)?", r"null.*",
+]
+
+
+def _fullmatch_any(patterns, token):
+    return any(re.fullmatch(p, token) for p in patterns)
+
+
+# -- errors -------------------------------------------------------------------
+class ConnError(ValueError):
+    """Bad input for a conn: ``errors`` lists ``(key, message)`` pairs."""
+
+    def __init__(self, errors):
+        self.errors = errors
+        super().__init__("; ".join(f"{key}: {message}" for key, message in errors))
+
+
+# -- validation (pure) ----------------------------------------------------------
+def _ipv4(value, key, errors, fix):
+    try:
+        return str(ipaddress.IPv4Address(str(value).strip()))
+    except ValueError:
+        errors.append((key, f"{value!r} is not an IPv4 address; {fix}"))
+        return None
+
+
+def _ipv4_network(value, key, errors):
+    text = str(value).strip()
+    try:
+        return str(ipaddress.IPv4Network(text, strict=True))
+    except ValueError as exc:
+        if "host bits set" in str(exc):
+            net = ipaddress.IPv4Network(text, strict=False)
+            errors.append((key, f"{text!r} has host bits set; write the network {net} "
+                                f"or the single host {text.split('/')[0]}/32"))
+        else:
+            errors.append((key, f"{text!r} is not an IPv4 network (address/prefix, prefix 0-32), "
+                                f"for example 198.19.1.10/32"))
+        return None
+
+
+def _ike_id(value, address, key, errors):
+    if value in (None, ""):
+        return address
+    text = str(value)
+    if ID_RE.fullmatch(text):
+        return text
+    try:
+        return str(ipaddress.IPv4Address(text))
+    except ValueError:
+        errors.append((key, f"{text!r} is not an IKE id: use @fqdn (letters, digits, dots, "
+                            "hyphens) or an IPv4 address"))
+        return None
+
+
+def _algorithms(value, key, allow_weak, errors):
+    text = str(value or "").strip().lower()
+    if not text or re.search(r"[^a-z0-9_;+,-]", text):
+        errors.append((key, f"{value!r} is not an algorithm list like aes256-sha2_256;modp2048"))
+        return None
+    for token in filter(None, re.split(r"[-;+,]", text)):
+        if _fullmatch_any(_WEAK_ALGORITHMS, token):
+            if not allow_weak:
+                errors.append((key, f"{token!r} is a weak algorithm (refused: modp768/1024, "
+                                    "DH 1/2, md5, des, 3des, null); use e.g. "
+                                    "aes256-sha2_256;modp2048, or set allow_weak_algorithms: "
+                                    "true if the peer cannot do better"))
+        elif not _fullmatch_any(_KNOWN_ALGORITHMS, token):
+            errors.append((key, f"{token!r} is not a known IKEv2 algorithm"))
+    return text
+
+
+def _seconds(value, key, low, high, errors):
+    text = str(value).strip().lower().removesuffix("s")
+    if not text.isdigit() or not low <= int(text) <= high:
+        errors.append((key, f"{value!r} is not a number of seconds between {low} and {high}"))
+        return None
+    return int(text)
+
+
+def _flag(value, key, errors):
+    if isinstance(value, bool):
+        return value
+    errors.append((key, f"{value!r} is not true or false"))
+    return None
+
+
+def _validate(name, spec, psks, source="conn"):
+    """Check one tunnel's settings; return the normalised conn or raise ConnError.
+
+    ``spec`` holds the pillar-shaped arguments of ``conn_present`` (local,
+    peers, remote_subnets, ike, ...); ``psks`` maps "primary"/"backup" to the
+    PSK read from pillar (None when the key is missing). Error keys are
+    ``source:path`` so that a message names the pillar key to fix.
+    """
+    errors = []
+
+    def key(*path):
+        return ":".join([source, *map(str, path)])
+
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name) or name.endswith(BACKUP_SUFFIX):
+        errors.append((key("name"), f"{name!r} is not a safe conn name: a letter, then up to 39 "
+                                    "letters, digits, '_' or '-', not ending in -backup"))
+    unknown = set(spec) - {"local", "peers", "remote_subnets", "ike", "phase2alg", "pfs",
+                           "ikelifetime", "salifetime", "dpddelay", "fragmentation", "narrowing",
+                           "auto", "ike_version", "allow_weak_algorithms"}
+    for extra in sorted(unknown):
+        errors.append((key(extra), "unknown setting"))
+    if spec.get("ike_version", 2) != 2:
+        errors.append((key("ike_version"), f"IKEv{spec.get('ike_version')} is refused: only "
+                                           "IKEv2 is supported (remove the key or set it to 2)"))
+    allow_weak = spec.get("allow_weak_algorithms", False) is True
+
+    local = spec.get("local") or {}
+    left = _ipv4(local.get("address"), key("local", "address"), errors,
+                 "set it to this gateway's public (wan) address")
+    tunnel_ip = _ipv4(local.get("tunnel_ip"), key("local", "tunnel_ip"), errors,
+                      "set it to this gateway's tunnel /32 (the leftsubnet)")
+    conn = {
+        "name": name,
+        "left": left,
+        "leftid": _ike_id(local.get("id"), left, key("local", "id"), errors),
+        "tunnel_ip": tunnel_ip,
+    }
+    peers = spec.get("peers") or {}
+    for role in ("primary", "backup"):
+        peer = peers.get(role)
+        if peer is None:
+            if role == "primary":
+                errors.append((key("peers", "primary", "address"),
+                               "missing: the primary remote gateway's address (right=) "
+                               "is required"))
+            conn[role] = None
+            continue
+        if not peer.get("address"):
+            errors.append((key("peers", role, "address"),
+                           f"missing: the {role} remote gateway's address (right=) is required"))
+            right = None
+        else:
+            right = _ipv4(peer["address"], key("peers", role, "address"), errors,
+                          f"set it to the {role} remote gateway's public address")
+        conn[role] = {"right": right,
+                      "rightid": _ike_id(peer.get("id"), right, key("peers", role, "id"), errors)}
+        psk = psks.get(role)
+        psk_key = key("psk") if role == "primary" else key("peers", "backup", "psk")
+        if psk is None:
+            errors.append((psk_key, "missing: put the pre-shared key in pillar (at least "
+                                    f"{MIN_PSK_LENGTH} characters)"))
+        elif not isinstance(psk, str) or len(psk) < MIN_PSK_LENGTH:
+            errors.append((psk_key, f"too short: a PSK has at least {MIN_PSK_LENGTH} characters "
+                                    "(generate one: openssl rand -base64 48)"))
+        elif re.search(r'["\\\x00-\x1f\x7f]', psk):
+            errors.append((psk_key, "contains a double quote, backslash, newline or other control "
+                                    "character, which the secrets file cannot hold; use "
+                                    "printable characters only"))
+
+    subnets = spec.get("remote_subnets")
+    if not subnets or not isinstance(subnets, list):
+        errors.append((key("remote_subnets"), "missing: a list of remote networks "
+                                              "(the database endpoints' /32s)"))
+        subnets = []
+    conn["remote_subnets"] = [_ipv4_network(s, key("remote_subnets", i), errors)
+                              for i, s in enumerate(subnets)]
+    conn["ike"] = _algorithms(spec.get("ike", "aes256-sha2_256;modp2048"), key("ike"),
+                              allow_weak, errors)
+    conn["phase2alg"] = _algorithms(spec.get("phase2alg", "aes256-sha2_256"), key("phase2alg"),
+                                    allow_weak, errors)
+    conn["pfs"] = _flag(spec.get("pfs", True), key("pfs"), errors)
+    conn["ikelifetime"] = _seconds(spec.get("ikelifetime", 3600), key("ikelifetime"),
+                                   300, 86400, errors)
+    conn["salifetime"] = _seconds(spec.get("salifetime", 3600), key("salifetime"),
+                                  300, 86400, errors)
+    conn["dpddelay"] = _seconds(spec.get("dpddelay", 30), key("dpddelay"), 0, 3600, errors)
+    conn["fragmentation"] = _flag(spec.get("fragmentation", True), key("fragmentation"), errors)
+    conn["narrowing"] = _flag(spec.get("narrowing", False), key("narrowing"), errors)
+    conn["auto"] = spec.get("auto", "start")
+    if conn["auto"] not in AUTO_VALUES:
+        errors.append((key("auto"), f"{conn['auto']!r} is not one of {', '.join(AUTO_VALUES)}"))
+    if errors:
+        raise ConnError(errors)
+    return conn
+
+
+# -- rendering (pure) -----------------------------------------------------------
+def _yes(flag):
+    return "yes" if flag else "no"
+
+
+def _conn_lines(conn, name, peer, auto, major):
+    subnets = conn["remote_subnets"]
+    if len(subnets) == 1:
+        right_subnets = f"rightsubnet={subnets[0]}"
+    elif major >= 5:  # one Child SA with several traffic selectors
+        right_subnets = f"rightsubnet={','.join(subnets)}"
+    else:  # 4.x takes no lists in rightsubnet=: one Child SA per subnet
+        right_subnets = f"rightsubnets={{{' '.join(subnets)}}}"
+    lines = [
+        f"conn {name}",
+        "type=tunnel",
+        "authby=secret",
+        "keyexchange=ikev2" if major >= 5 else "ikev2=insist",
+        f"ike={conn['ike']}",
+        f"phase2alg={conn['phase2alg']}",
+        f"pfs={_yes(conn['pfs'])}",
+        f"left={conn['left']}",
+        f"leftid={conn['leftid']}",
+        f"leftsubnet={conn['tunnel_ip']}/32",
+        f"leftsourceip={conn['tunnel_ip']}",
+        f"right={peer['right']}",
+        f"rightid={peer['rightid']}",
+        right_subnets,
+        f"ikelifetime={conn['ikelifetime']}s",
+        f"salifetime={conn['salifetime']}s",
+        f"dpddelay={conn['dpddelay']}",
+    ]
+    if major < 5:  # 5.x dropped dpdaction= (it always restarts)
+        lines.append("dpdaction=restart")
+    lines += [
+        f"fragmentation={_yes(conn['fragmentation'])}",
+        f"narrowing={_yes(conn['narrowing'])}",
+        f"auto={auto}",
+    ]
+    return lines[0] + "\n" + "".join(f"\t{line}\n" for line in lines[1:])
+
+
+def _render_conf(conn, major):
+    """The text of NAME.conf: the primary conn and, if declared, NAME-backup."""
+    text = MANAGED_HEADER + _conn_lines(conn, conn["name"], conn["primary"], conn["auto"], major)
+    if conn.get("backup"):
+        # auto=add: the backup is loaded but only brought up by a switch.
+        text += "\n" + _conn_lines(conn, conn["name"] + BACKUP_SUFFIX, conn["backup"], "add", major)
+    return text
+
+
+def _render_secrets(conn, psks):
+    """The text of NAME.secrets. Holds the PSK: write it 0600, never log it."""
+    lines = [MANAGED_HEADER.rstrip("\n")]
+    for role in ("primary", "backup"):
+        if conn.get(role):
+            lines.append(f'{conn["leftid"]} {conn[role]["rightid"]} : PSK "{psks[role]}"')
+    return "\n".join(lines) + "\n"
+
+
+def _parse_conf(text):
+    """``{conn name: {key: value}}`` of an ipsec.conf-style text (conn sections only)."""
+    conns, current = {}, None
+    for raw in text.splitlines():
+        line = raw.split("#", 1)[0].rstrip()
+        if not line.strip():
+            continue
+        if not raw[0].isspace():
+            words = line.split()
+            current = conns.setdefault(words[1], {}) if words[0] == "conn" and len(words) == 2 \
+                else None
+            continue
+        if current is not None and "=" in line:
+            k, v = line.strip().split("=", 1)
+            current[k.strip()] = v.strip()
+    return conns
+
+
+def _check_settings(settings):
+    """Errors in one rendered conn's key/values that addconn --checkconfig lets through."""
+    errors = []
+    if not settings.get("right"):
+        errors.append("right= is missing")
+    for k in ("left", "right", "leftsourceip"):
+        if settings.get(k):
+            _ipv4(settings[k], k, errors, "an IPv4 address is required")
+    for k in ("leftsubnet", "rightsubnet", "rightsubnets"):
+        for subnet in re.split(r"[\s,{}]+", settings.get(k, "")):
+            if subnet:
+                _ipv4_network(subnet, k, errors)
+    for k in ("ike", "phase2alg"):
+        if k in settings:
+            _algorithms(settings[k], k, False, errors)
+    if settings.get("authby") != "secret":
+        errors.append(f"authby={settings.get('authby')!r}: only authby=secret is managed here")
+    for k in ("dpddelay",):
+        if k in settings and not settings[k].isdigit():
+            errors.append(f"{k}={settings[k]!r} is not a number of seconds")
+    return [e if isinstance(e, str) else f"{e[0]}: {e[1]}" for e in errors]
+
+
+# -- status parsing (pure) -------------------------------------------------------
+_PREFIX_RE = re.compile(r"^\d{3} ?")
+_CONN_RE = re.compile(r'^"(?P<conn>[^"]+)"(?:\[(?P<inst>\d+)\])?(?: [^:]*)?:\s(?P<rest>.*)$')
+_STATE_RE = re.compile(
+    r'^#(?P<serial>\d+): "(?P<conn>[^"]+)"(?:\[(?P<inst>\d+)\])?(?: (?P<peer>[^\s:]+))?'
+    r"(?::(?P<port>\d+))? (?P<state>[A-Z][A-Z0-9_]+) \((?P<desc>[^)]*)\);?(?P<rest>.*)$")
+_TRAFFIC_RE = re.compile(
+    r'^#(?P<serial>\d+): "(?P<conn>[^"]+)"(?:\[(?P<inst>\d+)\])?[^,]*, type=(?P<type>\w+), '
+    r"add_time=(?P<add_time>\d+), inBytes=(?P<in>\d+), outBytes=(?P<out>\d+)"
+    r"(?:, maxBytes=[^,]*)?(?:, id='(?P<id>[^']*)')?")
+
+
+def _unprefix(text):
+    """Lines without Libreswan 4's ``000 `` codes (5.x prints none)."""
+    return [_PREFIX_RE.sub("", line, count=1) if _PREFIX_RE.match(line) else line
+            for line in (text or "").splitlines()]
+
+
+def _base(whack_name):
+    """``"db/0x2"`` (one of rightsubnets={...}) belongs to conn ``db``."""
+    return whack_name.split("/", 1)[0]
+
+
+def _endpoint(text, side):
+    """``sub===host:port[id]---hop`` (left) or ``hop---host[id]===sub`` (right)."""
+    if side == "left":
+        subnet, _, host = text.rpartition("===")
+        host = host.split("---", 1)[0]
+    else:
+        host, _, subnet = text.partition("===")
+        host = host.rsplit("---", 1)[-1]
+    match = re.match(r"^(?P<addr>[^\[:]+)(?::\d+)?(?:\[(?P<id>[^\]]*)\])?", host)
+    return {
+        "address": match.group("addr") if match else host,
+        "id": match.group("id") if match else None,
+        "subnets": [s for s in subnet.split(",") if s],
+    }
+
+
+def _seconds_after(rest, event):
+    match = re.search(rf"\b{event} in (\d+)s", rest)
+    return int(match.group(1)) if match else None
+
+
+def _parse_status(status_text, traffic_text="", now=None):
+    """Structured ``whack --status`` + ``--trafficstatus`` (Libreswan 4.x and 5.x).
+
+    Returns ``{"conns": {base name: {...}}, "tunnels": {...}, "summary": {...}}``;
+    see ``status`` for the fields.
+    """
+    now = time.time() if now is None else now
+    conns = {}
+
+    def conn_entry(base):
+        return conns.setdefault(base, {
+            "loaded": True, "template": False, "instances": [], "subconns": [],
+            "local": None, "remote": None, "ike_life": None, "ipsec_life": None,
+            "ike_sa": None, "child_sas": [], "in_bytes": 0, "out_bytes": 0,
+        })
+
+    for line in _unprefix(status_text):
+        state = _STATE_RE.match(line)
+        if state:
+            entry = conn_entry(_base(state["conn"]))
+            rest, name = state["rest"], state["state"]
+            sa = {
+                "serial": int(state["serial"]),
+                "conn": f'"{state["conn"]}"' + (f'[{state["inst"]}]' if state["inst"] else ""),
+                "state": name,
+                "description": state["desc"],
+                "established": "ESTABLISHED" in name,
+                "replace_in": _seconds_after(rest, "REPLACE") or _seconds_after(rest, "EXPIRE"),
+            }
+            if "CHILD" in name or re.search(r"\bIKE SA #\d+", rest):
+                parent = re.search(r"\bIKE SA #(\d+)", rest)
+                sa["ike_sa"] = int(parent.group(1)) if parent else None
+                entry["child_sas"].append(sa)
+            elif entry["ike_sa"] is None or "newest" in rest or sa["established"]:
+                entry["ike_sa"] = sa
+            continue
+        match = _CONN_RE.match(line)
+        if not match:
+            continue
+        whack_name, rest = match["conn"], match["rest"]
+        entry = conn_entry(_base(whack_name))
+        if match["inst"]:
+            instance = f'"{whack_name}"[{match["inst"]}]'
+            if instance not in entry["instances"]:
+                entry["instances"].append(instance)
+            entry["template"] = True
+        elif "/" in whack_name and whack_name not in entry["subconns"]:
+            entry["subconns"].append(whack_name)
+        if "..." in rest and not match["inst"]:
+            topology = rest.split(";", 1)[0]
+            left, _, right = topology.partition("...")
+            local, remote = _endpoint(left, "left"), _endpoint(right, "right")
+            if entry["local"] is None:
+                entry["local"], entry["remote"] = local, remote
+            else:  # another of rightsubnets={...}: collect its selector
+                for subnet in remote["subnets"]:
+                    if subnet not in entry["remote"]["subnets"]:
+                        entry["remote"]["subnets"].append(subnet)
+        lives = re.search(r"ike_life: (\d+)s; ipsec_life: (\d+)s", rest)
+        if lives:
+            entry["ike_life"], entry["ipsec_life"] = int(lives.group(1)), int(lives.group(2))
+
+    for line in _unprefix(traffic_text):
+        match = _TRAFFIC_RE.match(line)
+        if not match:
+            continue
+        entry = conn_entry(_base(match["conn"]))
+        serial = int(match["serial"])
+        entry["in_bytes"] += int(match["in"])
+        entry["out_bytes"] += int(match["out"])
+        for sa in entry["child_sas"]:
+            if sa["serial"] == serial:
+                sa.update(in_bytes=int(match["in"]), out_bytes=int(match["out"]),
+                          age=max(0, int(now) - int(match["add_time"])))
+
+    for entry in conns.values():
+        ike = entry["ike_sa"]
+        if ike and ike["replace_in"] is not None and entry["ike_life"]:
+            # REPLACE fires at ike_life after the SA was made: age = life - time left.
+            ike["age"] = max(0, entry["ike_life"] - ike["replace_in"])
+        elif ike:
+            ike["age"] = None
+        children = [sa for sa in entry["child_sas"] if sa["established"]]
+        entry["ike_established"] = bool(ike and ike["established"])
+        entry["child_established"] = bool(children)
+        entry["up"] = entry["ike_established"] and bool(children)
+        entry["reason"] = None if entry["up"] else _state_reason(entry)
+    return {"conns": conns, "tunnels": _tunnels(conns), "summary": _summary(conns)}
+
+
+def _state_reason(entry):
+    ike = entry["ike_sa"]
+    if ike is None:
+        return "no IKE SA"
+    if not ike["established"]:
+        return f"IKE SA #{ike['serial']} in {ike['state']} ({ike['description']})"
+    if entry["child_sas"]:
+        child = entry["child_sas"][-1]
+        return f"Child SA #{child['serial']} in {child['state']} ({child['description']})"
+    return "IKE SA established, no Child SA"
+
+
+def _tunnels(conns):
+    """Pair NAME with NAME-backup: which one carries the tunnel now."""
+    tunnels = {}
+    for name in sorted(conns):
+        if name.endswith(BACKUP_SUFFIX) and name[: -len(BACKUP_SUFFIX)] in conns:
+            continue
+        backup = name + BACKUP_SUFFIX if name + BACKUP_SUFFIX in conns else None
+        live = [role for role, conn in (("primary", name), ("backup", backup))
+                if conn and conns[conn]["ike_established"]]
+        active = live[0] if len(live) == 1 else ("both" if live else None)
+        up = any(conns[c]["up"] for c in (name, backup) if c)
+        tunnels[name] = {"primary": name, "backup": backup, "active": active, "up": up}
+    return tunnels
+
+
+def _summary(conns):
+    tunnels = _tunnels(conns)
+    up = sum(1 for t in tunnels.values() if t["up"])
+    return {"conns_loaded": len(conns), "tunnels": len(tunnels), "up": up,
+            "down": len(tunnels) - up}
+
+
+_FAILURE_MARKERS = (
+    "AUTHENTICATION_FAILED", "authentication failed", "TS_UNACCEPTABLE", "NO_PROPOSAL_CHOSEN",
+    "INVALID_KE_PAYLOAD", "Protocol not supported", "no suitable connection", "timeout",
+    "retransmission", "rejected", "failed", "ERROR",
+)
+
+
+def _failure_reason(log_lines, conn):
+    """The last pluto log message about ``conn`` (or its /NxM, -backup-less
+    sub-conns) that says why it failed; None if there is none."""
+    pattern = re.compile(rf'"{re.escape(conn)}(/[^"]*)?"')
+    for line in reversed(log_lines):
+        if pattern.search(line) and any(m in line for m in _FAILURE_MARKERS):
+            message = line[pattern.search(line).start():]
+            return re.sub(r"^ERROR: ", "", message).strip()
+    return None
+
+
+def _parse_version(text):
+    match = re.search(r"Libreswan\s+\D*(\d+)\.(\d+)(?:\.(\d+))?", text or "")
+    if not match:
+        return None
+    return {"version": ".".join(g for g in match.groups() if g), "major": int(match.group(1)),
+            "minor": int(match.group(2))}
+
+
+# -- Salt side ---------------------------------------------------------------------
+def __virtual__():
+    if shutil.which("ipsec") or os.path.exists("/usr/sbin/ipsec"):
+        return __virtualname__
+    return (False, "libreswan: the ipsec command is missing; install the libreswan package "
+                   "(pkg.installed: libreswan, or apply vpn_gateway.ipsec)")
+
+
+def _ipsec(*args):
+    """Run ``ipsec ARGS`` (never with a secret in argv); return cmd.run_all's dict."""
+    return __salt__["cmd.run_all"](["ipsec", *args], python_shell=False, ignore_retcode=True,
+                                   env={"LC_ALL": "C"})
+
+
+def version():
+    """
+    The installed Libreswan version.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'vpn-gw*' libreswan.version
+    """
+    if "libreswan.version" not in __context__:
+        result = _ipsec("--version")
+        __context__["libreswan.version"] = _parse_version(result["stdout"] + result["stderr"])
+    return __context__["libreswan.version"]
+
+
+def _major():
+    info = version()
+    return info["major"] if info else 4
+
+
+def _pluto_log(lines=400):
+    result = __salt__["cmd.run_all"](
+        ["journalctl", "-u", "ipsec.service", "-o", "cat", "-n", str(lines), "--no-pager"],
+        python_shell=False, ignore_retcode=True)
+    return result["stdout"].splitlines() if result["retcode"] == 0 else []
+
+
+def status():
+    """
+    Structured tunnel status from one ``whack --status`` and one
+    ``whack --trafficstatus`` (Libreswan 4.x and 5.x output).
+
+    ``conns``: per conn (``NAME``, ``NAME-backup``): ``loaded``, ``template``
+    and ``instances`` (``"name"[N]``), ``local``/``remote`` (address, id,
+    subnets = traffic selectors), ``ike_sa`` (serial, state, age in s),
+    ``child_sas`` (state, in/out bytes, age), ``in_bytes``/``out_bytes``,
+    ``up`` and, when down, ``reason`` (from the states, else pluto's log).
+    ``tunnels``: per tunnel which of primary/backup is ``active``.
+    ``summary``: tunnels up and down.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'vpn-gw*' libreswan.status
+    """
+    result = _ipsec("whack", "--status")
+    if result["retcode"] != 0:
+        return {"running": False, "error": (result["stderr"] or result["stdout"]).strip(),
+                "conns": {}, "tunnels": {},
+                "summary": {"conns_loaded": 0, "tunnels": 0, "up": 0, "down": 0}}
+    traffic = _ipsec("whack", "--trafficstatus")
+    parsed = _parse_status(result["stdout"], traffic["stdout"])
+    down = [name for name, conn in parsed["conns"].items() if not conn["up"]]
+    if down:
+        log_lines = _pluto_log()
+        for name in down:
+            logged = _failure_reason(log_lines, name)
+            if logged:
+                parsed["conns"][name]["reason"] = logged
+    parsed["running"] = True
+    return parsed
+
+
+def list_conns():
+    """
+    Names of the conns loaded into pluto (sub-conns and instances folded into
+    their conn).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'vpn-gw*' libreswan.list_conns
+    """
+    return sorted(status()["conns"])
+
+
+def check_config(path):
+    """
+    Validate a rendered conn file before it replaces anything: our own checks
+    of every conn's values (what ``addconn --checkconfig`` lets through: bad
+    CIDRs, a missing right=, unknown algorithms), ``addconn --checkconfig``
+    (any complaint fails, not only its exit code) and ``algparse`` on ike= and
+    phase2alg=. Returns ``{"valid": bool, "errors": [...]}``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'vpn-gw*' libreswan.check_config /etc/ipsec.d/remote-db.conf
+    """
+    with open(path, encoding="utf-8") as handle:
+        conns = _parse_conf(handle.read())
+    errors = [] if conns else [f"{path}: no conn section"]
+    for name, settings in conns.items():
+        errors += [f"conn {name}: {e}" for e in _check_settings(settings)]
+        for key, kind in (("ike", "ike"), ("phase2alg", "esp")):
+            if key in settings:
+                parsed = _ipsec("algparse", "-v2", f"{kind}={settings[key]}")
+                if parsed["retcode"] != 0:
+                    errors.append(f"conn {name}: {key}: {parsed['stdout'].strip()}")
+    with tempfile.TemporaryDirectory(prefix="libreswan-check-") as scratch:
+        config = os.path.join(scratch, "ipsec.conf")
+        with open(config, "w", encoding="utf-8") as handle:
+            handle.write(f"config setup\n\ninclude {os.path.abspath(path)}\n")
+        checked = _ipsec("addconn", "--checkconfig", "--config", config)
+        complaints = [line for line in (checked["stdout"] + checked["stderr"]).splitlines()
+                      if line.strip()]
+        if checked["retcode"] != 0 or complaints:
+            errors += [f"addconn --checkconfig: {line}" for line in complaints] or [
+                f"addconn --checkconfig exited {checked['retcode']}"]
+    return {"valid": not errors, "errors": errors}
+
+
+def _whack_conn(action, name):
+    result = _ipsec("whack", "--name", name, action)
+    return {"name": name, "ok": result["retcode"] == 0,
+            "output": [line for line in _unprefix(result["stdout"] + result["stderr"]) if line]}
+
+
+def up(name, wait=10):
+    """
+    Initiate conn ``name`` (asynchronously) and wait up to ``wait`` seconds for
+    its IKE SA. Returns the conn's status entry plus ``initiated``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'vpn-gw1' libreswan.up remote-db
+        salt 'vpn-gw1' libreswan.up remote-db-backup wait=20
+    """
+    result = _ipsec("whack", "--name", name, "--initiate", "--asynchronous")
+    deadline = time.monotonic() + float(wait)
+    while True:
+        conn = status()["conns"].get(name)
+        if conn is None or conn["ike_established"] or time.monotonic() >= deadline:
+            break
+        time.sleep(0.5)
+    return {"name": name, "initiated": result["retcode"] == 0, "loaded": conn is not None,
+            "ike_established": bool(conn and conn["ike_established"]),
+            "up": bool(conn and conn["up"]), "reason": conn["reason"] if conn else "not loaded"}
+
+
+def down(name):
+    """
+    Terminate conn ``name``'s SAs (it stays loaded; ``auto=start`` does not
+    bring it back until pluto restarts).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'vpn-gw1' libreswan.down remote-db
+    """
+    return _whack_conn("--terminate", name)
+
+
+def restart_conn(name, wait=10):
+    """
+    Take conn ``name`` down and up again (configuration unchanged).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'vpn-gw1' libreswan.restart_conn remote-db
+    """
+    down(name)
+    return up(name, wait=wait)
+
+
+def switch(name, to="backup", wait=10):
+    """
+    Move tunnel ``name`` to its ``primary`` or ``backup`` peer: the other conn
+    is taken down first, so the two never carry the same selectors at once.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'vpn-gw1' libreswan.switch remote-db to=backup
+    """
+    if to not in ("primary", "backup"):
+        raise ValueError(f"to={to!r}: use primary or backup")
+    target, other = (name + BACKUP_SUFFIX, name) if to == "backup" else (name, name + BACKUP_SUFFIX)
+    down(other)
+    return up(target, wait=wait)
+
+
+def reread_secrets():
+    """
+    Make pluto re-read ``/etc/ipsec.secrets`` (and the files it includes).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'vpn-gw*' libreswan.reread_secrets
+    """
+    result = _ipsec("whack", "--rereadsecrets")
+    return {"ok": result["retcode"] == 0,
+            "output": [line for line in _unprefix(result["stdout"]) if "PSK" not in line]}
+
+
+# -- per-conn files ------------------------------------------------------------------
+def _paths(name):
+    return os.path.join(CONF_DIR, f"{name}.conf"), os.path.join(CONF_DIR, f"{name}.secrets")
+
+
+def _read(path):
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        return None
+
+
+def _write_atomic(path, text, mode):
+    """Write via a temp file in the same dir (not matching *.conf/*.secrets), then rename."""
+    directory = os.path.dirname(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    try:
+        os.fchmod(fd, mode)
+        os.fchown(fd, 0, 0)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _psks(spec_psk_pillar, backup_psk_pillar):
+    psk = __salt__["pillar.get"](spec_psk_pillar, None) if spec_psk_pillar else None
+    backup = __salt__["pillar.get"](backup_psk_pillar, None) if backup_psk_pillar else psk
+    return {"primary": psk, "backup": backup}
+
+
+def plan_conn(name, psk_pillar, backup_psk_pillar=None, source="conn", **spec):
+    """
+    What ``conn_present`` would change, without changing anything: validation
+    errors (naming the pillar key), the unified diff of ``NAME.conf``,
+    whether the secrets differ (never their content) and whether pluto has
+    the conns loaded.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'vpn-gw1' libreswan.plan_conn remote-db psk_pillar=vpn_gateway:tunnel:psk \\
+            local='{address: 198.18.0.11, tunnel_ip: 198.19.10.1}' \\
+            peers='{primary: {address: 198.18.0.21}}' remote_subnets='[198.19.1.10/32]'
+    """
+    spec = {k: v for k, v in spec.items() if not k.startswith("__")}
+    conf_path, secrets_path = _paths(name)
+    try:
+        conn = _validate(name, spec, _psks(psk_pillar, backup_psk_pillar), source)
+    except ConnError as exc:
+        return {"name": name, "errors": [f"{key}: {message}" for key, message in exc.errors]}
+    new_conf = _render_conf(conn, _major())
+    old_conf = _read(conf_path)
+    secrets_same = _read(secrets_path) == _render_secrets(
+        conn, _psks(psk_pillar, backup_psk_pillar))
+    loaded = status()["conns"]
+    expected = [name] + ([name + BACKUP_SUFFIX] if conn["backup"] else [])
+    return {
+        "name": name,
+        "errors": [],
+        "conf_path": conf_path,
+        "conf_changed": old_conf != new_conf,
+        "diff": "".join(difflib.unified_diff(
+            (old_conf or "").splitlines(True), new_conf.splitlines(True),
+            fromfile=conf_path if old_conf is not None else "/dev/null", tofile=conf_path)),
+        "secrets_changed": not secrets_same,
+        "conns": expected,
+        "not_loaded": [c for c in expected if c not in loaded],
+        "stale_loaded": [name + BACKUP_SUFFIX] if not conn["backup"]
+        and name + BACKUP_SUFFIX in loaded else [],
+        "conn": conn,
+    }
+
+
+def _load(names):
+    """Swap conns into pluto one by one (replace = delete + add), pluto keeps running."""
+    errors = []
+    for conn in names:
+        _ipsec("whack", "--name", conn, "--delete")
+        added = _ipsec("addconn", "--config", IPSEC_CONF, conn)
+        output = (added["stdout"] + added["stderr"]).strip()
+        if added["retcode"] != 0 or re.search(r"\b(error|bad|fail)", output, re.I):
+            errors.append(f"addconn {conn}: {output or 'exit ' + str(added['retcode'])}")
+    return errors
+
+
+def _matches(conn, loaded, role):
+    """Differences between the conn as declared and as pluto shows it."""
+    peer = conn[role]
+    local, remote = loaded["local"] or {}, loaded["remote"] or {}
+    wanted = {
+        "local address": (conn["left"], local.get("address")),
+        "local id": (conn["leftid"], local.get("id")),
+        "local subnets": ([f"{conn['tunnel_ip']}/32"], local.get("subnets")),
+        "remote address": (peer["right"], remote.get("address")),
+        "remote id": (peer["rightid"], remote.get("id")),
+        "remote subnets": (sorted(conn["remote_subnets"]), sorted(remote.get("subnets") or [])),
+        "ike lifetime": (conn["ikelifetime"], loaded["ike_life"]),
+        "ipsec lifetime": (conn["salifetime"], loaded["ipsec_life"]),
+    }
+    return [f"{what}: want {want}, pluto has {have}"
+            for what, (want, have) in wanted.items() if want != have]
+
+
+def _verify(name, conn, current):
+    """Differences between a declared tunnel (``_validate``'s result) and what
+    pluto has loaded (``status()["conns"]``); empty when they match."""
+    problems = []
+    for role, conn_name in (("primary", name), ("backup", name + BACKUP_SUFFIX)):
+        if not conn.get(role):
+            if conn_name in current:
+                problems.append(f"{conn_name}: loaded but not declared")
+            continue
+        if conn_name not in current:
+            problems.append(f"{conn_name}: not loaded")
+            continue
+        problems += [f"{conn_name}: {p}" for p in _matches(conn, current[conn_name], role)]
+    return problems
+
+
+def apply_conn(name, psk_pillar, backup_psk_pillar=None, source="conn", **spec):
+    """
+    Make tunnel ``name`` as declared: validate, check the rendered file, write
+    ``NAME.conf``/``NAME.secrets`` (0600) atomically, load the changed conns
+    into the running pluto, bring the tunnel back to the peer that carried it
+    (or up, if ``auto=start``), and verify. On a failed load the previous files
+    are put back and reloaded. Returns ``{"result", "changes", "comment"}``
+    without any secret.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'vpn-gw1' libreswan.apply_conn remote-db psk_pillar=vpn_gateway:tunnel:psk ...
+    """
+    plan = plan_conn(name, psk_pillar, backup_psk_pillar, source, **spec)
+    if plan["errors"]:
+        return {"result": False, "changes": {}, "comment": "\n".join(plan["errors"])}
+    conn = plan["conn"]
+    conf_path, secrets_path = _paths(name)
+    changes = {}
+    if plan["conf_changed"]:
+        with tempfile.TemporaryDirectory(prefix="libreswan-") as scratch:
+            candidate = os.path.join(scratch, f"{name}.conf")
+            with open(candidate, "w", encoding="utf-8") as handle:
+                handle.write(_render_conf(conn, _major()))
+            checked = check_config(candidate)
+        if not checked["valid"]:
+            return {"result": False, "changes": {},
+                    "comment": "rendered conn refused, nothing changed:\n"
+                               + "\n".join(checked["errors"])}
+    before = status()
+    old_conf, old_secrets = _read(conf_path), _read(secrets_path)
+    conns = plan["conns"]
+    if plan["secrets_changed"]:
+        _write_atomic(secrets_path, _render_secrets(conn, _psks(psk_pillar, backup_psk_pillar)),
+                      0o600)
+        reread_secrets()
+        changes["psk"] = "changed"
+    to_load = list(plan["not_loaded"])
+    if plan["conf_changed"]:
+        _write_atomic(conf_path, _render_conf(conn, _major()), 0o644)
+        changes["diff"] = plan["diff"]
+        to_load = conns
+    for stale in plan["stale_loaded"]:
+        _ipsec("whack", "--name", stale, "--delete")
+        changes.setdefault("deleted", []).append(stale)
+    errors = _load(to_load)
+    after = status()["conns"]
+    problems = errors + _verify(name, conn, after)
+    if problems:
+        _restore(conf_path, old_conf, secrets_path, old_secrets, conns)
+        return {"result": False, "changes": {},
+                "comment": "pluto did not load the conn as declared; the previous files were "
+                           "put back:\n" + "\n".join(problems)}
+    if to_load:
+        changes["loaded"] = to_load
+    tunnel, initiated = before["tunnels"].get(name, {}), None
+    if to_load or plan["secrets_changed"]:
+        # Run-time choice survives: the peer that carried the tunnel keeps it.
+        target = name + BACKUP_SUFFIX if tunnel.get("active") == "backup" and conn["backup"] \
+            else (name if conn["auto"] == "start" or tunnel.get("active") == "primary" else None)
+        if target:
+            if target not in to_load:
+                down(target)
+            _ipsec("whack", "--name", target, "--initiate", "--asynchronous")
+            initiated = target
+    comment = f"conn {name} updated" if changes else f"conn {name} is as declared"
+    return {"result": True, "changes": changes,
+            "comment": comment + (f"; initiated {initiated}" if initiated else "")}
+
+
+def _restore(conf_path, old_conf, secrets_path, old_secrets, conns):
+    for path, text, mode in ((conf_path, old_conf, 0o644), (secrets_path, old_secrets, 0o600)):
+        if text is None:
+            if os.path.exists(path):
+                os.unlink(path)
+        else:
+            _write_atomic(path, text, mode)
+    reread_secrets()
+    if old_conf is None:
+        for conn in conns:
+            _ipsec("whack", "--name", conn, "--delete")
+    else:
+        _load(list(_parse_conf(old_conf)))
+
+
+def remove_conn(name, test=False):
+    """
+    Take tunnel ``name`` (and ``name-backup``) down, delete them from pluto
+    and remove ``NAME.conf``/``NAME.secrets``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'vpn-gw1' libreswan.remove_conn remote-db
+    """
+    paths = [p for p in _paths(name) if os.path.exists(p)]
+    loaded = [c for c in (name, name + BACKUP_SUFFIX) if c in status()["conns"]]
+    changes = {}
+    if paths:
+        changes["removed"] = paths
+    if loaded:
+        changes["deleted"] = loaded
+    if test or not changes:
+        return {"result": None if changes and test else True, "changes": changes}
+    for conn in loaded:
+        down(conn)
+        _ipsec("whack", "--name", conn, "--delete")
+    for path in paths:
+        os.unlink(path)
+    reread_secrets()
+    left = [c for c in (name, name + BACKUP_SUFFIX) if c in status()["conns"]]
+    left += [p for p in _paths(name) if os.path.exists(p)]
+    return {"result": not left, "changes": changes,
+            "comment": f"still present: {left}" if left else f"conn {name} removed"}
