@@ -1,4 +1,4 @@
-"""Command line: python -m lab {up,clean,leftovers,probe}.
+"""Command line: python -m lab {up,clean,leftovers,probe,demo}.
 
 ``up`` starts hosts and keeps them until Ctrl-C (or ``--detach``);
 ``clean`` removes everything of a lab (default: every lab on this machine).
@@ -22,6 +22,8 @@ def main(argv=None):
         p = sub.add_parser(verb, help=f"{verb} a lab (default: every lab)")
         p.add_argument("name", nargs="?", default=PREFIX)
     sub.add_parser("probe", help="can this kernel install an ESP SA?")
+    demo = sub.add_parser("demo", help="README command 1: the gateway role on the whole lab")
+    demo.add_argument("--keep", action="store_true", help="leave the lab running afterwards")
     args = parser.parse_args(argv)
 
     if args.command == "up":
@@ -45,6 +47,10 @@ def main(argv=None):
         left = leftovers(args.name)
         print("\n".join(left) or "lab: nothing left")
         return 1 if left else 0
+    elif args.command == "demo":
+        from . import demo as demo_job
+
+        demo_job.run(keep=args.keep)
     elif args.command == "probe":
         ok, reason = capabilities.esp_support()
         print(("ESP: yes — " if ok else "ESP: no — ") + reason)

@@ -38,7 +38,8 @@ class Result:
         return self.returncode == 0
 
     def __repr__(self):
-        return f"Result(rc={self.returncode}, stdout={self.stdout!r:.200}, stderr={self.stderr!r:.200})"
+        return (f"Result(rc={self.returncode}, stdout={self.stdout!r:.200}, "
+                f"stderr={self.stderr!r:.200})")
 
 
 def sh(argv, check=True, input=None, timeout=60):
@@ -77,7 +78,8 @@ class LabHost:
         argv = ["nsenter", "-t", str(self.pid), "-a", "--wdns=/", "--", "/usr/bin/env", "-i",
                 *environment, *cmd]
         try:
-            proc = subprocess.run(argv, input=input, capture_output=True, text=True, timeout=timeout)
+            proc = subprocess.run(argv, input=input, capture_output=True, text=True,
+                                  timeout=timeout)
         except subprocess.TimeoutExpired as exc:
             raise LabError(f"{self.name}: {cmd} timed out after {timeout}s") from exc
         result = Result(cmd, proc.returncode, proc.stdout, proc.stderr)
@@ -130,12 +132,22 @@ class LabHost:
     def wait_booted(self, timeout=60):
         deadline = time.monotonic() + timeout
         while True:
+            if self.nspawn.poll() is not None:
+                raise LabError(f"{self.name}: the container exited ({self.nspawn.returncode}): "
+                               f"{self.console()}")
             state = self.run(["systemctl", "is-system-running", "--wait"], timeout=timeout)
             if state.stdout.strip() in ("running", "degraded"):
                 return state.stdout.strip()
             if time.monotonic() > deadline:
-                raise LabError(f"{self.name}: did not boot: {state}")
+                raise LabError(f"{self.name}: did not boot: {state}\n{self.console()}")
             time.sleep(0.2)
+
+    def console(self, tail=3000):
+        """The end of what the container printed on its console."""
+        try:
+            return (self.dir / "console.log").read_text()[-tail:]
+        except OSError as exc:
+            return f"(no console log: {exc})"
 
 
 class Lab:
@@ -266,12 +278,11 @@ class Lab:
         log.close()
         deadline = time.monotonic() + 10
         while host.pid is None:
-            children = _children(host.nspawn.pid)
-            if children:
-                host.pid = children[0]
+            inits = [c for c in _children(host.nspawn.pid) if _is_namespace_init(c)]
+            if inits:
+                host.pid = inits[0]
             elif host.nspawn.poll() is not None or time.monotonic() > deadline:
-                raise LabError(f"{host.name}: systemd-nspawn exited: "
-                               f"{(host.dir / 'console.log').read_text()[-2000:]}")
+                raise LabError(f"{host.name}: systemd-nspawn exited: {host.console()}")
             else:
                 time.sleep(0.02)
 
@@ -289,6 +300,20 @@ def _children(pid):
     except OSError:
         return []
     return [int(p) for p in text.split()]
+
+
+def _is_namespace_init(pid):
+    """Whether ``pid`` is PID 1 of a pid namespace below ours (a container's init).
+
+    systemd-nspawn also forks short-lived helpers; only the init counts.
+    """
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    nspids = next((line.split()[1:] for line in status.splitlines()
+                   if line.startswith("NSpid:")), [])
+    return len(nspids) >= 2 and nspids[-1] == "1"
 
 
 def _nspawn_processes(name):

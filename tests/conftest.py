@@ -101,10 +101,32 @@ def salt_call(salt_call_config):
         try:
             value = json.loads(proc.stdout)["local"]
         except (json.JSONDecodeError, KeyError) as exc:
-            raise SaltCallError(f"{argv}: rc={proc.returncode}\n{proc.stdout}\n{proc.stderr}") from exc
+            raise SaltCallError(
+                f"{argv}: rc={proc.returncode}\n{proc.stdout}\n{proc.stderr}") from exc
         if check and proc.returncode != 0:
             raise SaltCallError(f"{argv}: rc={proc.returncode}\n{json.dumps(value, indent=1)}")
         return value
 
     call.config_dir = salt_call_config
     return call
+
+
+# pytest-salt-factories (pinned for root-namespace Salt daemons and its event
+# listener) binds its log server and event listener to 0.0.0.0 by default; in
+# this project the root namespace listens on loopback only (FACTS).
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session):
+    log_server = session.config.pluginmanager.get_plugin("saltfactories-log-server")
+    if log_server is not None:
+        log_server.log_host = "127.0.0.1"
+
+
+@pytest.fixture(scope="session")
+def event_listener():
+    from saltfactories.plugins.event_listener import EventListener
+
+    listener = EventListener()
+    listener.host = "127.0.0.1"
+    listener.address = f"tcp://127.0.0.1:{listener.port}"
+    with listener:
+        yield listener

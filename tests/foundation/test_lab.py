@@ -1,0 +1,135 @@
+"""The lab: real hosts that boot, talk over the lab fabric, run Salt, and leave
+nothing behind — after a clean stop, a Ctrl-C, a failed start or a kill -9."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from lab import DEFAULT, Lab, leftovers, saltstack
+
+pytestmark = pytest.mark.lab
+REPO = Path(__file__).resolve().parents[2]
+HOSTS = ["salt-master", "vpn-gw1", "vpn-gw2", "remote-gw-primary"]
+
+
+@pytest.fixture(autouse=True)
+def _root():
+    if os.geteuid() != 0:
+        pytest.skip("lab tests need root (network namespaces, mounts, systemd-nspawn)")
+
+
+def root_listeners():
+    """Listening sockets of the root namespace, as (proto, local address) pairs."""
+    out = subprocess.run(["ss", "-Hltun"], capture_output=True, text=True, check=True).stdout
+    return {(line.split()[0], line.split()[4]) for line in out.splitlines()}
+
+
+def not_loopback(listeners):
+    return {s for s in listeners if not s[1].startswith(("127.", "[::1]", "[::ffff:127."))}
+
+
+def state_changes(returns):
+    """{minion: number of states that reported changes} from a state.apply return."""
+    return {m: sum(1 for r in ret.values() if r["changes"] or r["result"] is None)
+            for m, ret in returns.items()}
+
+
+def test_gateways_answer_the_master_and_apply_a_state_then_nothing_is_left():
+    before = root_listeners()
+    name = f"vgwlab-f{os.getpid()}"
+    with Lab(DEFAULT.subset(HOSTS), name=name) as lab:
+        print(f"lab start {lab.timings['start']:.1f}s (boot {lab.timings['boot']:.1f}s)")
+        # every host is its own machine: hostname, private /etc
+        for host in HOSTS:
+            assert lab[host].run("hostname", check=True).stdout.strip() == host
+        lab["vpn-gw1"].put("/etc/vpn-gateway-lab-marker", "gw1\n")
+        assert lab["vpn-gw2"].run(["test", "-e", "/etc/vpn-gateway-lab-marker"]).returncode == 1
+        assert not Path("/etc/vpn-gateway-lab-marker").exists()
+        # the fabric carries traffic between segments' hosts, and only lab addresses
+        assert lab["vpn-gw1"].run(["busybox", "ping", "-c1", "-W2", "198.18.0.21"]).ok
+        assert not lab["remote-gw-primary"].run(["busybox", "ping", "-c1", "-W1", "198.18.1.2"]).ok
+
+        assert saltstack.salt(lab, "vpn-gw*", "test.ping") == {"vpn-gw1": True, "vpn-gw2": True}
+
+        # the custom modules reach the minions from the master's file tree
+        synced = saltstack.salt(lab, "vpn-gw*", "saltutil.sync_all")
+        shipped = {f"modules.{p.stem}" for p in (REPO / "salt/_modules").glob("*.py")}
+        shipped |= {f"states.{p.stem}" for p in (REPO / "salt/_states").glob("*.py")}
+        for minion, kinds in synced.items():
+            got = {f"{kind}.{m.split('.', 1)[1]}" for kind, mods in kinds.items() for m in mods}
+            assert shipped <= got, (minion, shipped - got)
+
+        # a state from salt/states: test=True predicts, the run applies, a rerun changes nothing
+        predicted = saltstack.salt(lab, "vpn-gw*", "state.apply", "vpn_gateway.grains", "test=True")
+        assert state_changes(predicted) == {"vpn-gw1": 1, "vpn-gw2": 1}
+        no_roles = saltstack.salt(lab, "vpn-gw*", "grains.get", "roles")
+        assert no_roles == {"vpn-gw1": "", "vpn-gw2": ""}
+        applied = saltstack.salt(lab, "vpn-gw*", "state.apply", "vpn_gateway.grains")
+        assert state_changes(applied) == {"vpn-gw1": 1, "vpn-gw2": 1}
+        assert all(r["result"] for ret in applied.values() for r in ret.values())
+        roles = saltstack.salt(lab, "vpn-gw*", "grains.get", "roles")
+        assert roles == {"vpn-gw1": ["vpn-gw"], "vpn-gw2": ["vpn-gw"]}
+        again = saltstack.salt(lab, "vpn-gw*", "state.apply", "vpn_gateway.grains")
+        assert state_changes(again) == {"vpn-gw1": 0, "vpn-gw2": 0}
+
+        # nothing of the lab listens in the root namespace beyond loopback
+        assert not_loopback(root_listeners()) <= not_loopback(before)
+    print(f"lab stop {lab.timings['stop']:.1f}s")
+    assert leftovers(name) == []
+
+
+def _lab_cli(*args, name):
+    return subprocess.Popen(
+        [sys.executable, "-m", "lab", "up", *args, "--name", name],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+
+
+def _lab_command(*args):
+    return subprocess.run([sys.executable, "-m", "lab", *args], cwd=REPO,
+                          capture_output=True, text=True)
+
+
+def _wait_running(proc):
+    for line in proc.stdout:
+        if "running; Ctrl-C tears it down" in line:
+            return
+    pytest.fail(f"lab up exited with {proc.wait()} before it was running")
+
+
+def test_ctrl_c_tears_the_lab_down():
+    name = f"vgwlab-c{os.getpid()}"
+    proc = _lab_cli("vpn-gw1", "remote-gw-primary", name=name)
+    _wait_running(proc)
+    assert any(item.startswith("process") for item in leftovers(name))
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=30) == 0
+    assert leftovers(name) == []
+
+
+def test_clean_removes_what_a_killed_run_left():
+    name = f"vgwlab-k{os.getpid()}"
+    proc = _lab_cli("vpn-gw1", "remote-gw-primary", name=name)
+    _wait_running(proc)
+    proc.kill()
+    proc.wait()
+    left = leftovers(name)
+    assert {item.split()[0] for item in left} == {"process", "mount", "netns", "dir"}, left
+    assert _lab_command("leftovers", name).returncode == 1
+    _lab_command("clean", name)
+    assert leftovers(name) == []
+    assert _lab_command("leftovers", name).stdout.strip() == "lab: nothing left"
+
+
+def test_a_failed_start_leaves_nothing():
+    name = f"vgwlab-e{os.getpid()}"
+    lab = Lab(DEFAULT.subset(["salt-master", "vpn-gw1"]), name=name, venv="/nonexistent-venv")
+    started = time.monotonic()
+    with pytest.raises(Exception):
+        lab.start()
+    assert time.monotonic() - started < 120
+    assert leftovers(name) == []
