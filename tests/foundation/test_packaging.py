@@ -17,7 +17,7 @@ SALT_CALL = Path(sys.executable).parent / "salt-call"
 def public_functions(path):
     """(virtual name, public function names) that a loader module file defines."""
     tree = ast.parse(path.read_text())
-    names = {"__virtualname__": path.stem, "__func_alias__": {}}
+    names = {"__virtualname__": path.stem, "__func_alias__": {}, "__load__": None}
     functions = set()
     for node in tree.body:
         if isinstance(node, ast.Assign):
@@ -26,6 +26,8 @@ def public_functions(path):
                     names[target.id] = ast.literal_eval(node.value)
         elif isinstance(node, ast.FunctionDef) and not node.name.startswith("_"):
             functions.add(node.name)
+    if names["__load__"] is not None:  # Salt exports only these
+        functions &= set(names["__load__"])
     aliases = names["__func_alias__"]
     return names["__virtualname__"], {aliases.get(f, f) for f in functions}
 
