@@ -2,4 +2,5 @@
 # One file per section, each owned by one formula; docs/pillar.md documents
 # every key. Sections: tunnel (ipsec), pooler (pgbouncer), kubernetes (k8s),
 # firewall, monitoring.
-include: []
+include:
+  - vpn_gateway.pooler

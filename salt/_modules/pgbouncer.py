@@ -270,14 +270,18 @@ def render_setting(key, value, where="settings"):
         return value
     if kind == INT:
         return _integer(value, name, *((1, 65535) if key == "listen_port" else ()))
-    if kind == BOOL:
-        if value not in (True, False, 0, 1) or isinstance(value, str):
+    if kind == BOOL:  # "0"/"1" are how the ini holds them (re-validating a read file)
+        if value not in (True, False, 0, 1, "0", "1"):
             raise _invalid(name, f"{value!r} is not a boolean", "give true or false")
-        return "1" if value else "0"
+        return "1" if value in (True, 1, "1") else "0"
     if kind == TIME:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        try:
+            seconds = float(value) if not isinstance(value, bool) else -1
+        except (TypeError, ValueError):
+            seconds = -1
+        if seconds < 0:
             raise _invalid(name, f"{value!r} is not a number of seconds", "give a number >= 0")
-        return str(int(value)) if float(value).is_integer() else str(value)
+        return str(int(seconds)) if seconds.is_integer() else str(seconds)
     text = _text(value, name)
     if key == "listen_addr" and text not in ("", "*"):
         for address in text.split(","):
@@ -364,8 +368,17 @@ def render_database(name, entry, where="databases"):
     return rendered
 
 
-def _check_pool_sizes(databases, settings, where="databases"):
-    """A database's pool_size must fit under max_db_connections (its own or the global one)."""
+def check_pool_sizes(databases, settings, where="databases"):
+    """Refuse a database whose pool_size is above max_db_connections (its own or the global
+    one from ``settings``, the [pgbouncer] section).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' pgbouncer.check_pool_sizes '{"appdb": {"pool_size": 60}}' \\
+            '{"max_db_connections": 50}'
+    """
     default_limit = int(settings.get("max_db_connections", 0))
     for name, entry in databases.items():
         limit = int(entry.get("max_db_connections", default_limit))
@@ -820,7 +833,7 @@ def render_config(sections):
     settings = render_settings(sections.get("pgbouncer", {}))
     databases = {name: render_database(name, entry)
                  for name, entry in sections.get("databases", {}).items()}
-    _check_pool_sizes(databases, settings)
+    check_pool_sizes(databases, settings)
     return _render_ini({"databases": {n: _format_connstr(e) for n, e in databases.items()},
                        "users": sections.get("users", {}), "pgbouncer": settings})
 

@@ -105,9 +105,9 @@ def test_bad_database_entries_name_the_key(entry, key):
 
 def test_pool_size_above_database_limit_is_refused():
     databases = {"appdb": {"host": "h", "pool_size": "60"}}
-    refused("databases:appdb:pool_size", pgb._check_pool_sizes, databases,
+    refused("databases:appdb:pool_size", pgb.check_pool_sizes, databases,
             {"max_db_connections": "50"})
-    pgb._check_pool_sizes(databases, {"max_db_connections": "0"})
+    pgb.check_pool_sizes(databases, {"max_db_connections": "0"})
 
 
 def test_scram_verifier_format_and_determinism():
@@ -153,3 +153,11 @@ def test_port_in_use_sees_a_listener():
         port = holder.getsockname()[1]
         assert pgb.port_in_use("127.0.0.1", port) == "127.0.0.1"
     assert pgb.port_in_use("127.0.0.1", port) is None
+
+
+def test_rendered_settings_and_entries_validate_again_unchanged():
+    settings = pgb.render_settings({"log_connections": True, "server_lifetime": 1800,
+                                    "reserve_pool_timeout": 0.5, "max_client_conn": 500})
+    assert pgb.render_settings(settings) == settings
+    entry = pgb.render_database("appdb", {"host": "198.19.1.10", "port": 5432, "pool_size": 20})
+    assert pgb.render_database("appdb", pgb._parse_connstr(pgb._format_connstr(entry))) == entry

@@ -1,0 +1,50 @@
+{#- PgBouncer on the gateways (vpn_gateway.pgbouncer), with the lab's addresses.
+    Passwords here are lab examples: keep real ones in an encrypted pillar (GPG renderer). #}
+{%- set k8s_side = {'vpn-gw1': '198.18.2.11', 'vpn-gw2': '198.18.2.12'} %}
+vpn_gateway:
+  pooler:
+    # Shared: the port the Kubernetes Service and the firewall point at.
+    listen_port: 6432
+    # Loopback for local checks, the Kubernetes-side address for the pods.
+    listen_addr: "127.0.0.1,{{ k8s_side.get(grains['id'], '198.18.2.11') }}"
+    # Allow restarting PgBouncer (drops every client) for listen_*/unix_socket_dir/pidfile.
+    restart: false
+    settings:
+      auth_type: hba
+      pool_mode: transaction
+      max_client_conn: 500
+      max_db_connections: 50
+      default_pool_size: 20
+      min_pool_size: 3
+      reserve_pool_size: 5
+      reserve_pool_timeout: 5
+      server_idle_timeout: 300
+      server_lifetime: 1800
+      query_wait_timeout: 120
+      server_connect_timeout: 15
+      server_check_query: "SELECT 1"
+      server_check_delay: 30
+      application_name_add_host: true
+      log_connections: true
+      log_disconnections: true
+      log_pooler_errors: true
+      admin_users: pooler_admin
+      stats_users: pooler_stats
+      # psycopg/JDBC send it at startup; PgBouncer would refuse the client otherwise.
+      ignore_startup_parameters: extra_float_digits
+    hba:
+      - host all all 127.0.0.1/32 scram-sha-256
+      - host all all 198.18.2.0/24 scram-sha-256
+    users:
+      app:
+        password: lab-app-password
+      pooler_admin:
+        password: lab-admin-password
+      pooler_stats:
+        password: lab-stats-password
+    databases:
+      appdb:
+        host: 198.19.1.10
+        port: 5432
+        dbname: app
+        pool_size: 20

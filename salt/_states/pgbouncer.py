@@ -1,0 +1,318 @@
+"""
+PgBouncer states: the [pgbouncer] settings, [databases] pools and auth file users.
+
+Each state validates its input and the whole resulting config (schema, then a
+scratch PgBouncer) before anything on the host changes, applies it with RELOAD
+(a restart only for settings PgBouncer reads at start, and only when allowed),
+then reads PgBouncer back and fails when it does not run what was asked.
+``pillar_key`` (for example ``vpn_gateway:pooler``) prefixes the keys named in
+errors so that they point at the pillar the values came from.
+Secrets never appear in changes, comments or errors.
+"""
+from salt.exceptions import CommandExecutionError, SaltInvocationError
+
+__virtualname__ = "pgbouncer"
+
+
+def __virtual__():
+    if "pgbouncer.console" in __salt__:
+        return __virtualname__
+    return (False, "the pgbouncer execution module is not available (see its __virtual__)")
+
+
+def _ret(name):
+    return {"name": name, "changes": {}, "result": True, "comment": ""}
+
+
+def _fail(ret, exc, pillar_key):
+    message = str(exc)
+    if isinstance(exc, SaltInvocationError) and pillar_key and not message.startswith("PgBouncer"):
+        message = f"{pillar_key}:{message}"
+    ret.update(result=False, comment=f"{message} (nothing changed)", changes={})
+    return ret
+
+
+def _apply(ret, changes, label, steps, done):
+    """Run ``steps`` (write, reload, verify); the state's return either way."""
+    try:
+        steps()
+    except (SaltInvocationError, CommandExecutionError) as exc:
+        ret.update(result=False, changes=changes, comment=f"{label}: {exc}")
+        return ret
+    ret.update(changes=changes, comment=done)
+    return ret
+
+
+def _running_config():
+    """{key: row} of SHOW CONFIG, or None when PgBouncer does not run."""
+    if not __salt__["pgbouncer.running"]():
+        return None
+    return {row["key"]: row for row in __salt__["pgbouncer.show"]("config")}
+
+
+def settings(name, settings, hba=None, restart=False, pillar_key=None):
+    """The whole [pgbouncer] section (keys not given go back to PgBouncer's defaults).
+
+    name
+        A label for the state.
+    settings
+        {setting: value}; unknown settings and wrong types are refused.
+    hba
+        A list of HBA rules written to ``auth_hba_file`` (with ``auth_type: hba``); a rule
+        PgBouncer cannot parse is refused (PgBouncer would only skip it).
+    restart
+        Allow a restart (which drops every client) for settings PgBouncer reads only at start
+        (``listen_addr``, ``listen_port``, ``unix_socket_dir``, ``pidfile``, ...). Without it such a
+        change is reported, nothing is written and PgBouncer keeps running untouched.
+
+    .. code-block:: yaml
+
+        pgbouncer-settings:
+          pgbouncer.settings:
+            - settings: {listen_addr: 198.18.2.11, listen_port: 6432, auth_type: hba, ...}
+            - hba: ['host all all 198.18.2.0/24 scram-sha-256']
+    """
+    ret = _ret(name)
+    try:
+        current = __salt__["pgbouncer.read_config"]()
+        wanted = __salt__["pgbouncer.render_settings"](settings)
+        hba_text = None if hba is None else "".join(f"{rule}\n" for rule in hba)
+        old = current["pgbouncer"]
+        diff = {key: {"old": old.get(key), "new": wanted.get(key)}
+                for key in sorted(set(old) | set(wanted)) if old.get(key) != wanted.get(key)}
+        old_hba = _read_hba(wanted) if hba_text is not None else None
+        if not diff and hba_text == old_hba:
+            ret["comment"] = "PgBouncer settings are in place"
+            return ret
+        live = _running_config()
+        _check_listen(wanted, live)
+        sections = {**current, "pgbouncer": wanted}
+        __salt__["pgbouncer.validate_config"](sections, hba=hba_text)
+    except (SaltInvocationError, CommandExecutionError) as exc:
+        return _fail(ret, exc, pillar_key)
+
+    changeable = ({k: row["changeable"] == "yes" for k, row in live.items()} if live else {})
+    needs_restart = sorted(k for k in diff if live is not None and not changeable.get(k, True))
+    changes = {}
+    if diff:
+        changes["settings"] = diff
+    if hba_text != old_hba:
+        changes["hba"] = {"old": (old_hba or "").splitlines(), "new": hba_text.splitlines()}
+    if needs_restart and not restart:
+        ret.update(result=False, comment=(
+            f"{', '.join(needs_restart)} changed: PgBouncer reads "
+            f"{'it' if len(needs_restart) == 1 else 'them'} only at start and a restart drops "
+            f"every client; not restarted and nothing written (allow it with "
+            f"{pillar_key + ':' if pillar_key else ''}restart: true)"))
+        return ret
+    action = "restart" if needs_restart else ("reload" if live is not None else "none")
+    if __opts__["test"]:
+        ret.update(result=None, changes={**changes, "apply": action},
+                   comment=f"PgBouncer settings would change ({action})")
+        return ret
+
+    def steps():
+        __salt__["pgbouncer.write_config"](sections, hba=hba_text)
+        if action == "restart":
+            __salt__["service.restart"](__salt__["config.get"]("pgbouncer.service", "pgbouncer"))
+        elif action == "reload":
+            __salt__["pgbouncer.reload"]()
+        if live is not None:
+            _verify_settings(wanted)
+
+    return _apply(ret, {**changes, "apply": action}, "PgBouncer settings", steps,
+                  f"PgBouncer settings changed ({action})" if live is not None else
+                  "PgBouncer settings written; PgBouncer is not running and reads them at start")
+
+
+def _read_hba(wanted):
+    path = wanted.get("auth_hba_file")
+    if not path:
+        raise SaltInvocationError("settings:auth_hba_file: is not set but hba rules are given; "
+                                  "set auth_hba_file and auth_type: hba")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        return None
+
+
+def _check_listen(wanted, live):
+    """Refuse a listen address:port another process holds (unless it is PgBouncer's own)."""
+    port = wanted.get("listen_port", "6432")
+    addr = wanted.get("listen_addr", "")
+    if live and (live["listen_port"]["value"], live["listen_addr"]["value"]) == (port, addr):
+        return
+    busy = __salt__["pgbouncer.port_in_use"](addr, port) if addr else None
+    if busy:
+        raise SaltInvocationError(f"settings:listen_port: {port} is already in use on {busy}; "
+                                  "stop what holds it or choose another port")
+
+
+def _verify_settings(wanted):
+    shown = {row["key"]: row["value"] for row in __salt__["pgbouncer.show"]("config")}
+    wrong = [f"{key}={shown.get(key)!r} (wanted {value!r})" for key, value in wanted.items()
+             if key in shown and not __salt__["pgbouncer.same_setting"](key, value, shown[key])]
+    if wrong:
+        raise CommandExecutionError(f"PgBouncer runs with {', '.join(wrong)} after applying")
+
+
+def pool_present(name, host, port=None, dbname=None, user=None, auth_user=None, pool_size=None,
+                 reserve_pool=None, max_db_connections=None, pool_mode=None, connect_query=None,
+                 client_encoding=None, datestyle=None, timezone=None, wait_close_timeout=60,
+                 pillar_key=None):
+    """One [databases] entry, applied with RELOAD (clients stay connected).
+
+    When the target (host, port, dbname, user) of an existing pool changes, WAIT_CLOSE waits
+    (up to ``wait_close_timeout`` seconds) until the server connections to the old target are
+    closed. Afterwards SHOW DATABASES must show the entry.
+
+    .. code-block:: yaml
+
+        appdb:
+          pgbouncer.pool_present:
+            - host: 198.19.1.10
+            - port: 5432
+            - dbname: app
+            - pool_size: 20
+            - pool_mode: transaction
+    """
+    ret = _ret(name)
+    given = {"host": host, "port": port, "dbname": dbname, "user": user, "auth_user": auth_user,
+             "pool_size": pool_size, "reserve_pool": reserve_pool,
+             "max_db_connections": max_db_connections, "pool_mode": pool_mode,
+             "connect_query": connect_query, "client_encoding": client_encoding,
+             "datestyle": datestyle, "timezone": timezone}
+    try:
+        wanted = __salt__["pgbouncer.render_database"](
+            name, {k: v for k, v in given.items() if v is not None})
+        current = __salt__["pgbouncer.read_config"]()
+        old = current["databases"].get(name)
+        running = __salt__["pgbouncer.running"]()
+        stale = running and __salt__["pgbouncer.database_mismatch"](name, wanted)
+        if old == wanted and not stale:
+            ret["comment"] = f"pool {name} is in place"
+            return ret
+        # The other sections are the settings state's; write_config checks the whole file.
+        __salt__["pgbouncer.check_pool_sizes"]({name: wanted}, current["pgbouncer"])
+        sections = {**current, "databases": {**current["databases"], name: wanted}}
+    except (SaltInvocationError, CommandExecutionError) as exc:
+        return _fail(ret, exc, pillar_key)
+
+    moved = old is not None and any(old.get(k) != wanted.get(k)
+                                    for k in ("host", "port", "dbname", "user"))
+    changes = {name: {"old": old, "new": wanted}} if old != wanted else {
+        name: {"reload": "PgBouncer ran an older entry"}}
+    if __opts__["test"]:
+        ret.update(result=None, changes=changes, comment=(
+            f"pool {name} would be {'added' if old is None else 'changed'}"
+            + (" (RELOAD" + (", WAIT_CLOSE" if moved else "") + ")" if running else "")))
+        return ret
+
+    def steps():
+        __salt__["pgbouncer.write_config"](sections)
+        if running:
+            __salt__["pgbouncer.reload"]()
+            if moved:
+                __salt__["pgbouncer.wait_close"](name, timeout=wait_close_timeout)
+            mismatch = __salt__["pgbouncer.database_mismatch"](name, wanted)
+            if mismatch:
+                raise CommandExecutionError(f"after RELOAD SHOW DATABASES shows {mismatch}")
+
+    return _apply(ret, changes, f"pool {name}", steps, (
+        f"pool {name} {'added' if old is None else 'changed'}"
+        + ((" and reloaded" + (", old server connections closed" if moved else ""))
+           if running else "; PgBouncer is not running and reads it at start")))
+
+
+def pool_absent(name, pillar_key=None):
+    """No [databases] entry ``name``; applied with RELOAD.
+
+    .. code-block:: yaml
+
+        olddb:
+          pgbouncer.pool_absent
+    """
+    ret = _ret(name)
+    try:
+        current = __salt__["pgbouncer.read_config"]()
+        running = __salt__["pgbouncer.running"]()
+        listed = running and any(row["name"] == name
+                                 for row in __salt__["pgbouncer.show"]("databases"))
+        if name not in current["databases"] and not listed:
+            ret["comment"] = f"pool {name} is absent"
+            return ret
+        databases = {k: v for k, v in current["databases"].items() if k != name}
+        sections = {**current, "databases": databases}
+    except (SaltInvocationError, CommandExecutionError) as exc:
+        return _fail(ret, exc, pillar_key)
+    changes = {name: {"old": current["databases"].get(name), "new": None}}
+    if __opts__["test"]:
+        ret.update(result=None, changes=changes, comment=f"pool {name} would be removed")
+        return ret
+
+    def steps():
+        __salt__["pgbouncer.write_config"](sections)
+        if running:
+            __salt__["pgbouncer.reload"]()
+            if any(row["name"] == name for row in __salt__["pgbouncer.show"]("databases")):
+                raise CommandExecutionError("SHOW DATABASES still lists it after RELOAD")
+
+    return _apply(ret, changes, f"pool {name}", steps, f"pool {name} removed")
+
+
+def user_present(name, password=None, password_pillar=None, stored="plain", salt=None,
+                 iterations=4096, pillar_key=None):
+    """An auth file entry: the plaintext, or a SCRAM-SHA-256 verifier made from it.
+
+    password_pillar
+        A pillar key holding the password (preferred: the secret then never passes through
+        the rendered SLS).
+    stored
+        ``plain`` or ``scram-sha-256``. A verifier lets PgBouncer log in to the server only
+        when the server holds the identical verifier: give the server's ``salt`` (base64) and
+        ``iterations`` then. Without a salt an existing verifier that matches the password is
+        kept, else a random salt is used.
+
+    .. code-block:: yaml
+
+        app:
+          pgbouncer.user_present:
+            - password_pillar: vpn_gateway:pooler:users:app:password
+    """
+    ret = _ret(name)
+    key = f"users:{name}"
+    try:
+        if password_pillar:
+            # Salt 3008 masks pillar.get's answer ("**********") unless asked not to.
+            password = __salt__["pillar.get"](password_pillar, None, unmask=True)
+            if password is None:
+                raise SaltInvocationError(f"{password_pillar}: is not set; set the password "
+                                          "there")
+        __salt__["pgbouncer.check_user"](name, password, "users")
+        if stored not in ("plain", "scram-sha-256"):
+            raise SaltInvocationError(f"{key}:stored: {stored!r} is not plain or scram-sha-256")
+        in_place = __salt__["pgbouncer.user_matches"](name, password, stored, salt, iterations)
+        secret = password if stored == "plain" else __salt__["pgbouncer.scram_verifier"](
+            password, salt, iterations)
+        exists = name in __salt__["pgbouncer.read_auth_file"]()
+    except (SaltInvocationError, CommandExecutionError) as exc:
+        return _fail(ret, exc, pillar_key)
+    if in_place:
+        ret["comment"] = f"user {name} is in the auth file"
+        return ret
+    changes = {name: {"password": "set" if not exists else "changed", "stored": stored}}
+    if __opts__["test"]:
+        ret.update(result=None, changes=changes,
+                   comment=f"user {name} would be {'added' if not exists else 'updated'}")
+        return ret
+
+    def steps():
+        __salt__["pgbouncer.set_user"](name, secret)
+        if __salt__["pgbouncer.running"]():
+            __salt__["pgbouncer.reload"]()
+        if not __salt__["pgbouncer.user_matches"](name, password, stored, salt, iterations):
+            raise CommandExecutionError("the auth file does not hold it after writing")
+
+    return _apply(ret, changes, f"user {name}", steps,
+                  f"user {name} {'added' if not exists else 'updated'}")

@@ -1,0 +1,131 @@
+{#- PgBouncer on the gateway: package, account, directories, a hardened unit, and
+    pgbouncer.ini / auth file / HBA rules from pillar vpn_gateway:pooler through the
+    pgbouncer states (validated, applied with RELOAD; a restart only with pooler:restart). #}
+{%- from "vpn_gateway/map.jinja" import gateway with context %}
+{%- set pgb = gateway.pgbouncer %}
+{%- set pooler = salt['pillar.get']('vpn_gateway:pooler', {}) %}
+{%- set restart = pooler.get('restart', False) %}
+{%- set settings = {
+      'logfile': pgb.log_dir ~ '/pgbouncer.log',
+      'unix_socket_dir': pgb.run_dir,
+      'auth_file': pgb.conf_dir ~ '/userlist.txt',
+      'auth_hba_file': pgb.conf_dir ~ '/pg_hba.conf',
+      'listen_port': pooler.get('listen_port', 6432),
+      'listen_addr': pooler.get('listen_addr', '127.0.0.1'),
+    } %}
+{%- do settings.update(pooler.get('settings', {})) %}
+
+pgbouncer-package:
+  pkg.installed:
+    - name: {{ pgb.package }}
+
+pgbouncer-account:
+  group.present:
+    - name: {{ pgb.group }}
+    - system: True
+  user.present:
+    - name: {{ pgb.user }}
+    - gid: {{ pgb.group }}
+    - system: True
+    - home: /nonexistent
+    - createhome: False
+    - shell: /usr/sbin/nologin
+    - require:
+      - group: pgbouncer-account
+
+{%- for path, owner, mode in [(pgb.conf_dir, 'root', '0750'),
+                              (pgb.log_dir, pgb.user, '0750'),
+                              (pgb.run_dir, pgb.user, '0755')] %}
+
+pgbouncer-dir-{{ path }}:
+  file.directory:
+    - name: {{ path }}
+    - user: {{ owner }}
+    - group: {{ pgb.group }}
+    - mode: '{{ mode }}'
+    - require:
+      - user: pgbouncer-account
+{%- endfor %}
+
+pgbouncer-tmpfiles:
+  file.managed:
+    - name: /etc/tmpfiles.d/pgbouncer.conf
+    - contents: 'd {{ pgb.run_dir }} 0755 {{ pgb.user }} {{ pgb.group }} -'
+    - mode: '0644'
+
+pgbouncer-unit:
+  file.managed:
+    - name: /etc/systemd/system/{{ pgb.service }}.service
+    - source: salt://vpn_gateway/files/pgbouncer/pgbouncer.service.jinja
+    - template: jinja
+    - context:
+        pgb: {{ pgb | json }}
+    - mode: '0644'
+  cmd.run:
+    - name: systemctl daemon-reload
+    - onchanges:
+      - file: pgbouncer-unit
+
+{#- The package ships one owned by postgres; the entries are pgbouncer.user_present's. #}
+pgbouncer-auth-file:
+  file.managed:
+    - name: {{ settings.auth_file }}
+    - replace: False
+    - user: {{ pgb.user }}
+    - group: {{ pgb.group }}
+    - mode: '0640'
+    - require:
+      - file: pgbouncer-dir-{{ pgb.conf_dir }}
+
+pgbouncer-settings:
+  pgbouncer.settings:
+    - settings: {{ settings | json }}
+    - hba: {{ pooler.get('hba', []) | json }}
+    - restart: {{ restart }}
+    - pillar_key: vpn_gateway:pooler
+    - require:
+      - pkg: pgbouncer-package
+      - file: pgbouncer-auth-file
+
+{%- for name, user in pooler.get('users', {}).items() %}
+
+pgbouncer-user-{{ name }}:
+  pgbouncer.user_present:
+    - name: {{ name }}
+    - password_pillar: vpn_gateway:pooler:users:{{ name }}:password
+    - stored: {{ user.get('stored', 'plain') }}
+    {%- if user.get('salt') %}
+    - salt: {{ user.salt }}
+    {%- endif %}
+    - pillar_key: vpn_gateway:pooler
+    - require:
+      - pgbouncer: pgbouncer-settings
+    - require_in:
+      - service: pgbouncer-service
+{%- endfor %}
+
+pgbouncer-service:
+  service.running:
+    - name: {{ pgb.service }}
+    - enable: True
+    - require:
+      - pgbouncer: pgbouncer-settings
+      - file: pgbouncer-tmpfiles
+      - cmd: pgbouncer-unit
+    {%- if restart %}
+    - watch:
+      - file: pgbouncer-unit
+    {%- endif %}
+
+{%- for name, database in pooler.get('databases', {}).items() %}
+
+pgbouncer-pool-{{ name }}:
+  pgbouncer.pool_present:
+    - name: {{ name }}
+    {%- for key, value in database.items() %}
+    - {{ key }}: {{ value | json }}
+    {%- endfor %}
+    - pillar_key: vpn_gateway:pooler
+    - require:
+      - service: pgbouncer-service
+{%- endfor %}
