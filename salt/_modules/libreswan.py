@@ -136,14 +136,16 @@ def _flag(value, key, errors):
     return None
 
 
-def _validate(name, spec, psks, source="conn"):
+def _validate(name, spec, psks, source="conn", psk_keys=None):
     """Check one tunnel's settings; return the normalised conn or raise ConnError.
 
     ``spec`` holds the pillar-shaped arguments of ``conn_present`` (local,
     peers, remote_subnets, ike, ...); ``psks`` maps "primary"/"backup" to the
     PSK read from pillar (None when the key is missing). Error keys are
-    ``source:path`` so that a message names the pillar key to fix.
+    ``source:path`` so that a message names the pillar key to fix; a PSK
+    error names ``psk_keys[role]`` (the pillar key it was read from).
     """
+    psk_keys = psk_keys or {}
     errors = []
 
     def key(*path):
@@ -193,7 +195,8 @@ def _validate(name, spec, psks, source="conn"):
         conn[role] = {"right": right,
                       "rightid": _ike_id(peer.get("id"), right, key("peers", role, "id"), errors)}
         psk = psks.get(role)
-        psk_key = key("psk") if role == "primary" else key("peers", "backup", "psk")
+        psk_key = psk_keys.get(role) or (key("psk") if role == "primary"
+                                         else key("peers", "backup", "psk"))
         if psk is None:
             errors.append((psk_key, "missing: put the pre-shared key in pillar (at least "
                                     f"{MIN_PSK_LENGTH} characters)"))
@@ -501,21 +504,24 @@ def _summary(conns):
             "down": len(tunnels) - up}
 
 
+# Specific causes first (a notification, the kernel's refusal), generic ones after.
 _FAILURE_MARKERS = (
-    "AUTHENTICATION_FAILED", "authentication failed", "TS_UNACCEPTABLE", "NO_PROPOSAL_CHOSEN",
-    "INVALID_KE_PAYLOAD", "Protocol not supported", "no suitable connection", "timeout",
-    "retransmission", "rejected", "failed", "ERROR",
+    ("AUTHENTICATION_FAILED", "authentication failed", "TS_UNACCEPTABLE", "NO_PROPOSAL_CHOSEN",
+     "INVALID_KE_PAYLOAD", "INVALID_SYNTAX", "Protocol not supported", "no suitable connection",
+     "timeout", "retransmission"),
+    ("rejected", "failed", "ERROR"),
 )
 
 
 def _failure_reason(log_lines, conn):
-    """The last pluto log message about ``conn`` (or its /NxM, -backup-less
-    sub-conns) that says why it failed; None if there is none."""
+    """The latest pluto log message about ``conn`` (or its ``/NxM`` sub-conns)
+    that says why it failed, preferring a specific cause; None if none."""
     pattern = re.compile(rf'"{re.escape(conn)}(/[^"]*)?"')
-    for line in reversed(log_lines):
-        if pattern.search(line) and any(m in line for m in _FAILURE_MARKERS):
-            message = line[pattern.search(line).start():]
-            return re.sub(r"^ERROR: ", "", message).strip()
+    for markers in _FAILURE_MARKERS:
+        for line in reversed(log_lines):
+            found = pattern.search(line)
+            if found and any(m in line for m in markers):
+                return line[found.start():].strip()
     return None
 
 
@@ -779,10 +785,15 @@ def _write_atomic(path, text, mode):
         raise
 
 
-def _psks(spec_psk_pillar, backup_psk_pillar):
-    psk = __salt__["pillar.get"](spec_psk_pillar, None) if spec_psk_pillar else None
-    backup = __salt__["pillar.get"](backup_psk_pillar, None) if backup_psk_pillar else psk
-    return {"primary": psk, "backup": backup}
+def _pillar_secret(key):
+    # Salt 3008 masks pillar.get's answer ("**********") unless asked not to.
+    return __salt__["pillar.get"](key, None, unmask=True) if key else None
+
+
+def _psks(psk_pillar, backup_psk_pillar):
+    psk = _pillar_secret(psk_pillar)
+    return {"primary": psk, "backup": _pillar_secret(backup_psk_pillar) if backup_psk_pillar
+            else psk}
 
 
 def plan_conn(name, psk_pillar, backup_psk_pillar=None, source="conn", **spec):
@@ -803,7 +814,8 @@ def plan_conn(name, psk_pillar, backup_psk_pillar=None, source="conn", **spec):
     spec = {k: v for k, v in spec.items() if not k.startswith("__")}
     conf_path, secrets_path = _paths(name)
     try:
-        conn = _validate(name, spec, _psks(psk_pillar, backup_psk_pillar), source)
+        conn = _validate(name, spec, _psks(psk_pillar, backup_psk_pillar), source,
+                         {"primary": psk_pillar, "backup": backup_psk_pillar or psk_pillar})
     except ConnError as exc:
         return {"name": name, "errors": [f"{key}: {message}" for key, message in exc.errors]}
     new_conf = _render_conf(conn, _major())
