@@ -1,0 +1,161 @@
+"""States for the gateway's Kubernetes objects: the selector-less Service and its EndpointSlices.
+
+Each state asks the API server for a dry run of its server-side apply first:
+no difference means no write (so no new resourceVersion); ``test=True``
+reports that difference and stops. After a real apply the state reads the
+objects back and fails when they differ from what the dry run predicted.
+
+.. code-block:: yaml
+
+    postgres-service:
+      k8s.service_present:
+        - name: postgres
+        - namespace: databases
+        - ports: [{name: postgres, port: 5432, target_port: 6432}]
+
+    postgres-endpoints:
+      k8s.endpointslice_present:
+        - name: postgres
+        - namespace: databases
+        - endpoints: [198.18.2.11]
+        - require: [k8s: postgres-service]
+"""
+
+from salt.exceptions import CommandExecutionError, SaltInvocationError
+
+__virtualname__ = "k8s"
+
+
+def __virtual__():
+    if "k8s.apply_endpointslices" in __salt__:
+        return __virtualname__
+    return (
+        False,
+        "the k8s execution module is not loaded: sync salt/_modules "
+        "(saltutil.sync_modules) and install the kubernetes Python client",
+    )
+
+
+def _run(name, apply, read_back, predicted_key):
+    """Dry run, then (unless test) apply and compare the read-back with the prediction."""
+    ret = {"name": name, "result": False, "changes": {}, "comment": ""}
+    try:
+        plan = apply(dry_run=True)
+        if not plan["changes"]:
+            ret.update(result=True, comment="in sync with the API server")
+            return ret
+        if __opts__["test"]:
+            ret.update(
+                result=None,
+                changes=plan["changes"],
+                comment="would apply (the API server's dry run)",
+            )
+            return ret
+        done = apply(dry_run=False)
+        actual = read_back()
+    except (CommandExecutionError, SaltInvocationError) as exc:
+        ret["comment"] = str(exc)
+        return ret
+    ret["changes"] = done["changes"]
+    if actual != done[predicted_key]:
+        ret["comment"] = (
+            "applied, but the API server now holds something else (another writer?): "
+            f"expected {done[predicted_key]}, read back {actual}"
+        )
+        return ret
+    ret.update(result=True, comment="applied")
+    return ret
+
+
+def service_present(
+    name, namespace, ports, labels=None, force=False, kubeconfig=None, context=None
+):
+    """
+    Ensure the selector-less Service NAMESPACE/NAME exists with these ports.
+
+    name
+        Service name (pods use ``NAME.NAMESPACE.svc.cluster.local``).
+    namespace
+        Its namespace; it must exist.
+    ports
+        ``[{name, port, target_port, protocol}]``; target_port is where the
+        gateway listens (default: port), protocol defaults to TCP.
+    labels
+        Extra labels on the Service.
+    force
+        Take over fields another field manager owns (409 conflicts).
+    kubeconfig, context
+        Default: vpn_gateway:kubernetes:kubeconfig / :context (config.get).
+    """
+    conn = {"kubeconfig": kubeconfig, "context": context}
+
+    def apply(dry_run):
+        return __salt__["k8s.apply_service"](
+            name, namespace, ports, labels=labels, force=force, dry_run=dry_run, **conn
+        )
+
+    def read_back():
+        return __salt__["k8s.get_service"](name, namespace, summary=True, **conn)
+
+    return _run(name, apply, read_back, "object")
+
+
+def endpointslice_present(
+    name, namespace, endpoints, ports=None, ready=None, force=False, kubeconfig=None, context=None
+):
+    """
+    Ensure the EndpointSlices of Service NAMESPACE/NAME point at endpoints.
+
+    name
+        The Service's name (label kubernetes.io/service-name).
+    endpoints
+        Addresses (IPv4 and/or IPv6; one slice per family and per 1000
+        endpoints), as strings or ``{address, hostname, ready}``.
+    ports
+        ``[{name, port, protocol}]``; default: the Service's port names with
+        their target ports. Needed with test=True before the Service exists.
+    ready
+        conditions.ready of every endpoint; None (default) keeps the live
+        value, which the monitoring sets (k8s.set_endpoints_ready).
+    force
+        Take over fields another field manager owns.
+    """
+    conn = {"kubeconfig": kubeconfig, "context": context}
+
+    def apply(dry_run):
+        return __salt__["k8s.apply_endpointslices"](
+            name,
+            namespace,
+            endpoints,
+            ports=ports,
+            ready=ready,
+            force=force,
+            dry_run=dry_run,
+            **conn,
+        )
+
+    def read_back():
+        return __salt__["k8s.list_endpointslices"](
+            name, namespace, managed_only=True, summary=True, **conn
+        )
+
+    return _run(name, apply, read_back, "slices")
+
+
+def endpointslice_absent(name, namespace, kubeconfig=None, context=None):
+    """
+    Ensure Service NAMESPACE/NAME has no EndpointSlices managed by this module.
+
+    Slices of other managers are left alone.
+    """
+    conn = {"kubeconfig": kubeconfig, "context": context}
+
+    def apply(dry_run):
+        return __salt__["k8s.delete_endpointslices"](name, namespace, dry_run=dry_run, **conn)
+
+    def read_back():
+        return __salt__["k8s.list_endpointslices"](
+            name, namespace, managed_only=True, summary=True, **conn
+        )
+
+    return _run(name, apply, read_back, "slices")
