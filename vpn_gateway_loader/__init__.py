@@ -14,3 +14,7 @@ def module_dirs():
 
 def states_dirs():
     return [os.path.join(_HERE, "_states")]
+
+
+def beacons_dirs():
+    return [os.path.join(_HERE, "_beacons")]

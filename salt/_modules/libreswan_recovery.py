@@ -1,0 +1,571 @@
+"""Tunnel health and recovery for Libreswan: the graduated ladder, its retry
+budget and the failback policy.
+
+Shares the virtual name ``libreswan`` with ``libreswan.py`` (Salt merges the
+functions of both files), so operators see one module: ``libreswan.status``
+and ``libreswan.ensure_up`` side by side.
+
+Settings come from ``vpn_gateway:monitoring`` (``config.get``: minion config,
+grains or pillar) over ``DEFAULTS``. Run-time memory (attempt history,
+counters, when the tunnel went to the backup) lives in a JSON file under
+``state_dir`` so that it survives minion restarts, highstates and pillar
+refreshes; one lock per tunnel keeps two recoveries from overlapping.
+
+Pure helpers (``_settings``, ``_health``, ``_budget``, ``_ladder``) take and
+return plain data so that tests import them from this file directly.
+"""
+import copy
+import fcntl
+import json
+import os
+import re
+import tempfile
+import time
+from contextlib import contextmanager
+
+__virtualname__ = "libreswan"
+
+BACKUP_SUFFIX = "-backup"
+NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,39}$")
+SETTINGS_KEY = "vpn_gateway:monitoring"
+WEBHOOK_KEY = "vpn_gateway:monitoring:webhook_url"
+
+DEFAULTS = {
+    # What counts as "up": child_sa (IKE SA and a Child SA: traffic can flow)
+    # or ike_sa (the IKE SA alone: for kernels without ESP, see docs).
+    "up_when": "child_sa",
+    # Tunnels to watch even when pluto is not running (default: the tunnel section's name).
+    "tunnels": [],
+    # Beacon: a new state must hold this long before it is reported (anti-flapping).
+    "holddown": 10,
+    # Beacon: while down (or on the backup) re-fire every repeat s, doubling up to repeat_max.
+    "repeat": 30,
+    "repeat_max": 300,
+    # Ladder: conn-level restarts before failing over; seconds to wait for the IKE SA per step.
+    "conn_restarts": 2,
+    "step_timeout": 10,
+    # Retry budget: at most `attempts` ladders per `window` s, spaced base * 2^n s (<= max).
+    "budget": {"attempts": 5, "window": 3600},
+    "backoff": {"base": 30, "max": 600},
+    # auto: back to the primary once the tunnel has been on the backup for failback_after s
+    # (one try per failback_after); never: stay until an operator runs libreswan.switch.
+    "failback": "auto",
+    "failback_after": 300,
+    # Webhook alerts (URL in webhook_url, a secret): one per conn and state per rate_window s.
+    "alerts": {"rate_window": 900, "timeout": 5},
+    # EndpointSlice ready follows tunnel health (k8s.set_endpoints_ready) when enabled.
+    "endpoint_ready": {"enabled": False, "service": None, "namespace": None, "address": None,
+                       "kubeconfig": None},
+    # Prometheus textfile for node_exporter's textfile collector.
+    "metrics": {"path": "/var/lib/prometheus/node-exporter/vpn_gateway.prom", "interval": 15},
+    "state_dir": "/var/lib/vpn-gateway",
+}
+_CHOICES = {"up_when": ("child_sa", "ike_sa"), "failback": ("auto", "never")}
+_NUMBERS = {"holddown": (0, 3600), "repeat": (1, 86400), "repeat_max": (1, 86400),
+            "conn_restarts": (0, 10), "step_timeout": (1, 300), "failback_after": (0, 86400),
+            "budget:attempts": (1, 1000), "budget:window": (1, 7 * 86400),
+            "backoff:base": (0, 86400), "backoff:max": (0, 86400),
+            "alerts:rate_window": (0, 86400), "alerts:timeout": (1, 60),
+            "metrics:interval": (1, 3600)}
+
+
+class SettingsError(ValueError):
+    """Bad monitoring settings; the message names the pillar key and the fix."""
+
+
+# -- settings (pure) ----------------------------------------------------------------
+def _merge(base, override):
+    merged = copy.deepcopy(base)
+    for key, value in (override or {}).items():
+        if isinstance(merged.get(key), dict) and isinstance(value, dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _settings(raw, default_tunnel=None):
+    """``DEFAULTS`` overlaid with the pillar section, validated; raises SettingsError."""
+    if raw is not None and not isinstance(raw, dict):
+        raise SettingsError(f"{SETTINGS_KEY}: must be a mapping, not {type(raw).__name__}")
+    raw = {k: v for k, v in (raw or {}).items() if k != "webhook_url"}
+    unknown = sorted(set(raw) - set(DEFAULTS))
+    if unknown:
+        raise SettingsError(f"{SETTINGS_KEY}:{unknown[0]}: unknown key; known: "
+                            f"{', '.join(sorted(DEFAULTS))} and webhook_url")
+    settings = _merge(DEFAULTS, raw)
+    errors = []
+    for key, allowed in _CHOICES.items():
+        if settings[key] not in allowed:
+            errors.append(f"{SETTINGS_KEY}:{key}: {settings[key]!r} is not one of "
+                          f"{', '.join(allowed)}")
+    for path, (low, high) in _NUMBERS.items():
+        *parents, leaf = path.split(":")
+        holder = settings
+        for parent in parents:
+            holder = holder[parent]
+        value = holder[leaf]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not low <= value <= high:
+            errors.append(f"{SETTINGS_KEY}:{path}: {value!r} is not a number from {low} to {high}")
+    tunnels = settings["tunnels"]
+    names_ok = isinstance(tunnels, list) and all(
+        isinstance(t, str) and NAME_RE.fullmatch(t) for t in tunnels)
+    if not names_ok:
+        errors.append(f"{SETTINGS_KEY}:tunnels: {tunnels!r} is not a list of conn names")
+    elif not tunnels and default_tunnel:
+        settings["tunnels"] = [default_tunnel]
+    ready = settings["endpoint_ready"]
+    if ready.get("enabled"):
+        for key in ("service", "namespace", "address"):
+            if not ready.get(key):
+                errors.append(f"{SETTINGS_KEY}:endpoint_ready:{key}: required when enabled "
+                              "(the Service, its namespace and this gateway's endpoint address)")
+    if errors:
+        raise SettingsError("; ".join(errors))
+    return settings
+
+
+# -- health (pure) ---------------------------------------------------------------------
+def _conn_up(conn, up_when):
+    if not conn:
+        return False
+    return bool(conn["ike_established"] if up_when == "ike_sa" else conn["up"])
+
+
+def _health(status, tunnel, up_when):
+    """One tunnel's health from ``libreswan.status``.
+
+    ``state`` is ``up`` (carried by the primary), ``failover`` (carried by the
+    backup only) or ``down``; ``active`` says which conn(s) are up.
+    """
+    conns = status.get("conns", {})
+    backup = tunnel + BACKUP_SUFFIX if tunnel + BACKUP_SUFFIX in conns else None
+    primary_up = _conn_up(conns.get(tunnel), up_when)
+    backup_up = _conn_up(conns.get(backup), up_when) if backup else False
+    if primary_up:
+        state, active = "up", "both" if backup_up else "primary"
+    elif backup_up:
+        state, active = "failover", "backup"
+    else:
+        state, active = "down", None
+    reason = None
+    if not status.get("running", True):
+        reason = "pluto is not running" + (f": {status['error']}" if status.get("error") else "")
+    elif state == "down":
+        reason = (conns.get(tunnel) or {}).get("reason") or "conn not loaded"
+    return {"tunnel": tunnel, "state": state, "up": state != "down", "active": active,
+            "pluto_running": bool(status.get("running", True)), "has_backup": bool(backup),
+            "reason": reason}
+
+
+# -- budget and ladder (pure) --------------------------------------------------------------
+def _budget(history, now, attempts, window, base, maximum):
+    """May a ladder run now? ``history``: start times of earlier attempts.
+
+    Returns ``{"allowed", "wait", "attempt", "exhausted"}``: at most
+    ``attempts`` per ``window`` s, the n-th spaced ``base * 2**(n-1)`` s
+    (at most ``maximum``) after the previous one.
+    """
+    recent = sorted(t for t in history if now - t < window)
+    if len(recent) >= attempts:
+        return {"allowed": False, "wait": recent[0] + window - now, "attempt": len(recent),
+                "exhausted": True}
+    wait = 0.0
+    if recent:
+        wait = max(0.0, recent[-1] + min(base * 2 ** (len(recent) - 1), maximum) - now)
+    return {"allowed": wait == 0, "wait": wait, "attempt": len(recent) + 1, "exhausted": False}
+
+
+def _ladder(health, conn_restarts):
+    """The steps of one recovery, cheapest first: ``[(step, target), ...]``.
+
+    With pluto running: restart the conn that carried the tunnel, then fail
+    over to the other peer, then restart the service (xfrm flushed). With
+    pluto gone a conn restart cannot work: restart the service first, then
+    fail over if the peer it brings up stays down.
+    """
+    current = "backup" if health["active"] == "backup" else "primary"
+    other = "primary" if current == "backup" else "backup"
+    failover = [("switch", other)] if health["has_backup"] else []
+    if not health["pluto_running"]:
+        return [("restart_service", None)] + failover
+    return [("restart_conn", current)] * conn_restarts + failover + [("restart_service", None)]
+
+
+# -- Salt side -------------------------------------------------------------------------------
+def __virtual__():
+    if "libreswan.status" in __salt__ or os.path.exists("/usr/sbin/ipsec"):
+        return __virtualname__
+    return (False, "libreswan recovery: the ipsec command is missing; install the libreswan "
+                   "package (apply vpn_gateway.ipsec)")
+
+
+def monitoring_settings():
+    """
+    The effective monitoring settings (``vpn_gateway:monitoring`` over the
+    defaults), validated; the webhook URL is never included.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'vpn-gw*' libreswan.monitoring_settings
+    """
+    raw = __salt__["config.get"](SETTINGS_KEY, {})
+    return _settings(json.loads(json.dumps(raw)) if raw else {},
+                     __salt__["config.get"]("vpn_gateway:tunnel:name", None) or None)
+
+
+def _tunnel_names(settings, status, name):
+    if name is not None:
+        if not NAME_RE.fullmatch(str(name)):
+            raise ValueError(f"name={name!r} is not a conn name")
+        return [name]
+    names = set(status.get("tunnels", {})) | set(settings["tunnels"])
+    return sorted(n for n in names if not n.endswith(BACKUP_SUFFIX))
+
+
+def health(name=None):
+    """
+    Health of each tunnel (or of ``name``): ``state`` up / failover / down,
+    the ``active`` peer and why it is down, judged by ``up_when``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'vpn-gw*' libreswan.health
+        salt 'vpn-gw1' libreswan.health remote-db
+    """
+    settings = monitoring_settings()
+    status = __salt__["libreswan.status"]()
+    return {t: _health(status, t, settings["up_when"])
+            for t in _tunnel_names(settings, status, name)}
+
+
+def _health_now(settings, tunnel):
+    return _health(__salt__["libreswan.status"](), tunnel, settings["up_when"])
+
+
+# -- run-time memory --------------------------------------------------------------------------
+# What each part remembers, one JSON file each under state_dir: recovery
+# (attempts, counters, backup_since), beacon (reported states), alerts (last sent).
+MEMORIES = ("recovery", "beacon", "alerts")
+
+
+def _memory_path(settings, what):
+    if what not in MEMORIES:
+        raise ValueError(f"what={what!r}: one of {', '.join(MEMORIES)}")
+    return os.path.join(settings["state_dir"], f"{what}.json")
+
+
+def monitoring_memory(what="recovery"):
+    """
+    What the monitoring remembers across restarts, highstates and pillar
+    refreshes: ``recovery`` (per tunnel: recent attempts, recoveries by
+    result, the last ladder, since when on the backup), ``beacon`` (per
+    tunnel: the reported state and since when) or ``alerts`` (per conn and
+    state: when the last alert went out).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'vpn-gw1' libreswan.monitoring_memory
+        salt 'vpn-gw1' libreswan.monitoring_memory beacon
+    """
+    try:
+        with open(_memory_path(monitoring_settings(), what), encoding="utf-8") as handle:
+            return json.load(handle)
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+def remember(what, data):
+    """
+    Replace one memory file (``recovery``, ``beacon`` or ``alerts``) atomically;
+    the beacon and vpn_alert keep their state through it. ``data={}`` forgets.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'vpn-gw1' libreswan.remember alerts '{}'
+    """
+    path = _memory_path(monitoring_settings(), what)
+    directory = os.path.dirname(path)
+    os.makedirs(directory, mode=0o750, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=directory)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=1, sort_keys=True)
+    os.replace(tmp, path)
+    return {"what": what, "entries": len(data)}
+
+
+def _memory(tunnel):
+    entry = monitoring_memory("recovery").get(tunnel, {})
+    entry.setdefault("attempts", [])
+    entry.setdefault("recoveries", {"success": 0, "failure": 0})
+    return entry
+
+
+def _remember(tunnel, entry):
+    data = monitoring_memory("recovery")
+    data[tunnel] = entry
+    remember("recovery", data)
+
+
+@contextmanager
+def _locked(settings, tunnel):
+    """Yield True when this process holds the tunnel's recovery lock, else False."""
+    os.makedirs(settings["state_dir"], mode=0o750, exist_ok=True)
+    with open(os.path.join(settings["state_dir"], f"{tunnel}.lock"), "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def recovery_state(name=None):
+    """
+    What recovery remembers per tunnel: recent attempts, recoveries by result,
+    the last step and when the tunnel went to the backup.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'vpn-gw*' libreswan.recovery_state
+    """
+    data = monitoring_memory("recovery")
+    return {name: data.get(name, {})} if name else data
+
+
+def reset_recovery(name):
+    """
+    Forget tunnel ``name``'s attempt history: the budget starts afresh (after a
+    repair by hand). Counters are kept for the metrics.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'vpn-gw1' libreswan.reset_recovery remote-db
+    """
+    entry = _memory(name)
+    entry["attempts"] = []
+    _remember(name, entry)
+    return {"name": name, "attempts": []}
+
+
+# -- actions -------------------------------------------------------------------------------
+def _state_run_in_progress():
+    """A state run reconfiguring the tunnel must not be fought (no loop with highstate)."""
+    return bool(__salt__["saltutil.is_running"]("state.*"))
+
+
+def _wait_health(settings, tunnel, timeout):
+    deadline = time.monotonic() + timeout
+    while True:
+        current = _health_now(settings, tunnel)
+        if current["up"] or time.monotonic() >= deadline:
+            return current
+        time.sleep(0.5)
+
+
+def _restart_service():
+    """Stop pluto (the unit flushes xfrm state and policy), flush again in case
+    pluto died without its unit's stop, start it: auto=start conns come up."""
+    __salt__["service.stop"]("ipsec")
+    for kind in ("state", "policy"):
+        __salt__["cmd.run_all"](["ip", "xfrm", kind, "flush"], python_shell=False)
+    return __salt__["service.start"]("ipsec")
+
+
+def _run_step(settings, tunnel, step, target):
+    wait = settings["step_timeout"]
+    if step == "restart_conn":
+        conn = tunnel + BACKUP_SUFFIX if target == "backup" else tunnel
+        __salt__["libreswan.restart_conn"](conn, wait=wait)
+    elif step == "switch":
+        __salt__["libreswan.switch"](tunnel, to=target, wait=wait)
+    else:
+        _restart_service()
+    return _wait_health(settings, tunnel, wait)
+
+
+def _set_endpoint_ready(settings, ready):
+    """Point the gateway's EndpointSlice endpoint at the tunnel's health, if asked."""
+    options = settings["endpoint_ready"]
+    if not options.get("enabled"):
+        return None
+    try:
+        changes = __salt__["k8s.set_endpoints_ready"](
+            options["service"], options["namespace"], ready, addresses=[options["address"]],
+            kubeconfig=options.get("kubeconfig"))
+    except Exception as exc:  # the API server may be unreachable: report, never stop recovery
+        return {"ready": ready, "error": f"{type(exc).__name__}: {exc}"}
+    return {"ready": ready, "changed": bool(changes)}
+
+
+def _alert(tunnel, state, step, attempt, detail):
+    if "vpn_alert.send" not in __salt__:
+        return None
+    return __salt__["vpn_alert.send"](tunnel, state, step, attempt=attempt, detail=detail)
+
+
+def _climb(settings, tunnel, start):
+    """Run the ladder until a step's verification shows the tunnel up."""
+    steps = []
+    current = start
+    for step, target in _ladder(start, settings["conn_restarts"]):
+        current = _run_step(settings, tunnel, step, target)
+        steps.append({"step": step, "target": target, "state": current["state"],
+                      "active": current["active"]})
+        if current["up"]:
+            break
+    return current, steps
+
+
+def _ensure_one(settings, tunnel, force):
+    now = time.time()
+    current = _health_now(settings, tunnel)
+    memory = _memory(tunnel)
+    result = {"name": tunnel, "state": current["state"], "active": current["active"],
+              "steps": [], "attempt": 0}
+    if current["up"]:
+        memory["attempts"] = []
+        on_backup = current["state"] == "failover"
+        memory["backup_since"] = (memory.get("backup_since") or now) if on_backup else None
+        _remember(tunnel, memory)
+        result.update(result=True, comment="tunnel is up",
+                      endpoint=_set_endpoint_ready(settings, True))
+        return result
+    result["reason"] = current["reason"]
+    result["endpoint"] = _set_endpoint_ready(settings, False)
+    if _state_run_in_progress() and not force:
+        result.update(result=False, deferred="a state run is in progress")
+        return result
+    budget = _budget(memory["attempts"], now, settings["budget"]["attempts"],
+                     settings["budget"]["window"], settings["backoff"]["base"],
+                     settings["backoff"]["max"])
+    if not budget["allowed"] and not force:
+        result.update(result=False, attempt=budget["attempt"], retry_in=round(budget["wait"], 1),
+                      deferred="retry budget exhausted" if budget["exhausted"] else "backoff")
+        return result
+    memory["attempts"] = [t for t in memory["attempts"]
+                          if now - t < settings["budget"]["window"]] + [now]
+    _remember(tunnel, memory)
+    final, steps = _climb(settings, tunnel, current)
+    memory = _memory(tunnel)
+    outcome = "success" if final["up"] else "failure"
+    memory["recoveries"][outcome] = memory["recoveries"].get(outcome, 0) + 1
+    memory["last"] = {"time": time.time(), "result": outcome, "steps": steps}
+    if final["state"] == "failover":
+        memory["backup_since"] = time.time()
+    if final["up"]:
+        memory["attempts"] = []
+    _remember(tunnel, memory)
+    last_step = steps[-1]["step"] if steps else None
+    result.update(result=final["up"], state=final["state"], active=final["active"], steps=steps,
+                  attempt=budget["attempt"], endpoint=_set_endpoint_ready(settings, final["up"]))
+    if final["up"]:
+        result["alert"] = _alert(tunnel, final["state"], last_step, budget["attempt"],
+                                 f"recovered by {last_step} (active: {final['active']})")
+    else:
+        result["reason"] = final["reason"]
+        result["alert"] = _alert(tunnel, "down", "gave_up", budget["attempt"],
+                                 f"every step failed: {final['reason']}")
+    return result
+
+
+def ensure_up(name=None, force=False):
+    """
+    Bring tunnel ``name`` (default: every tunnel) up with the recovery ladder,
+    once: conn restarts (``conn_restarts``), failover to the other peer, a
+    service restart with xfrm state and policy flushed; each step verified
+    (``up_when``, ``step_timeout``) before the next. Respects the retry budget
+    and backoff (``force=True`` ignores them), waits while a state run is in
+    progress, sends a webhook alert on recovery and on giving up, and keeps
+    the EndpointSlice ``ready`` in step when ``endpoint_ready`` is enabled.
+    A tunnel that is up is left alone.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'vpn-gw*' libreswan.ensure_up
+        salt 'vpn-gw1' libreswan.ensure_up remote-db force=True
+    """
+    settings = monitoring_settings()
+    results = {}
+    for tunnel in _tunnel_names(settings, __salt__["libreswan.status"](), name):
+        with _locked(settings, tunnel) as mine:
+            results[tunnel] = _ensure_one(settings, tunnel, force) if mine else {
+                "name": tunnel, "result": False, "deferred": "a recovery is already running"}
+    return results
+
+
+def _failback_one(settings, tunnel):
+    now = time.time()
+    current = _health_now(settings, tunnel)
+    memory = _memory(tunnel)
+    result = {"name": tunnel, "state": current["state"], "active": current["active"],
+              "result": True}
+    if current["state"] != "failover":
+        if memory.get("backup_since"):
+            memory["backup_since"] = None
+            _remember(tunnel, memory)
+        return dict(result, comment="not on the backup")
+    since = memory.get("backup_since") or now
+    last_try = memory.get("failback_tried") or 0
+    due = max(since, last_try) + settings["failback_after"]
+    if settings["failback"] == "never" or now < due or _state_run_in_progress():
+        memory["backup_since"] = since
+        _remember(tunnel, memory)
+        why = "policy: never" if settings["failback"] == "never" else (
+            f"due in {round(due - now, 1)}s" if now < due else "a state run is in progress")
+        return dict(result, comment=f"staying on the backup ({why})")
+    memory.update(backup_since=since, failback_tried=now)
+    _remember(tunnel, memory)
+    __salt__["libreswan.switch"](tunnel, to="primary", wait=settings["step_timeout"])
+    final = _wait_health(settings, tunnel, settings["step_timeout"])
+    if final["state"] != "up":  # the primary is still gone: back to the backup at once
+        __salt__["libreswan.switch"](tunnel, to="backup", wait=settings["step_timeout"])
+        final = _wait_health(settings, tunnel, settings["step_timeout"])
+        return dict(result, result=final["up"], state=final["state"], active=final["active"],
+                    comment="the primary did not come up; back on the backup")
+    memory = _memory(tunnel)
+    memory.update(backup_since=None, failback_tried=None)
+    _remember(tunnel, memory)
+    return dict(result, state=final["state"], active=final["active"], comment="failed back",
+                alert=_alert(tunnel, "up", "failback", 0, "back on the primary peer"))
+
+
+def failback(name=None):
+    """
+    Apply the failback policy to tunnel ``name`` (default: every tunnel) when
+    the backup peer carries it: with ``failback: auto``, once it has been on
+    the backup for ``failback_after`` seconds (and at most once per that
+    period), switch to the primary, verify, and return to the backup at once
+    if the primary does not come up. ``failback: never`` leaves it.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'vpn-gw1' libreswan.failback remote-db
+    """
+    settings = monitoring_settings()
+    results = {}
+    for tunnel in _tunnel_names(settings, __salt__["libreswan.status"](), name):
+        with _locked(settings, tunnel) as mine:
+            results[tunnel] = _failback_one(settings, tunnel) if mine else {
+                "name": tunnel, "result": False, "deferred": "a recovery is already running"}
+    return results

@@ -1,0 +1,150 @@
+"""Prometheus textfile metrics for node_exporter's textfile collector.
+
+One file (``vpn_gateway:monitoring:metrics:path``, default
+``/var/lib/prometheus/node-exporter/vpn_gateway.prom``) written atomically
+(a dot-file in the same directory, then a rename: node_exporter never reads
+half a file). Per conn: IKE/Child SA up and bytes; per tunnel: up (by
+``up_when``), the active peer, recoveries by result and the time of the last
+state change the beacon reported; PgBouncer pool gauges when the pgbouncer
+module is present. ``_render`` is pure and tested directly.
+"""
+import os
+import tempfile
+import time
+
+__virtualname__ = "vpn_metrics"
+
+# name: (type, help)
+METRICS = {
+    "vpn_gateway_pluto_running": ("gauge", "1 when pluto answers whack --status."),
+    "vpn_gateway_ike_sa_up": ("gauge", "1 when the conn has an established IKE SA."),
+    "vpn_gateway_child_sa_up": ("gauge", "1 when the conn has an established Child (IPsec) SA."),
+    "vpn_gateway_sa_bytes_total": (
+        "counter", "Bytes through the conn's Child SAs (resets when an SA is replaced)."),
+    "vpn_gateway_tunnel_up": ("gauge", "1 when the tunnel is up by the up_when rule."),
+    "vpn_gateway_tunnel_active_peer": ("gauge", "1 for the peer (primary/backup) carrying it."),
+    "vpn_gateway_tunnel_recoveries_total": ("counter", "Recovery ladders run, by result."),
+    "vpn_gateway_tunnel_last_change_timestamp_seconds": (
+        "gauge", "When the beacon last reported a state change (Unix time)."),
+    "vpn_gateway_pgbouncer_up": ("gauge", "1 when the PgBouncer admin console answers."),
+    "vpn_gateway_pgbouncer_clients_waiting": ("gauge", "Clients waiting for a server connection."),
+    "vpn_gateway_pgbouncer_maxwait_seconds": ("gauge", "Age of the oldest waiting client."),
+    "vpn_gateway_pgbouncer_server_connections": ("gauge", "Server connections by state."),
+    "vpn_gateway_metrics_timestamp_seconds": ("gauge", "When this file was written."),
+}
+
+
+def __virtual__():
+    if "libreswan.monitoring_settings" in __salt__:
+        return __virtualname__
+    return (False, "vpn_metrics: needs the libreswan module (install libreswan, apply "
+                   "vpn_gateway.ipsec)")
+
+
+# -- rendering (pure) ------------------------------------------------------------------------
+def _label_value(value):
+    return str(value).replace("\\", r"\\").replace('"', r"\"").replace("\n", r"\n")
+
+
+def _sample(name, labels, value):
+    inner = ",".join(f'{k}="{_label_value(v)}"' for k, v in labels.items())
+    return f"{name}{{{inner}}} {value:g}" if inner else f"{name} {value:g}"
+
+
+def _render(status, healths, memory, changes, pools, now):
+    """The textfile. ``status``: libreswan.status; ``healths``: libreswan.health;
+    ``memory``: recovery state per tunnel; ``changes``: beacon state per tunnel;
+    ``pools``: SHOW POOLS rows, or None when PgBouncer does not answer."""
+    samples = {name: [] for name in METRICS}
+    samples["vpn_gateway_pluto_running"].append(({}, int(bool(status.get("running")))))
+    for conn, entry in sorted(status.get("conns", {}).items()):
+        samples["vpn_gateway_ike_sa_up"].append(({"conn": conn}, int(entry["ike_established"])))
+        samples["vpn_gateway_child_sa_up"].append(
+            ({"conn": conn}, int(entry["child_established"])))
+        for direction in ("in", "out"):
+            samples["vpn_gateway_sa_bytes_total"].append(
+                ({"conn": conn, "direction": direction}, entry[f"{direction}_bytes"]))
+    for tunnel, health in sorted(healths.items()):
+        samples["vpn_gateway_tunnel_up"].append(({"tunnel": tunnel}, int(health["up"])))
+        for peer in ("primary", "backup"):
+            carrying = health["active"] in (peer, "both")
+            samples["vpn_gateway_tunnel_active_peer"].append(
+                ({"tunnel": tunnel, "peer": peer}, int(carrying)))
+        recoveries = (memory.get(tunnel) or {}).get("recoveries") or {}
+        for result in ("success", "failure"):
+            samples["vpn_gateway_tunnel_recoveries_total"].append(
+                ({"tunnel": tunnel, "result": result}, recoveries.get(result, 0)))
+        since = (changes.get(tunnel) or {}).get("since")
+        if since is not None:
+            samples["vpn_gateway_tunnel_last_change_timestamp_seconds"].append(
+                ({"tunnel": tunnel}, since))
+    if pools is not None:
+        samples["vpn_gateway_pgbouncer_up"].append(({}, 1 if pools is not False else 0))
+        for pool in pools or []:
+            labels = {"database": pool["database"], "user": pool["user"]}
+            samples["vpn_gateway_pgbouncer_clients_waiting"].append((labels, pool["cl_waiting"]))
+            samples["vpn_gateway_pgbouncer_maxwait_seconds"].append(
+                (labels, pool["maxwait"] + pool.get("maxwait_us", 0) / 1e6))
+            for state in ("active", "idle", "used"):
+                samples["vpn_gateway_pgbouncer_server_connections"].append(
+                    (dict(labels, state=state), pool[f"sv_{state}"]))
+    samples["vpn_gateway_metrics_timestamp_seconds"].append(({}, round(now, 3)))
+    lines = []
+    for name, rows in samples.items():
+        if not rows:
+            continue
+        kind, help_text = METRICS[name]
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+        lines += [_sample(name, labels, value) for labels, value in rows]
+    return "\n".join(lines) + "\n"
+
+
+# -- Salt side ----------------------------------------------------------------------------------
+def _pools():
+    """SHOW POOLS rows (the admin console's own pool left out); None without the
+    pgbouncer module, False when it does not answer."""
+    if "pgbouncer.show" not in __salt__:
+        return None
+    try:
+        return [p for p in __salt__["pgbouncer.show"]("pools") if p["database"] != "pgbouncer"]
+    except Exception:  # PgBouncer down is a metric (pgbouncer_up 0), not a failure
+        return False
+
+
+def collect():
+    """
+    The metrics as text (what ``write`` puts in the file).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'vpn-gw1' vpn_metrics.collect
+    """
+    memory = __salt__["libreswan.monitoring_memory"]
+    return _render(__salt__["libreswan.status"](), __salt__["libreswan.health"](),
+                   memory("recovery"), memory("beacon"), _pools(), time.time())
+
+
+def write(path=None):
+    """
+    Write the metrics for node_exporter's textfile collector (atomically,
+    0644). Returns the path and the number of samples.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'vpn-gw1' vpn_metrics.write
+    """
+    path = path or __salt__["libreswan.monitoring_settings"]()["metrics"]["path"]
+    text = collect()
+    directory = os.path.dirname(path)
+    os.makedirs(directory, mode=0o755, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".vpn_gateway.", suffix=".tmp", dir=directory)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+    samples = sum(1 for line in text.splitlines() if line and not line.startswith("#"))
+    return {"path": path, "samples": samples}

@@ -1,0 +1,227 @@
+"""Pure parts of the monitoring: settings, health, budget, ladder, beacon
+transitions, alert payloads and the metrics text."""
+import re
+import urllib.error
+
+import pytest
+
+from monitoring_helpers import load, parsed_status
+
+pytestmark = pytest.mark.unit
+
+recovery = load("salt/_modules/libreswan_recovery.py")
+beacon = load("salt/_beacons/libreswan.py")
+alert = load("salt/_modules/vpn_alert.py")
+metrics = load("salt/_modules/vpn_metrics.py")
+
+PLUTO_STOPPED = {"running": False, "error": "whack: Pluto is not running (no \"/run/pluto/"
+                                            "pluto.ctl\")", "conns": {}, "tunnels": {}}
+
+
+# -- settings -----------------------------------------------------------------------------
+def test_settings_default_and_merge_nested_keys():
+    settings = recovery._settings({"holddown": 2, "backoff": {"base": 5}}, "remote-db")
+    assert settings["holddown"] == 2
+    assert settings["backoff"] == {"base": 5, "max": 600}
+    assert settings["tunnels"] == ["remote-db"]
+    assert recovery.DEFAULTS["backoff"]["base"] == 30  # the defaults are not mutated
+
+
+def test_settings_never_carry_the_webhook_url():
+    settings = recovery._settings({"webhook_url": "http://198.18.0.99:8080/hook-token"})
+    assert "webhook_url" not in settings
+    assert "hook-token" not in repr(settings)
+
+
+@pytest.mark.parametrize("raw, key", [
+    ({"holddown": -1}, "vpn_gateway:monitoring:holddown"),
+    ({"budget": {"attempts": 0}}, "vpn_gateway:monitoring:budget:attempts"),
+    ({"backoff": {"base": "30s"}}, "vpn_gateway:monitoring:backoff:base"),
+    ({"up_when": "ike"}, "vpn_gateway:monitoring:up_when"),
+    ({"failback": True}, "vpn_gateway:monitoring:failback"),
+    ({"tunnels": ["bad name"]}, "vpn_gateway:monitoring:tunnels"),
+    ({"holdown": 3}, "vpn_gateway:monitoring:holdown"),
+    ({"endpoint_ready": {"enabled": True}}, "vpn_gateway:monitoring:endpoint_ready:service"),
+])
+def test_bad_settings_name_the_pillar_key(raw, key):
+    with pytest.raises(recovery.SettingsError, match=re.escape(key)):
+        recovery._settings(raw)
+
+
+# -- health -------------------------------------------------------------------------------
+def test_ike_only_counts_as_up_only_when_asked():
+    status = parsed_status("4.10-primary-ike-up.status")
+    by_child = recovery._health(status, "remote-db", "child_sa")
+    by_ike = recovery._health(status, "remote-db", "ike_sa")
+    assert by_child["state"] == "down" and "no Child SA" in by_child["reason"]
+    assert by_ike == dict(by_ike, state="up", up=True, active="primary", has_backup=True)
+
+
+def test_backup_carrying_the_tunnel_is_failover():
+    health = recovery._health(parsed_status("4.10-backup-ike-up.status"), "remote-db", "ike_sa")
+    assert (health["state"], health["active"], health["up"]) == ("failover", "backup", True)
+
+
+def test_both_peers_up_reads_up_on_both():
+    # The primary's states, renamed to the backup conn, beside the primary's own.
+    text = parsed_status("4.10-primary-ike-up.status")
+    twin = parsed_status("4.10-primary-ike-up.status", {'"remote-db': '"remote-db-backup'})
+    status = dict(text, conns={**text["conns"], "remote-db-backup": twin["conns"]["remote-db-backup"]})
+    assert recovery._health(status, "remote-db", "ike_sa")["active"] == "both"
+
+
+def test_pluto_stopped_is_down_with_the_reason():
+    health = recovery._health(PLUTO_STOPPED, "remote-db", "ike_sa")
+    assert (health["state"], health["pluto_running"], health["has_backup"]) == (
+        "down", False, False)
+    assert health["reason"].startswith("pluto is not running")
+
+
+# -- budget and ladder ----------------------------------------------------------------------
+def test_budget_spaces_attempts_with_doubling_backoff():
+    args = dict(attempts=5, window=3600, base=30, maximum=100)
+    assert recovery._budget([], 1000, **args) == {"allowed": True, "wait": 0.0, "attempt": 1,
+                                                  "exhausted": False}
+    second = recovery._budget([1000], 1010, **args)
+    assert (second["allowed"], second["wait"], second["attempt"]) == (False, 20, 2)
+    assert recovery._budget([1000], 1030, **args)["allowed"]
+    third = recovery._budget([1000, 1030], 1040, **args)
+    assert third["wait"] == 50  # 60 s after the second
+    fifth = recovery._budget([1000, 1030, 1090, 1210], 1250, **args)
+    assert fifth["wait"] == 60  # capped at 100 s after the fourth
+
+
+def test_budget_exhausted_until_the_oldest_attempt_leaves_the_window():
+    history = [0, 10, 20]
+    spent = recovery._budget(history, 100, attempts=3, window=600, base=0, maximum=0)
+    assert spent == {"allowed": False, "wait": 500, "attempt": 3, "exhausted": True}
+    later = recovery._budget(history, 605, attempts=3, window=600, base=0, maximum=0)
+    assert later["allowed"] and later["attempt"] == 3
+
+
+def test_ladder_conn_restarts_then_failover_then_service():
+    status = parsed_status("4.10-primary-ike-up.status")
+    health = recovery._health(status, "remote-db", "child_sa")
+    assert recovery._ladder(health, 2) == [("restart_conn", "primary"), ("restart_conn", "primary"),
+                                           ("switch", "backup"), ("restart_service", None)]
+
+
+def test_ladder_from_the_backup_restarts_the_backup_then_fails_over_to_the_primary():
+    health = dict(recovery._health(PLUTO_STOPPED, "remote-db", "ike_sa"), active="backup",
+                  pluto_running=True, has_backup=True)
+    assert recovery._ladder(health, 1) == [("restart_conn", "backup"), ("switch", "primary"),
+                                           ("restart_service", None)]
+
+
+def test_ladder_without_pluto_restarts_the_service_first():
+    health = dict(recovery._health(PLUTO_STOPPED, "remote-db", "ike_sa"), has_backup=True)
+    assert recovery._ladder(health, 2) == [("restart_service", None), ("switch", "backup")]
+    alone = recovery._health(PLUTO_STOPPED, "remote-db", "ike_sa")
+    assert recovery._ladder(alone, 2) == [("restart_service", None)]
+
+
+# -- beacon transitions ----------------------------------------------------------------------
+def run(observations, holddown=5, repeat=10, repeat_max=40, entry=None):
+    """Feed (time, state) observations; return the events and the final entry."""
+    entry, events = dict(entry or {}), []
+    for now, state in observations:
+        entry, event = beacon._transition(entry, state, now, holddown, repeat, repeat_max)
+        if event:
+            events.append((now, event["state"], event["previous"], event["repeat"]))
+    return events, entry
+
+
+def test_first_stable_state_is_reported_after_the_holddown():
+    events, entry = run([(0, "up"), (2, "up"), (5, "up"), (9, "up")])
+    assert events == [(5, "up", None, 0)]
+    assert entry["since"] == 0
+
+
+def test_flapping_inside_the_holddown_fires_nothing():
+    events, _ = run([(0, "up"), (5, "up"), (10, "down"), (12, "up"), (13, "down"), (16, "up"),
+                     (30, "up")])
+    assert events == [(5, "up", None, 0)]
+
+
+def test_down_repeats_with_doubling_intervals_until_it_changes():
+    seen = [(t, "down") for t in range(0, 120, 1)] + [(120, "up"), (125, "up"), (200, "up")]
+    events, _ = run(seen)
+    assert events == [(5, "down", None, 0), (15, "down", "down", 1), (35, "down", "down", 2),
+                      (75, "down", "down", 3), (115, "down", "down", 4), (125, "up", "down", 0)]
+
+
+def test_state_on_disk_equal_to_reality_fires_nothing_at_minion_start():
+    events, _ = run([(100, "up"), (110, "up")], entry={"state": "up", "since": 1, "fired": 1})
+    assert events == []
+    events, _ = run([(100, "down"), (105, "down")], entry={"state": "up", "since": 1})
+    assert events == [(105, "down", "up", 0)]
+
+
+def test_beacon_config_refuses_settings_that_belong_in_pillar():
+    assert beacon.validate([{"interval": 2}])[0]
+    ok, message = beacon.validate([{"holddown": 5}])
+    assert not ok and "vpn_gateway:monitoring" in message
+
+
+# -- alerts ----------------------------------------------------------------------------------
+def test_alert_payload_has_the_fields_the_receiver_reads():
+    body = alert._payload("vpn-gw1", "remote-db", "down", "gave_up", 3, "every step failed", 0)
+    assert body == {"hostname": "vpn-gw1", "conn": "remote-db", "state": "down",
+                    "step": "gave_up", "attempt": 3, "detail": "every step failed",
+                    "time": "1970-01-01T00:00:00Z"}
+
+
+def test_rate_limit_per_key_and_window():
+    sent = {"remote-db/down": 100}
+    assert not alert._rate_allows(sent, "remote-db/down", 150, 60)
+    assert alert._rate_allows(sent, "remote-db/down", 160, 60)
+    assert alert._rate_allows(sent, "remote-db/up", 150, 60)
+
+
+def test_a_failed_post_is_described_without_the_url():
+    url = "http://198.18.0.99:9/hooks/T000/SECRET"
+    errors = [urllib.error.HTTPError(url, 500, "boom " + url, {}, None),
+              urllib.error.URLError(ConnectionRefusedError(111, "Connection refused")),
+              ValueError(f"unknown url type: {url}")]
+    for exc in errors:
+        assert "SECRET" not in alert._safe_error(exc)
+
+
+# -- metrics ---------------------------------------------------------------------------------
+SAMPLE_RE = re.compile(r'^[a-z_]+(\{([a-z_]+="([^"\\]|\\.)*",?)*\})? -?[0-9.e+]+$')
+
+
+def test_metrics_text_is_valid_exposition_format():
+    status = parsed_status("4.10-backup-ike-up.status")
+    healths = {"remote-db": recovery._health(status, "remote-db", "ike_sa")}
+    memory = {"remote-db": {"recoveries": {"success": 2, "failure": 1}}}
+    changes = {"remote-db": {"state": "failover", "since": 1700000000.5}}
+    pools = [{"database": 'app"db', "user": "app", "cl_waiting": 4, "maxwait": 2,
+              "maxwait_us": 500000, "sv_active": 3, "sv_idle": 1, "sv_used": 0}]
+    text = metrics._render(status, healths, memory, changes, pools, 1700000001)
+    samples = [line for line in text.splitlines() if not line.startswith("#")]
+    assert all(SAMPLE_RE.match(line) for line in samples), samples
+    for line in ('vpn_gateway_ike_sa_up{conn="remote-db-backup"} 1',
+                 'vpn_gateway_ike_sa_up{conn="remote-db"} 0',
+                 'vpn_gateway_child_sa_up{conn="remote-db-backup"} 0',
+                 'vpn_gateway_tunnel_up{tunnel="remote-db"} 1',
+                 'vpn_gateway_tunnel_active_peer{tunnel="remote-db",peer="backup"} 1',
+                 'vpn_gateway_tunnel_active_peer{tunnel="remote-db",peer="primary"} 0',
+                 'vpn_gateway_tunnel_recoveries_total{tunnel="remote-db",result="failure"} 1',
+                 'vpn_gateway_tunnel_last_change_timestamp_seconds{tunnel="remote-db"} 1.7e+09',
+                 'vpn_gateway_pgbouncer_clients_waiting{database="app\\"db",user="app"} 4',
+                 'vpn_gateway_pgbouncer_maxwait_seconds{database="app\\"db",user="app"} 2.5',
+                 'vpn_gateway_pgbouncer_server_connections{database="app\\"db",user="app",'
+                 'state="active"} 3'):
+        assert line in samples, line
+    assert text.count("# TYPE vpn_gateway_ike_sa_up gauge") == 1
+
+
+def test_metrics_without_pluto_or_pgbouncer():
+    text = metrics._render(PLUTO_STOPPED,
+                           {"remote-db": recovery._health(PLUTO_STOPPED, "remote-db", "ike_sa")},
+                           {}, {}, False, 0)
+    assert "vpn_gateway_pluto_running 0" in text
+    assert 'vpn_gateway_tunnel_up{tunnel="remote-db"} 0' in text
+    assert "vpn_gateway_pgbouncer_up 0" in text
+    assert "clients_waiting" not in text
