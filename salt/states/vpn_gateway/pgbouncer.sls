@@ -19,10 +19,12 @@ pgbouncer-package:
   pkg.installed:
     - name: {{ pgb.package }}
 
-pgbouncer-account:
+pgbouncer-group:
   group.present:
     - name: {{ pgb.group }}
     - system: True
+
+pgbouncer-user:
   user.present:
     - name: {{ pgb.user }}
     - gid: {{ pgb.group }}
@@ -31,7 +33,7 @@ pgbouncer-account:
     - createhome: False
     - shell: /usr/sbin/nologin
     - require:
-      - group: pgbouncer-account
+      - group: pgbouncer-group
 
 {%- for path, owner, mode in [(pgb.conf_dir, 'root', '0750'),
                               (pgb.log_dir, pgb.user, '0750'),
@@ -44,7 +46,7 @@ pgbouncer-dir-{{ path }}:
     - group: {{ pgb.group }}
     - mode: '{{ mode }}'
     - require:
-      - user: pgbouncer-account
+      - user: pgbouncer-user
 {%- endfor %}
 
 pgbouncer-tmpfiles:
@@ -61,6 +63,8 @@ pgbouncer-unit:
     - context:
         pgb: {{ pgb | json }}
     - mode: '0644'
+
+pgbouncer-unit-reload:
   cmd.run:
     - name: systemctl daemon-reload
     - onchanges:
@@ -111,7 +115,7 @@ pgbouncer-service:
     - require:
       - pgbouncer: pgbouncer-settings
       - file: pgbouncer-tmpfiles
-      - cmd: pgbouncer-unit
+      - cmd: pgbouncer-unit-reload
     {%- if restart %}
     - watch:
       - file: pgbouncer-unit

@@ -1,0 +1,324 @@
+"""The pgbouncer formula and states on real hosts: PostgreSQL 15 (SCRAM) in remote-db, the
+formula on vpn-gw1 (pooling over the routed lab path; the tunnel where the kernel has ESP),
+clients in k8s-node1. Tests run in file order and share one lab."""
+import hashlib
+import json
+import threading
+import time
+
+import pytest
+
+import remote_db
+from lab import saltstack
+
+pytestmark = pytest.mark.lab
+
+HOSTS = ["salt-master", "vpn-gw1", "remote-gw-primary", "remote-db", "k8s-node1"]
+SECRETS = ("lab-app-password", "lab-admin-password", "lab-stats-password")
+CONFIG_FILES = ("/etc/pgbouncer/pgbouncer.ini", "/etc/pgbouncer/userlist.txt",
+                "/etc/pgbouncer/pg_hba.conf")
+
+
+@pytest.fixture(scope="module")
+def lab(lab_factory):
+    lab = lab_factory(HOSTS)
+    remote_db.start(lab["remote-db"])
+    saltstack.salt(lab, "vpn-gw1", "saltutil.sync_all")
+    return lab
+
+
+def apply(lab, test=False, pillar=None, sls="vpn_gateway.pgbouncer"):
+    """state.apply on vpn-gw1 -> {state id: return}; the raw output must hold no secret."""
+    args = [sls] + (["test=True"] if test else []) + (
+        [f"pillar={json.dumps({'vpn_gateway': {'pooler': pillar}})}"] if pillar else [])
+    raw = saltstack.salt(lab, "vpn-gw1", "state.apply", *args)["vpn-gw1"]
+    assert isinstance(raw, dict), raw
+    assert not any(secret in json.dumps(raw) for secret in SECRETS)
+    return {key.split("_|-")[1]: value for key, value in raw.items()}
+
+
+def single(lab, function, *args, test=False):
+    raw = saltstack.salt(lab, "vpn-gw1", "state.single", function, *args,
+                         *(["test=True"] if test else []))["vpn-gw1"]
+    return next(iter(raw.values()))
+
+
+def changed(returns):
+    return {sid: ret["changes"] for sid, ret in returns.items() if ret["changes"]}
+
+
+def failed(returns):
+    return {sid: ret["comment"] for sid, ret in returns.items() if ret["result"] is False}
+
+
+def fingerprint(lab):
+    """What "nothing changed" means: config files and the running PgBouncer process."""
+    gw = lab["vpn-gw1"]
+    files = {path: hashlib.sha256(gw.read(path).encode()).hexdigest() for path in CONFIG_FILES}
+    pid = gw.run(["systemctl", "show", "-P", "MainPID", "pgbouncer"]).stdout.strip()
+    return files, pid
+
+
+def psql(lab, sql, dbname="appdb", host="198.18.2.11", port=6432):
+    return lab["k8s-node1"].run(
+        ["psql", "-X", "-At", "-h", host, "-p", str(port), "-U", remote_db.ROLE, "-d", dbname,
+         "-c", sql], env={"PGPASSWORD": remote_db.PASSWORD, "PGCONNECT_TIMEOUT": "10"})
+
+
+def python_in(host, script, timeout=60):
+    result = host.run([str(host.lab.venv / "bin" / "python"), "-c", script], timeout=timeout)
+    assert result.ok, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_formula_predicts_applies_and_converges(lab):
+    predicted = apply(lab, test=True)
+    assert not failed(predicted)
+    assert {"pgbouncer-settings", "pgbouncer-user-app", "pgbouncer-pool-appdb",
+            "pgbouncer-service"} <= set(changed(predicted)) | {
+        sid for sid, ret in predicted.items() if ret["result"] is None}
+    assert predicted["pgbouncer-pool-appdb"]["changes"]["appdb"]["new"]["host"] == "198.19.1.10"
+    assert lab["vpn-gw1"].run(["systemctl", "is-active", "pgbouncer"]).stdout.strip() != "active"
+
+    applied = apply(lab)
+    assert not failed(applied)
+    assert set(changed(predicted)) <= set(changed(applied))
+    assert applied["pgbouncer-pool-appdb"]["changes"] == predicted["pgbouncer-pool-appdb"][
+        "changes"]
+    assert applied["pgbouncer-user-app"]["changes"] == {
+        "app": {"password": "set", "stored": "plain"}}
+    for test in (True, False):
+        again = apply(lab, test=test)
+        assert not failed(again) and not changed(again), changed(again)
+        assert all(ret["result"] is True for ret in again.values())
+
+
+def test_formula_files_unit_and_service(lab):
+    gw = lab["vpn-gw1"]
+    stat = gw.run("stat -c '%n %U:%G %a' /etc/pgbouncer /etc/pgbouncer/userlist.txt "
+                  "/etc/pgbouncer/pgbouncer.ini /var/log/pgbouncer /var/run/pgbouncer",
+                  check=True).stdout.split("\n")
+    assert stat[:5] == ["/etc/pgbouncer root:pgbouncer 750",
+                        "/etc/pgbouncer/userlist.txt pgbouncer:pgbouncer 640",
+                        "/etc/pgbouncer/pgbouncer.ini root:pgbouncer 640",
+                        "/var/log/pgbouncer pgbouncer:pgbouncer 750",
+                        "/var/run/pgbouncer pgbouncer:pgbouncer 755"]
+    assert gw.read("/etc/tmpfiles.d/pgbouncer.conf").split() == [
+        "d", "/var/run/pgbouncer", "0755", "pgbouncer", "pgbouncer", "-"]
+    props = dict(line.split("=", 1) for line in gw.run(
+        ["systemctl", "show", "pgbouncer", "-p", "User,NoNewPrivileges,PrivateTmp,ProtectSystem,"
+         "ProtectHome,LimitNOFILE,Restart,Wants,After,Requires,ReadWritePaths,UnitFileState,"
+         "ActiveState"]).stdout.splitlines())
+    assert props["User"] == "pgbouncer" and props["LimitNOFILE"] == "65536"
+    assert (props["NoNewPrivileges"], props["PrivateTmp"], props["ProtectSystem"],
+            props["ProtectHome"], props["Restart"]) == ("yes", "yes", "strict", "yes",
+                                                        "on-failure")
+    assert "ipsec.service" in props["Wants"].split() and "ipsec.service" in props["After"].split()
+    assert "ipsec.service" not in props["Requires"].split()
+    assert set(props["ReadWritePaths"].split()) == {"/var/log/pgbouncer", "/var/run/pgbouncer"}
+    assert (props["UnitFileState"], props["ActiveState"]) == ("enabled", "active")
+    # The settings it runs with are the pillar's (SHOW CONFIG through the module).
+    config = {row["key"]: row["value"] for row in saltstack.salt(
+        lab, "vpn-gw1", "pgbouncer.show", "config")["vpn-gw1"]}
+    assert {k: config[k] for k in ("pool_mode", "max_db_connections", "max_client_conn",
+                                   "default_pool_size", "min_pool_size", "auth_type")} == {
+        "pool_mode": "transaction", "max_db_connections": "50", "max_client_conn": "500",
+        "default_pool_size": "20", "min_pool_size": "3", "auth_type": "hba"}
+    # No secret in the minion's log or job cache.
+    leaked = gw.run(["grep", "-rlF", "-e", SECRETS[0], "-e", SECRETS[1], "/var/log/salt",
+                     "/var/cache/salt"])
+    assert leaked.stdout == "", leaked.stdout
+
+
+def test_k8s_node_connects_through_the_pooler_with_psql_and_psycopg(lab):
+    result = psql(lab, "SELECT current_database(), inet_server_addr(), "
+                       "current_setting('application_name')")
+    assert result.ok, result.stderr
+    database, server, application = result.stdout.strip().split("|")
+    assert (database, server) == ("app", "198.19.1.10")
+    assert application.endswith("198.18.2.31:" + application.rsplit(":", 1)[1])  # add_host
+    rows = python_in(lab["k8s-node1"], remote_db.psycopg_script(
+        "with connect('appdb') as c:\n"
+        "    rows = [c.execute('SELECT current_database(), inet_server_addr()::text, %s::int',\n"
+        "                      [n]).fetchone() for n in range(20)]\n"
+        "print(json.dumps(rows))\n"))
+    assert rows == [["app", "198.19.1.10/32", n] for n in range(20)]
+    status = saltstack.salt(lab, "vpn-gw1", "pgbouncer.status")["vpn-gw1"]
+    assert status["reachable"] and status["healthy"], status
+    pool = next(p for p in status["pools"] if p["database"] == "appdb")
+    database = next(d for d in status["databases"] if d["name"] == "appdb")
+    assert pool["user"] == "app" and pool["cl_waiting"] == 0
+    assert 1 <= database["server_connections"] <= database["limit"] == 50
+    assert database["server_connections"] == remote_db.backends(lab["remote-db"])
+
+
+def test_scram_verifier_equals_postgresql_and_logs_in_to_the_server(lab):
+    server = remote_db.verifier(lab["remote-db"])
+    iterations, salt = server.split("$")[1].split(":")
+    ours = saltstack.salt(lab, "vpn-gw1", "pgbouncer.scram_verifier", remote_db.PASSWORD,
+                          f"salt={salt}", f"iterations={iterations}")["vpn-gw1"]
+    assert ours == server
+    args = ["name=app", "password_pillar=vpn_gateway:pooler:users:app:password",
+            "stored=scram-sha-256", f"salt={salt}"]
+    assert single(lab, "pgbouncer.user_present", *args, test=True)["result"] is None
+    ret = single(lab, "pgbouncer.user_present", *args)
+    assert ret["result"] is True and ret["changes"] == {
+        "app": {"password": "changed", "stored": "scram-sha-256"}}
+    assert server not in json.dumps(ret)
+    assert lab["vpn-gw1"].read("/etc/pgbouncer/userlist.txt").count(f'"app" "{server}"') == 1
+    assert single(lab, "pgbouncer.user_present", *args)["changes"] == {}
+    # New server connections log in with the verifier (PgBouncer holds no plaintext now).
+    saltstack.salt(lab, "vpn-gw1", "pgbouncer.reconnect", "appdb")
+    saltstack.salt(lab, "vpn-gw1", "pgbouncer.wait_close", "appdb")
+    result = psql(lab, "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app'")
+    assert result.ok, result.stderr
+    # Back to the formula's plaintext entry.
+    assert changed(apply(lab)) == {"pgbouncer-user-app": {"app": {"password": "changed",
+                                                                  "stored": "plain"}}}
+
+
+def wait_for(predicate, what, timeout=60):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def test_reload_keeps_sessions_while_a_database_is_added_and_a_target_moves(lab):
+    client, db, gw = lab["k8s-node1"], lab["remote-db"], lab["vpn-gw1"]
+    client.run(["rm", "-f", "/root/ready", "/root/go"])
+    # The busy session's query waits on an advisory lock held here, so it is provably in
+    # flight while PgBouncer reloads; releasing the lock lets it finish.
+    db.run(["systemd-run", "--unit=lock-holder", "--setenv=PGAPPNAME=lock-holder", "runuser",
+            "-u", "postgres", "--", "psql", "-d", "app", "-c",
+            "SELECT pg_advisory_lock(42), pg_sleep(300)"], check=True)
+
+    def lock_waiters():
+        return remote_db.sql(db, "SELECT count(*) FILTER (WHERE granted), "
+                                 "count(*) FILTER (WHERE NOT granted) FROM pg_locks "
+                                 "WHERE locktype = 'advisory'")[0]
+
+    wait_for(lambda: lock_waiters()[0] == "1", "the lock holder")
+    script = remote_db.psycopg_script(
+        "import os, time\n"
+        "idle, busy = connect('appdb'), connect('appdb')\n"
+        "first = idle.execute('SELECT inet_server_addr()::text').fetchone()[0]\n"
+        "open('/root/ready', 'w').close()\n"
+        "mid = busy.execute('SELECT inet_server_addr()::text, pg_advisory_xact_lock(42)')\\\n"
+        "    .fetchone()[0]\n"
+        "while not os.path.exists('/root/go'):\n"
+        "    time.sleep(0.1)\n"
+        "after = [c.execute('SELECT inet_server_addr()::text').fetchone()[0]\n"
+        "         for c in (idle, busy)]\n"
+        "with connect('app2db') as new:\n"
+        "    added = new.execute('SELECT current_database(), inet_server_addr()::text')\\\n"
+        "        .fetchone()\n"
+        "print(json.dumps({'first': first, 'mid': mid, 'after': after, 'added': list(added),\n"
+        "                  'closed': [idle.closed, busy.closed]}))\n")
+    outcome, applied = {}, {}
+    runner = threading.Thread(target=lambda: outcome.update(python_in(client, script, 300)))
+    runner.start()
+    try:
+        wait_for(lambda: client.run(["test", "-e", "/root/ready"]).ok, "the client sessions")
+        wait_for(lambda: lock_waiters()[1] == "1", "the busy session's query")
+        pillar = {"databases": {"appdb": {"host": "198.19.1.12"},
+                                "app2db": {"host": "198.19.1.11", "dbname": "app2",
+                                           "port": 5432}}}
+        predicted = apply(lab, test=True, pillar=pillar)
+        assert set(changed(predicted)) == {"pgbouncer-pool-appdb", "pgbouncer-pool-app2db"}
+        assert "WAIT_CLOSE" in predicted["pgbouncer-pool-appdb"]["comment"]
+
+        def reloads():
+            return gw.read("/var/log/pgbouncer/pgbouncer.log").count("RELOAD command issued")
+
+        before = reloads()
+        applier = threading.Thread(target=lambda: applied.update(apply(lab, pillar=pillar)))
+        applier.start()
+        wait_for(lambda: reloads() > before, "RELOAD")
+        assert lock_waiters()[1] == "1"  # the busy query is still running across the RELOAD
+    finally:
+        remote_db.sql(db, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                          "WHERE application_name = 'lock-holder'")
+    applier.join(timeout=180)
+    client.run(["touch", "/root/go"], check=True)
+    runner.join(timeout=60)
+    assert not failed(applied)
+    assert changed(applied) == changed(predicted)
+    assert outcome["first"] == outcome["mid"] == "198.19.1.10/32"
+    assert outcome["after"] == ["198.19.1.12/32", "198.19.1.12/32"]
+    assert outcome["added"] == ["app2", "198.19.1.11/32"]
+    assert outcome["closed"] == [False, False]
+    assert changed(apply(lab, pillar=pillar)) == {}
+    # Back to the example pillar; pool_absent removes the extra pool.
+    assert single(lab, "pgbouncer.pool_absent", "name=app2db", test=True)["result"] is None
+    assert single(lab, "pgbouncer.pool_absent", "name=app2db")["changes"]["app2db"]["new"] is None
+    assert single(lab, "pgbouncer.pool_absent", "name=app2db")["changes"] == {}
+    assert not failed(apply(lab))
+    assert psql(lab, "SELECT 1", dbname="app2db").returncode != 0
+
+
+def test_restart_only_change_without_permission_leaves_pgbouncer_untouched(lab):
+    before = fingerprint(lab)
+    for test in (True, False):
+        returns = apply(lab, test=test, pillar={"listen_port": 6433})
+        assert failed(returns)["pgbouncer-settings"].startswith(
+            "listen_port changed: PgBouncer reads it only at start")
+        assert "vpn_gateway:pooler:restart: true" in returns["pgbouncer-settings"]["comment"]
+        assert fingerprint(lab) == before
+    lab["vpn-gw1"].wait_port(6432, "198.18.2.11")
+    assert psql(lab, "SELECT 1").ok
+
+
+def test_restart_only_change_with_permission_restarts(lab):
+    files, pid = fingerprint(lab)
+    returns = apply(lab, pillar={"listen_port": 6433, "restart": True})
+    assert not failed(returns)
+    assert returns["pgbouncer-settings"]["changes"]["apply"] == "restart"
+    assert fingerprint(lab)[1] != pid
+    assert psql(lab, "SELECT 1", port=6433).stdout.strip() == "1"
+    assert not failed(apply(lab, pillar={"restart": True}))
+    assert psql(lab, "SELECT 1").stdout.strip() == "1"
+
+
+BAD_INPUT = {
+    "unknown setting": ({"settings": {"max_client_connections": 500}}, "pgbouncer-settings",
+                        "vpn_gateway:pooler:settings:max_client_connections: "),
+    "wrong type": ({"settings": {"max_client_conn": "lots"}}, "pgbouncer-settings",
+                   "vpn_gateway:pooler:settings:max_client_conn: "),
+    "pool above the database limit": ({"settings": {"default_pool_size": 60}},
+                                      "pgbouncer-settings",
+                                      "vpn_gateway:pooler:settings:default_pool_size: "),
+    "port in use": ({"listen_port": 6440, "restart": True}, "pgbouncer-settings",
+                    "vpn_gateway:pooler:settings:listen_port: 6440 is already in use"),
+    "unsafe database name": ({"databases": {"app db": {"host": "198.19.1.10"}}},
+                             "pgbouncer-pool-app db", "vpn_gateway:pooler:databases:app db: "),
+    "unsafe user name": ({"users": {'ap"p': {"password": "x"}}}, 'pgbouncer-user-ap"p',
+                         'vpn_gateway:pooler:users:ap"p: '),
+    "password with a quote": ({"users": {"app2": {"password": "it's"}}}, "pgbouncer-user-app2",
+                              "vpn_gateway:pooler:users:app2:password: "),
+    "password with a newline": ({"users": {"app2": {"password": "a\nb"}}},
+                                "pgbouncer-user-app2", "vpn_gateway:pooler:users:app2:password: "),
+    "hba line PgBouncer cannot parse": (
+        {"hba": ["host all all 127.0.0.1/32 scram-sha-256", "host all all 198.18.2.0/33 md5"]},
+        "pgbouncer-settings", "vpn_gateway:pooler:hba:1: "),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUT)
+def test_bad_input_is_refused_by_pillar_key_and_nothing_changes(lab, case):
+    pillar, state, key = BAD_INPUT[case]
+    gw = lab["vpn-gw1"]
+    if case == "port in use":
+        gw.run(["systemd-run", "--unit=port-holder", "python3", "-c",
+                "import socket, time; s = socket.socket(); s.bind(('198.18.2.11', 6440)); "
+                "s.listen(); time.sleep(300)"], check=True)
+        gw.wait_port(6440, "198.18.2.11")
+    try:
+        before = fingerprint(lab)
+        returns = apply(lab, pillar=pillar)
+        assert failed(returns)[state].startswith(key), failed(returns)
+        assert "(nothing changed)" in returns[state]["comment"]
+        assert all(secret not in returns[state]["comment"] for secret in ("it's", "a\nb"))
+        assert fingerprint(lab) == before
+    finally:
+        gw.run(["systemctl", "stop", "port-holder"])
