@@ -43,6 +43,10 @@ def minion_config(host, master_address):
         "acceptance_wait_time": 1,
         "random_reauth_delay": 0,
         "log_level_logfile": "info",
+        # Bootstrap, as a cloud profile would: the role grain is set when the
+        # minion starts, so the first highstate already matches roles:vpn-gw.
+        "startup_states": "sls",
+        "sls_list": ["vpn_gateway.grains"],
     }
 
 

@@ -63,16 +63,25 @@ def test_gateways_answer_the_master_and_apply_a_state_then_nothing_is_left():
             got = {f"{kind}.{m.split('.', 1)[1]}" for kind, mods in kinds.items() for m in mods}
             assert shipped <= got, (minion, shipped - got)
 
-        # a state from salt/states: test=True predicts, the run applies, a rerun changes nothing
+        # the role grain comes from a state in salt/states, applied at minion start
+        # (startup_states); without it, test=True predicts it, a run restores it,
+        # and a rerun changes nothing
+        def roles():
+            return saltstack.salt(lab, "vpn-gw*", "grains.get", "roles")
+
+        deadline = time.monotonic() + 60
+        while roles() != {"vpn-gw1": ["vpn-gw"], "vpn-gw2": ["vpn-gw"]}:
+            assert time.monotonic() < deadline, roles()
+            time.sleep(1)
+        saltstack.salt(lab, "vpn-gw*", "grains.delkey", "roles", "force=True")
+        assert roles() == {"vpn-gw1": "", "vpn-gw2": ""}
         predicted = saltstack.salt(lab, "vpn-gw*", "state.apply", "vpn_gateway.grains", "test=True")
         assert state_changes(predicted) == {"vpn-gw1": 1, "vpn-gw2": 1}
-        no_roles = saltstack.salt(lab, "vpn-gw*", "grains.get", "roles")
-        assert no_roles == {"vpn-gw1": "", "vpn-gw2": ""}
+        assert roles() == {"vpn-gw1": "", "vpn-gw2": ""}
         applied = saltstack.salt(lab, "vpn-gw*", "state.apply", "vpn_gateway.grains")
         assert state_changes(applied) == {"vpn-gw1": 1, "vpn-gw2": 1}
         assert all(r["result"] for ret in applied.values() for r in ret.values())
-        roles = saltstack.salt(lab, "vpn-gw*", "grains.get", "roles")
-        assert roles == {"vpn-gw1": ["vpn-gw"], "vpn-gw2": ["vpn-gw"]}
+        assert roles() == {"vpn-gw1": ["vpn-gw"], "vpn-gw2": ["vpn-gw"]}
         again = saltstack.salt(lab, "vpn-gw*", "state.apply", "vpn_gateway.grains")
         assert state_changes(again) == {"vpn-gw1": 0, "vpn-gw2": 0}
 
