@@ -1,14 +1,27 @@
 """Salt in the lab: a salt-master host serving this repo, minions as systemd units.
 
 The master's file_roots are the repo's ``salt/states`` (SLS tree, top.sls) and
-``salt/`` (so ``salt://_modules`` and ``salt://_states`` sync to minions);
-its pillar_roots are ``pillar/``. The Salt programs come from the project's
-venv, bind-mounted read-only into every host.
+``salt/`` (so ``salt://_modules`` and ``salt://_states`` sync to minions).
+Pillar comes from Git, as in production: at start the lab seeds a bare
+repository in the master host (``PILLAR_REPO``) with the repo's ``pillar/``
+and the master serves it with git_pillar; ``commit_pillar`` changes it the
+way an operator would. The Salt programs come from the project's venv,
+bind-mounted read-only into every host.
 """
 import json
+import os
+import shutil
+import subprocess
+import tempfile
 import time
 
 import yaml
+
+PILLAR_REPO = "/srv/pillar.git"
+GIT_IDENTITY = {
+    "GIT_AUTHOR_NAME": "vpn-gateway lab", "GIT_AUTHOR_EMAIL": "lab@vpn-gw.invalid",
+    "GIT_COMMITTER_NAME": "vpn-gateway lab", "GIT_COMMITTER_EMAIL": "lab@vpn-gw.invalid",
+}
 
 UNIT = """\
 [Unit]
@@ -31,7 +44,9 @@ def master_config(lab, address):
         "interface": address,
         "auto_accept": True,  # lab only: minions are created by us a second earlier
         "file_roots": {"base": [str(lab.repo / "salt" / "states"), str(lab.repo / "salt")]},
-        "pillar_roots": {"base": [str(lab.repo / "pillar")]},
+        "pillar_roots": {"base": []},
+        "ext_pillar": [{"git": [{f"main file://{PILLAR_REPO}": [{"env": "base"}]}]}],
+        "git_pillar_provider": "gitpython",
         "log_level_logfile": "info",
     }
 
@@ -60,6 +75,8 @@ def provision(lab):
         role = host.spec.salt
         if role is None:
             continue
+        if role == "master":
+            seed_pillar_repo(host.root / PILLAR_REPO.lstrip("/"), lab.repo / "pillar")
         config = master_config(lab, address) if role == "master" else minion_config(host, address)
         host.put(f"/etc/salt/{role}.d/lab.conf", yaml.safe_dump(config))
         host.put(f"/etc/systemd/system/salt-{role}.service", UNIT.format(role=role, venv=lab.venv))
@@ -69,6 +86,37 @@ def provision(lab):
             link.parent.mkdir(parents=True, exist_ok=True)
             if not link.is_symlink():
                 link.symlink_to(lab.venv / "bin" / tool)
+
+
+def seed_pillar_repo(bare, source):
+    """A bare Git repository whose main branch holds ``source``'s files."""
+    env = {**os.environ, **GIT_IDENTITY}
+
+    def git(*args, cwd=None):
+        subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True)
+
+    git("init", "-q", "--bare", "-b", "main", str(bare))
+    with tempfile.TemporaryDirectory() as work:
+        shutil.copytree(source, work, dirs_exist_ok=True)
+        git("init", "-q", "-b", "main", cwd=work)
+        git("add", "-A", cwd=work)
+        git("commit", "-q", "-m", "pillar from the vpn-gateway repo", cwd=work)
+        git("push", "-q", str(bare), "main", cwd=work)
+
+
+def commit_pillar(lab, path, content, message):
+    """Commit ``content`` as ``path`` of the pillar repository, as an operator
+    would (clone, commit, push, inside the master host), then have the master
+    fetch it (``salt-run git_pillar.update``). Minions still need
+    ``saltutil.refresh_pillar``."""
+    master = lab[lab.topology.master().name]
+    work = "/root/pillar-work"
+    master.run(["rm", "-rf", work], check=True)
+    master.run(["git", "clone", "-q", PILLAR_REPO, work], check=True)
+    master.put(f"{work}/{path}", content)
+    script = f"cd {work} && git add -A && git commit -q -m \"$1\" && git push -q origin main"
+    master.run(["sh", "-c", script, "commit", message], check=True, env=GIT_IDENTITY)
+    master.run(["salt-run", "git_pillar.update"], check=True, timeout=120)
 
 
 def minions(lab):
