@@ -1,0 +1,187 @@
+"""The gateway role's pillar schema: check pillar against it, render its reference.
+
+The schema lives in the state tree (``salt://vpn_gateway/schema.yaml``): every
+key with its type, default, example and meaning. The role checks pillar
+against it when it renders, so a wrong key stops the run before anything on
+the host changes, with an error that names the key and says how to fix it.
+``docs/pillar.md`` is rendered from the same file.
+
+A schema node is a mapping:
+
+.. code-block:: yaml
+
+    listen_port:
+      type: port            # str int bool float list dict ip cidr port secret
+      default: 6432         # or required: true
+      example: 6432
+      doc: The port PgBouncer listens on.
+    users:
+      type: dict
+      values: {type: dict, keys: {password: {type: secret, required: true}}}
+    nodes:
+      type: list
+      items: {type: ip}
+
+``keys`` lists the known keys of a dict (others are refused); ``values`` is
+the schema of every value of a dict whose keys are names chosen by the user.
+"""
+import ipaddress
+import json
+
+import salt.utils.yaml
+from salt.exceptions import CommandExecutionError
+
+__virtualname__ = "vpn_gateway"
+# The execution functions; validate() and the rest are pure helpers.
+__load__ = ["check_pillar", "render_reference"]
+SCHEMA_URL = "salt://vpn_gateway/schema.yaml"
+
+
+def __virtual__():
+    return __virtualname__
+
+
+def _is_ip(value):
+    try:
+        ipaddress.ip_address(str(value))
+    except ValueError:
+        return False
+    return True
+
+
+def _is_cidr(value):
+    try:
+        ipaddress.ip_network(str(value), strict=True)
+    except ValueError:
+        return False
+    return True
+
+
+# type name -> (check, what the fix asks for)
+TYPES = {
+    "str": (lambda v: isinstance(v, str), "a string"),
+    "secret": (lambda v: isinstance(v, str), "a string (a secret: keep it in an encrypted pillar)"),
+    "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    "float": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number"),
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+    "list": (lambda v: isinstance(v, list), "a list"),
+    "dict": (lambda v: isinstance(v, dict), "a mapping"),
+    "ip": (_is_ip, "an IPv4 or IPv6 address such as 198.18.0.11"),
+    "cidr": (_is_cidr, "a network without host bits, such as 198.19.1.10/32"),
+    "port": (lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 < v < 65536,
+             "a port number from 1 to 65535"),
+}
+
+
+def _shown(node, value):
+    return "(secret, not shown)" if node.get("type") == "secret" else repr(value)
+
+
+def validate(schema, data, path):
+    """Errors (a list of strings, empty when valid) of ``data`` against ``schema``.
+
+    ``path`` is the pillar key of ``data``, e.g. ``vpn_gateway``; each error
+    starts with the full key of what is wrong and says what would be right.
+    """
+    kind = schema.get("type", "dict")
+    if kind not in TYPES:
+        raise ValueError(f"schema for {path}: unknown type {kind!r}")
+    check, wanted = TYPES[kind]
+    if not check(data):
+        return [f"pillar key {path}: expected {wanted}, got {_shown(schema, data)}"]
+    if "choices" in schema and data not in schema["choices"]:
+        return [f"pillar key {path}: {_shown(schema, data)} is not one of {schema['choices']}"]
+    errors = []
+    if kind == "list" and "items" in schema:
+        for index, item in enumerate(data):
+            errors += validate(schema["items"], item, f"{path}:{index}")
+    if kind == "dict":
+        known = schema.get("keys")
+        for key, value in data.items():
+            if known is not None and key in known:
+                errors += validate(known[key], value, f"{path}:{key}")
+            elif "values" in schema:
+                errors += validate(schema["values"], value, f"{path}:{key}")
+            elif known is not None:
+                errors.append(f"pillar key {path}:{key}: unknown key; known keys under {path}: "
+                              f"{', '.join(sorted(known))} (see docs/pillar.md)")
+        for key, node in (known or {}).items():
+            if node.get("required") and key not in data:
+                errors.append(f"pillar key {path}:{key}: required, {TYPES[node['type']][1]}; "
+                              f"add it (example: {node.get('example', '...')})")
+    return errors
+
+
+def _load_schema():
+    text = __salt__["cp.get_file_str"](SCHEMA_URL)
+    if not text:
+        raise CommandExecutionError(f"cannot read the pillar schema {SCHEMA_URL}")
+    return salt.utils.yaml.safe_load(text)
+
+
+def check_pillar(schema=None, pillar=None, raise_on_error=False):
+    """Check the ``vpn_gateway`` pillar against the role's schema.
+
+    Returns ``{"valid": bool, "errors": [...]}``; with ``raise_on_error`` an
+    invalid pillar raises instead (the role's SLS does this at render time, so
+    nothing on the host changes).
+
+    schema
+        The schema (a mapping with the top key ``vpn_gateway``); default: read
+        from ``salt://vpn_gateway/schema.yaml``.
+    pillar
+        The data to check; default: this minion's ``vpn_gateway`` pillar.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call vpn_gateway.check_pillar
+    """
+    schema = schema or _load_schema()
+    data = __pillar__.get("vpn_gateway", {}) if pillar is None else pillar
+    errors = validate(schema["vpn_gateway"], data, "vpn_gateway")
+    if errors and raise_on_error:
+        raise CommandExecutionError("invalid pillar:\n  " + "\n  ".join(errors))
+    return {"valid": not errors, "errors": errors}
+
+
+def _reference_rows(node, path, rows):
+    default = ("required" if node.get("required")
+               else json.dumps(node["default"]) if "default" in node else "")
+    example = node.get("example", "")
+    rows.append((path, node.get("type", "dict"), default.replace("|", "\\|"),
+                 str(example).replace("|", "\\|"), node.get("doc", "")))
+    for key, child in (node.get("keys") or {}).items():
+        _reference_rows(child, f"{path}:{key}", rows)
+    if "values" in node:
+        _reference_rows(node["values"], f"{path}:<name>", rows)
+    if "items" in node:
+        _reference_rows(node["items"], f"{path}:<n>", rows)
+    return rows
+
+
+def render_reference(schema=None):
+    """The pillar reference (Markdown) for ``schema``: a table row per key.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call vpn_gateway.render_reference
+    """
+    schema = schema or _load_schema()
+    rows = _reference_rows(schema["vpn_gateway"], "vpn_gateway", [])
+    lines = [
+        "# Pillar reference",
+        "",
+        "Generated from `salt/states/vpn_gateway/schema.yaml` by",
+        "`scripts/pillar-reference`; the role checks pillar against the same schema",
+        "when it renders (`salt-call vpn_gateway.check_pillar` does it on demand).",
+        "A complete example is in `pillar/vpn_gateway/`.",
+        "",
+        "| key | type | default | example | meaning |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    lines += [f"| `{k}` | {t} | {d} | {e} | {doc} |" for k, t, d, e, doc in rows]
+    return "\n".join(lines) + "\n"
