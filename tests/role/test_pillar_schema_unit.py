@@ -6,7 +6,8 @@ import pytest
 
 pytestmark = pytest.mark.unit
 REPO = Path(__file__).resolve().parents[2]
-spec = importlib.util.spec_from_file_location("vpn_gateway_mod", REPO / "salt/_modules/vpn_gateway.py")
+spec = importlib.util.spec_from_file_location(
+    "vpn_gateway_mod", REPO / "salt/_modules/vpn_gateway.py")
 vpn_gateway = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(vpn_gateway)
 
