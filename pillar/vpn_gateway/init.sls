@@ -3,4 +3,5 @@
 # every key. Sections: tunnel (ipsec), pooler (pgbouncer), kubernetes (k8s),
 # firewall, monitoring.
 include:
+  - vpn_gateway.kubernetes
   - vpn_gateway.pooler
