@@ -16,9 +16,10 @@ vpn_gateway:
     # The one minion that talks to the Kubernetes API (a gateway with a
     # kubeconfig, or a minion next to the master that has this pillar).
     minion: vpn-gw1
+    # On that minion: a kubeconfig for a user that may get, list, patch and
+    # delete services and endpointslices in the namespace (secret: 0600).
     kubeconfig: /etc/vpn-gateway/kubeconfig
     # context: vpn-gateway          # default: the kubeconfig's current-context
-    # kubeconfig_contents: {...}    # optional: the kubeconfig itself (keep it in an encrypted pillar)
     service:
       name: postgres
       namespace: databases

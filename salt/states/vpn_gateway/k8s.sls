@@ -1,32 +1,18 @@
 {#- Kubernetes side: the selector-less Service pods use for the database and the
     EndpointSlices that point it at the gateways' pooler. Only the minion named in
     vpn_gateway:kubernetes:minion talks to the API server; on every other minion
-    this renders to a no-op, so the gateway role can include it everywhere. #}
+    this renders to a no-op, so the gateway role can include it everywhere. The k8s
+    module finds the kubeconfig itself (vpn_gateway:kubernetes:kubeconfig/context,
+    from the minion config or this pillar). #}
 {%- set k8s = salt['pillar.get']('vpn_gateway:kubernetes', {}) %}
 {%- set service = k8s.get('service', {}) %}
 {%- set pooler_port = salt['pillar.get']('vpn_gateway:pooler:listen_port', service.get('port', 5432)) %}
-{%- set conn = {'kubeconfig': k8s.get('kubeconfig'), 'context': k8s.get('context')} %}
 {%- if grains['id'] == k8s.get('minion') %}
 {%- for key in ('name', 'namespace') if not service.get(key) %}
 {{- raise('pillar vpn_gateway:kubernetes:service:' ~ key ~ ' is missing: set the Service ' ~ key) }}
 {%- endfor %}
 {%- if not k8s.get('gateway_addresses') %}
 {{- raise('pillar vpn_gateway:kubernetes:gateway_addresses is empty: list the addresses pods connect to') }}
-{%- endif %}
-
-{%- if k8s.get('kubeconfig_contents') %}
-vpn_gateway_k8s_kubeconfig:
-  file.serialize:
-    - name: {{ k8s.kubeconfig }}
-    - dataset_pillar: vpn_gateway:kubernetes:kubeconfig_contents
-    - serializer: yaml
-    - makedirs: True
-    - user: root
-    - group: root
-    - mode: '0600'
-    - show_changes: False
-    - require_in:
-      - k8s: vpn_gateway_k8s_service
 {%- endif %}
 
 vpn_gateway_k8s_service:
@@ -38,8 +24,6 @@ vpn_gateway_k8s_service:
         port: {{ service.get('port', 5432) }}
         target_port: {{ pooler_port }}
     - force: {{ k8s.get('force_conflicts', False) }}
-    - kubeconfig: {{ conn.kubeconfig | json }}
-    - context: {{ conn.context | json }}
 
 vpn_gateway_k8s_endpointslices:
   k8s.endpointslice_present:
@@ -50,8 +34,6 @@ vpn_gateway_k8s_endpointslices:
       - name: {{ service.get('port_name', 'postgres') }}
         port: {{ pooler_port }}
     - force: {{ k8s.get('force_conflicts', False) }}
-    - kubeconfig: {{ conn.kubeconfig | json }}
-    - context: {{ conn.context | json }}
     - require:
       - k8s: vpn_gateway_k8s_service
 
