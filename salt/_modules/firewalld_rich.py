@@ -18,7 +18,7 @@ value spellings (``/32`` or a bare address, ``isakmp`` or ``500``, ``esp`` or
 ``50``). Rules this pack added are remembered per zone in ``OWNED_FILE`` so a
 formula can remove the ones it no longer declares and never touch others.
 
-Pure helpers (``parse_rule``, ``build_rule``, ``plan_zone``, ``guard_flows``,
+Pure helpers (``_parse_rule``, ``_build_rule``, ``_plan_zone``, ``_guard_flows``,
 ``vpn_gateway_rules``) take plain values and are importable without Salt.
 """
 import ipaddress
@@ -151,7 +151,7 @@ def _render_element(element):
     if kind in ("port", "source-port"):
         return f'{kind} port="{element[1]}" protocol="{element[2]}"'
     if kind == "protocol":
-        return f'protocol value="{protocol_name(element[1])}"'
+        return f'protocol value="{_protocol_name(element[1])}"'
     if kind in ("icmp-block", "icmp-type"):
         return f'{kind} name="{element[1]}"'
     return kind  # masquerade
@@ -180,7 +180,7 @@ def _protocols(path="/etc/protocols"):
 _PROTOCOLS = _protocols()
 
 
-def protocol_number(value):
+def _protocol_number(value):
     """``esp``, ``ESP`` or ``50`` -> 50; RuleError for an unknown protocol."""
     text = str(value).strip().lower()
     if text.isdigit() and 0 <= int(text) <= 255:
@@ -191,11 +191,11 @@ def protocol_number(value):
                     "...) or a number 0-255")
 
 
-def protocol_name(number):
+def _protocol_name(number):
     return _PROTOCOLS[1].get(number, str(number))
 
 
-def normalize_address(value, family=None):
+def _normalize_address(value, family=None):
     """(family, text): ``198.18.0.2/32`` -> ``198.18.0.2``,
     ``198.18.0.5/24`` -> ``198.18.0.0/24``."""
     try:
@@ -212,7 +212,7 @@ def normalize_address(value, family=None):
     return found, str(network)
 
 
-def normalize_port(value, protocol):
+def _normalize_port(value, protocol):
     """``0500`` -> ``500``, ``isakmp`` -> ``500``, ``1000-2000`` stays.
 
     RuleError for an unknown name or a port out of range."""
@@ -239,7 +239,7 @@ def normalize_port(value, protocol):
     return str(numbers[0])
 
 
-def normalize_limit(value):
+def _normalize_limit(value):
     """``1/minute`` -> ``1/m``."""
     rate, _, unit = str(value).strip().partition("/")
     if not rate.isdigit() or int(rate) < 1 or unit.lower() not in LIMIT_UNITS:
@@ -281,7 +281,7 @@ def _tokens(text):
     return out
 
 
-def parse_rule(text, services=None):
+def _parse_rule(text, services=None):
     """Parse a firewalld rich rule string into a RichRule (normal form).
 
     ``services``: the firewalld service names to accept (None: any).
@@ -343,16 +343,16 @@ def _no_more(token, text):
 # -- building from structured arguments ---------------------------------------------
 
 
-def build_rule(action=None, family=None, priority=0, source=None, source_ipset=None,
-               source_invert=False, destination=None, destination_ipset=None,
-               destination_invert=False, port=None, protocol=None, service=None,
-               reject_type=None, limit=None, log_prefix=None, log_level=None, log_limit=None,
-               audit=False, services=None):
+def _build_rule(action=None, family=None, priority=0, source=None, source_ipset=None,
+                source_invert=False, destination=None, destination_ipset=None,
+                destination_invert=False, port=None, source_port=None, protocol=None,
+                service=None, reject_type=None, limit=None, log_prefix=None, log_level=None,
+                log_limit=None, audit=False, services=None):
     """A RichRule from structured arguments.
 
-    ``protocol`` with ``port`` is the port's protocol (tcp, udp, ...); without
-    ``port`` it is a protocol element (``esp``, ``ah``, a number). The family
-    may be left out when an address gives it.
+    ``protocol`` with ``port`` or ``source_port`` is the port's protocol (tcp,
+    udp, ...); without them it is a protocol element (``esp``, ``ah``, a
+    number). The family may be left out when an address gives it.
     """
     spec = {"family": family, "priority": priority, "action": action,
             "reject_type": reject_type, "action_limit": limit}
@@ -363,12 +363,15 @@ def build_rule(action=None, family=None, priority=0, source=None, source_ipset=N
     elements = []
     if port is not None:
         elements.append(("port", {"port": port, "protocol": protocol}))
-    elif protocol is not None:
+    if source_port is not None:
+        elements.append(("source-port", {"port": source_port, "protocol": protocol}))
+    if port is None and source_port is None and protocol is not None:
         elements.append(("protocol", {"value": protocol}))
     if service is not None:
         elements.append(("service", {"name": service}))
     if len(elements) > 1:
-        raise RuleError("conflicting elements: a rule holds one of port, protocol or service "
+        raise RuleError("conflicting elements: a rule holds one of port, source_port, protocol "
+                        "or service "
                         f"(got {' and '.join(e[0] for e in elements)}); "
                         "split it into one rule each")
     if elements:
@@ -404,7 +407,7 @@ def _make(spec, services, what):
             raise RuleError(f"conflicting elements in {what}: a {side} takes one of address, "
                             "ipset or mac")
         if address is not None:
-            family, value = normalize_address(address, family)
+            family, value = _normalize_address(address, family)
             matches[side] = Match("address", value, invert)
         elif ipset is not None:
             matches[side] = Match("ipset", str(ipset), invert)
@@ -432,15 +435,15 @@ def _make(spec, services, what):
         if prefix is not None and len(str(prefix)) > 127:
             raise RuleError(f"{what}: log prefix longer than 127 characters")
         log_entry = (prefix or None, str(level).lower() if level else None,
-                     normalize_limit(spec["log_limit"]) if spec.get("log_limit") else None)
+                     _normalize_limit(spec["log_limit"]) if spec.get("log_limit") else None)
     return RichRule(
         action=action, family=family, priority=priority,
         source=matches.get("source"), destination=matches.get("destination"),
         element=element, log=log_entry,
-        audit=((normalize_limit(spec["audit_limit"]) if spec.get("audit_limit") else None),)
+        audit=((_normalize_limit(spec["audit_limit"]) if spec.get("audit_limit") else None),)
         if spec.get("audit") else (),
         reject_type=reject_type,
-        limit=normalize_limit(spec["action_limit"]) if spec.get("action_limit") else None,
+        limit=_normalize_limit(spec["action_limit"]) if spec.get("action_limit") else None,
     )
 
 
@@ -460,37 +463,38 @@ def _element(element, services, what):
         if attrs.get("port") is None:
             raise RuleError(f"{what}: {kind} needs a port")
         protocol = _port_protocol(attrs.get("protocol"))
-        return (kind, normalize_port(attrs["port"], protocol), protocol)
+        return (kind, _normalize_port(attrs["port"], protocol), protocol)
     if kind == "protocol":
         if attrs.get("value") is None:
             raise RuleError(f"{what}: protocol needs a value such as esp")
-        return ("protocol", protocol_number(attrs["value"]))
+        return ("protocol", _protocol_number(attrs["value"]))
     if kind in ("icmp-block", "icmp-type"):
         return (kind, attrs.get("name"))
     return (kind,)
 
 
-def to_rule(item, services=None):
-    """A RichRule from a rule string or a dict of build_rule's arguments."""
+def _to_rule(item, services=None):
+    """A RichRule from a rule string or a dict of _build_rule's arguments."""
     if isinstance(item, RichRule):
         return item
     if isinstance(item, str):
-        return parse_rule(item, services)
+        return _parse_rule(item, services)
     if isinstance(item, dict):
         if "rule" in item:
-            return parse_rule(item["rule"], services)
-        unknown = set(item) - set(build_rule.__code__.co_varnames[:build_rule.__code__.co_argcount])
+            return _parse_rule(item["rule"], services)
+        code = _build_rule.__code__
+        unknown = set(item) - set(code.co_varnames[:code.co_argcount])
         if unknown:
             raise RuleError(f"unknown rule argument(s) {', '.join(sorted(unknown))}")
-        return build_rule(services=services, **item)
+        return _build_rule(services=services, **item)
     raise RuleError(f"a rule is a string or a mapping, not {type(item).__name__}")
 
 
-def rule_key(text):
+def _rule_key(text):
     """The comparison key of a rule firewalld holds: its normal form, or the raw
     text for a rule this module cannot parse (then it never equals ours)."""
     try:
-        return parse_rule(text).render()
+        return _parse_rule(text).render()
     except RuleError:
         return "raw:" + text
 
@@ -498,7 +502,7 @@ def rule_key(text):
 # -- planning ------------------------------------------------------------------------
 
 
-def plan_zone(current, present=(), absent=(), owned=(), prune_owned=False):
+def _plan_zone(current, present=(), absent=(), owned=(), prune_owned=False):
     """What to change in a zone so it holds ``present`` and not ``absent``.
 
     ``current``: {"runtime": [rule text], "permanent": [rule text]} as firewalld
@@ -515,7 +519,7 @@ def plan_zone(current, present=(), absent=(), owned=(), prune_owned=False):
         raise RuleError(f"conflicting rules: {both[0]!r} is declared both present and absent")
     if prune_owned:
         unwanted |= set(owned) - set(wanted)
-    keys = {side: {text: rule_key(text) for text in current.get(side, [])}
+    keys = {side: {text: _rule_key(text) for text in current.get(side, [])}
             for side in ("runtime", "permanent")}
     before = set(keys["runtime"].values()) | set(keys["permanent"].values())
     plan = {"rules": {}}
@@ -524,23 +528,42 @@ def plan_zone(current, present=(), absent=(), owned=(), prune_owned=False):
         add = [text for text in wanted if text not in set(held.values())]
         plan[side] = {"add": add, "remove": remove}
         plan["rules"][side] = [text for text in held if text not in remove] + add
-    after = {rule_key(text) for side in plan["rules"].values() for text in side}
+    after = {_rule_key(text) for side in plan["rules"].values() for text in side}
     plan["owned"] = sorted(key for key in (set(owned) | (set(wanted) - before)) if key in after)
     return plan
 
 
-def has_changes(plan):
+def _has_changes(plan):
     return any(plan[side][op] for side in ("runtime", "permanent") for op in ("add", "remove"))
 
 
 # -- the guard: management access must survive a change -------------------------------
 
-SALT_MASTER_PORTS = (4505, 4506)
-SSH_PORT = 22
+SALT_MASTER_PORTS = "4505-4506"
+SSH_PORT = "22"
+# Where a minion's own end of its connections to the master lies (Linux's
+# ip_local_port_range): packets from the master arrive on these ports.
+EPHEMERAL_PORTS = "32768-60999"
 
 
-def guard_flows(management_networks=(), master=None):
-    """The connections a rule set must not cut: [(label, network, tcp port)]."""
+@dataclass(frozen=True)
+class Flow:
+    """New TCP packets a rule set must let in: from ``network``, from source ports
+    ``source_ports`` to destination ports ``ports`` (ranges as text)."""
+
+    label: str
+    network: object
+    ports: str
+    source_ports: str = "1-65535"
+
+
+def _guard_flows(management_networks=(), masters=None):
+    """The connections a rule set must not cut.
+
+    SSH from each management network, and the salt-master's connection: the
+    minion connects out to ports 4505/4506, so the master's packets come from
+    those source ports. ``masters``: an address or name, or a list of them.
+    """
     flows = []
     for network in management_networks or ():
         try:
@@ -548,16 +571,38 @@ def guard_flows(management_networks=(), master=None):
         except ValueError:
             raise RuleError(f"vpn_gateway:firewall:management_networks: bad network {network!r}: "
                             "write one such as 198.18.1.0/24") from None
-        flows.append((f"SSH from management network {net}", net, SSH_PORT))
-    if master:
-        try:
-            net = ipaddress.ip_network(str(master))
-        except ValueError:
-            raise RuleError(f"salt master {master!r} is not an IP address: set "
-                            "vpn_gateway:firewall:salt_master to the master's address") from None
-        flows += [(f"salt-master {net.network_address} port {port}", net, port)
-                  for port in SALT_MASTER_PORTS]
+        flows.append(Flow(f"SSH from management network {net}", net, SSH_PORT))
+    for master in [masters] if isinstance(masters, str) else masters or ():
+        for address in _resolve(master):
+            flows.append(Flow(f"the salt-master connection ({address} ports 4505/4506)",
+                              ipaddress.ip_network(address), EPHEMERAL_PORTS, SALT_MASTER_PORTS))
     return flows
+
+
+def _resolve(host):
+    try:
+        return [str(ipaddress.ip_address(host))]
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+        return sorted({info[4][0] for info in infos})
+    except OSError:
+        raise RuleError(f"cannot resolve the salt-master {host!r}: set "
+                        "vpn_gateway:firewall:salt_master to its address") from None
+
+
+def _range(text):
+    low, _, high = str(text).partition("-")
+    return int(low), int(high or low)
+
+
+def _covers(rule_ports, flow_ports, certain):
+    """Whether a rule's port range takes in the flow's: all of it (certain) or any."""
+    (rule_low, rule_high), (low, high) = _range(rule_ports), _range(flow_ports)
+    if certain:
+        return rule_low <= low and high <= rule_high
+    return rule_low <= high and low <= rule_high
 
 
 def _side_matches(match, net, certain):
@@ -574,42 +619,37 @@ def _side_matches(match, net, certain):
     return inside != match.invert
 
 
-def _element_matches(element, port, service_ports, certain):
+def _element_matches(element, flow, service_ports, certain):
     if not element:
         return True
     kind = element[0]
-    if kind == "port":
-        low, _, high = element[1].partition("-")
-        return element[2] == "tcp" and int(low) <= port <= int(high or low)
+    if kind in ("port", "source-port"):
+        ports = flow.ports if kind == "port" else flow.source_ports
+        return element[2] == "tcp" and _covers(element[1], ports, certain)
     if kind == "protocol":
         return element[1] == socket.IPPROTO_TCP
     if kind == "service":
         if element[1] not in service_ports:
             return not certain
-        return any(p == "tcp" and _in_range(port, text) for text, p in service_ports[element[1]])
-    return kind == "source-port" and not certain
-
-
-def _in_range(port, text):
-    low, _, high = str(text).partition("-")
-    return int(low) <= port <= int(high or low)
+        return any(proto == "tcp" and _covers(ports, flow.ports, certain)
+                   for ports, proto in service_ports[element[1]])
+    return False  # icmp, masquerade: not TCP
 
 
 def _rule_matches(rule, flow, service_ports):
     """Does ``rule`` decide ``flow``? Deny rules count if they may match, accept
     rules only if they surely match (the guard errs on the side of refusing)."""
-    _, net, port = flow
     certain = rule.action == "accept"
-    if rule.family and rule.family != f"ipv{net.version}":
+    if rule.family and rule.family != f"ipv{flow.network.version}":
         return False
     if rule.destination is not None and certain:
         return False
-    return (_side_matches(rule.source, net, certain)
-            and _element_matches(rule.element, port, service_ports, certain))
+    return (_side_matches(rule.source, flow.network, certain)
+            and _element_matches(rule.element, flow, service_ports, certain))
 
 
-def verdict(rules, zone, flow, service_ports):
-    """("accept" | "deny" | "default", deciding rule or None) for a new connection.
+def _verdict(rules, zone, flow, service_ports):
+    """("accept" | "deny" | "default", deciding rule or None) for a new packet.
 
     Follows firewalld's order: rich rules with a negative priority, then deny
     rules, then accept rules and the zone's services and ports, then positive
@@ -621,15 +661,14 @@ def verdict(rules, zone, flow, service_ports):
                 return ("accept" if rule.action == "accept" else "deny"), rule
         return None
 
-    _, _, port = flow
     found = (first(r for r in rules if r.priority < 0)
              or first(r for r in rules if r.priority == 0 and r.action != "accept")
              or first(r for r in rules if r.priority == 0 and r.action == "accept"))
     if found:
         return found
-    if any(_in_range(port, p) for p, proto in zone.get("ports", []) if proto == "tcp") or any(
-            _element_matches(("service", s), port, service_ports, True)
-            for s in zone.get("services", [])):
+    zone_elements = [("port", ports, proto) for ports, proto in zone.get("ports", [])]
+    zone_elements += [("service", name) for name in zone.get("services", [])]
+    if any(_element_matches(e, flow, service_ports, True) for e in zone_elements):
         return "accept", None
     found = first(r for r in rules if r.priority > 0)
     if found:
@@ -637,15 +676,15 @@ def verdict(rules, zone, flow, service_ports):
     return ("accept" if zone.get("target") == "ACCEPT" else "default"), None
 
 
-def check_guard(before, after, zone, flows, service_ports):
+def _check_guard(before, after, zone, flows, service_ports):
     """RuleError naming every protected connection the change would cut."""
     problems = []
     for flow in flows:
-        now, rule = verdict(after, zone, flow, service_ports)
+        now, rule = _verdict(after, zone, flow, service_ports)
         if now == "deny":
-            problems.append(f"{flow[0]} would be blocked by {rule.render()!r}")
-        elif now != "accept" and verdict(before, zone, flow, service_ports)[0] == "accept":
-            problems.append(f"{flow[0]} is allowed now and would no longer be")
+            problems.append(f"{flow.label} would be blocked by {rule.render()!r}")
+        elif now != "accept" and _verdict(before, zone, flow, service_ports)[0] == "accept":
+            problems.append(f"{flow.label} is allowed now and would no longer be")
     if problems:
         raise RuleError("refused, the rule set would cut management access: "
                         + "; ".join(problems)
@@ -657,7 +696,7 @@ def _parsed(texts):
     rules = []
     for text in texts:
         try:
-            rules.append(parse_rule(text))
+            rules.append(_parse_rule(text))
         except RuleError:
             log.debug("firewalld: the guard ignores a rule it cannot parse: %s", text)
     return rules
@@ -669,12 +708,13 @@ def _parsed(texts):
 PEER_TRAFFIC = (("500", "udp"), ("4500", "udp"), (None, "esp"))
 
 
-def gateway_rules(peers, nodes, pooler_port, node_exporter_port=None):
+def _gateway_rules(peers, nodes, pooler_port, node_exporter_port=None, salt_master=None):
     """The gateway's rich rules, as normal-form strings, from pillar values.
 
     IKE (udp 500), NAT-T (udp 4500) and ESP from each remote gateway in
     ``peers`` ({name: {address: ...}}); the pooler port and the node exporter
-    port from each Kubernetes node in ``nodes``.
+    port from each Kubernetes node in ``nodes``; the salt-master's packets
+    from its ports 4505/4506 (``salt_master``: its address or addresses).
     """
     if not isinstance(peers, dict) or not peers:
         raise RuleError("vpn_gateway:tunnel:peers is missing or empty: declare primary and "
@@ -692,15 +732,29 @@ def gateway_rules(peers, nodes, pooler_port, node_exporter_port=None):
     if node_exporter_port:
         ports.append(("vpn_gateway:firewall:node_exporter_port", node_exporter_port))
     for key, port in ports:
-        _from_pillar(key, normalize_port, port, "tcp")
+        _from_pillar(key, _normalize_port, port, "tcp")
     for index, node in enumerate(nodes):
         rules += [_from_pillar(f"vpn_gateway:kubernetes:nodes[{index}]", _accept, node, port)
                   for _, port in ports]
-    return rules
+    return rules + _master_rules(salt_master)
+
+
+def _master_rules(masters):
+    """Accept the salt-master's side of the minion's connections to it.
+
+    Conntrack normally lets those packets in as established, but when
+    firewalld starts on a host whose kernel tracked nothing before, the
+    minion's open connections are picked up mid-stream as new and would be
+    rejected until the minion reconnects. The master commands the minion
+    anyway, so opening to its source ports gives it nothing new.
+    """
+    return [_build_rule(source=str(flow.network), source_port=flow.source_ports,
+                        protocol="tcp", action="accept").render()
+            for flow in _guard_flows((), masters)]
 
 
 def _accept(source, port, protocol="tcp"):
-    return build_rule(source=source, port=port, protocol=protocol, action="accept").render()
+    return _build_rule(source=source, port=port, protocol=protocol, action="accept").render()
 
 
 def _from_pillar(key, function, *args):
@@ -822,8 +876,9 @@ def normalize_rich_rule(rule=None, **structured):
     rule
         A rich rule string; or leave it out and pass structured arguments
         (family, priority, source, source_ipset, source_invert, destination,
-        destination_ipset, destination_invert, port, protocol, service, action,
-        reject_type, limit, log_prefix, log_level, log_limit, audit).
+        destination_ipset, destination_invert, port, source_port, protocol,
+        service, action, reject_type, limit, log_prefix, log_level, log_limit,
+        audit).
 
     CLI Example:
 
@@ -834,7 +889,7 @@ def normalize_rich_rule(rule=None, **structured):
         salt '*' firewalld.normalize_rich_rule source=198.18.0.21 protocol=esp action=accept
     """
     structured = {k: v for k, v in structured.items() if not k.startswith("__")}
-    return to_rule(rule if rule is not None else structured).render()
+    return _to_rule(rule if rule is not None else structured).render()
 
 
 def zone_rich_rules(zone=None):
@@ -852,8 +907,8 @@ def zone_rich_rules(zone=None):
         salt '*' firewalld.zone_rich_rules public
     """
     found = _Zone(zone)
-    runtime = {rule_key(t) for t in found.rules["runtime"]}
-    permanent = {rule_key(t) for t in found.rules["permanent"]}
+    runtime = {_rule_key(t) for t in found.rules["runtime"]}
+    permanent = {_rule_key(t) for t in found.rules["permanent"]}
     return {
         "zone": found.name,
         "runtime": sorted(found.rules["runtime"]),
@@ -897,20 +952,20 @@ def apply_rich_rules(zone=None, present=None, absent=None, prune_owned=False,
             present='["rule family=ipv4 source address=198.18.0.21 protocol value=esp accept"]'
     """
     services = _services()
-    present = [to_rule(item, services) for item in present or []]
-    absent = [to_rule(item, services) for item in absent or []]
+    present = [_to_rule(item, services) for item in present or []]
+    absent = [_to_rule(item, services) for item in absent or []]
     found = _Zone(zone)
     owned = _read_owned().get(found.name, [])
-    plan = plan_zone(found.rules, present, absent, owned, prune_owned)
-    flows = guard_flows(management_networks, salt_master)
+    plan = _plan_zone(found.rules, present, absent, owned, prune_owned)
+    flows = _guard_flows(management_networks, salt_master)
     if flows:
         after = _parsed(plan["rules"]["runtime"])
-        check_guard(_parsed(found.rules["runtime"]), after, found.runtime, flows,
-                    _service_ports({r.element[1] for r in after if r.element[:1] == ("service",)}
-                                   | set(found.runtime.get("services", []))))
+        services_used = {r.element[1] for r in after if r.element[:1] == ("service",)}
+        _check_guard(_parsed(found.rules["runtime"]), after, found.runtime, flows,
+                     _service_ports(services_used | set(found.runtime.get("services", []))))
     result = {"zone": found.name, "test": bool(test), "owned": plan["owned"],
               **{side: plan[side] for side in ("runtime", "permanent")}}
-    if test or not has_changes(plan):
+    if test or not _has_changes(plan):
         return result
     for side in ("permanent", "runtime"):
         if plan[side]["add"] or plan[side]["remove"]:
@@ -923,7 +978,7 @@ def apply_rich_rules(zone=None, present=None, absent=None, prune_owned=False,
 def _verify(found, plan):
     """Re-read the zone: every planned rule there, every removed one gone."""
     for side in ("runtime", "permanent"):
-        held = {rule_key(text) for text in found.rules[side]}
+        held = {_rule_key(text) for text in found.rules[side]}
         missing = [text for text in plan[side]["add"] if text not in held]
         left = [text for text in plan[side]["remove"] if text in found.rules[side]]
         if missing or left:
@@ -932,17 +987,18 @@ def _verify(found, plan):
                 f"missing {missing}, still there {left}")
 
 
-def vpn_gateway_rules(peers, nodes, pooler_port, node_exporter_port=None):
+def vpn_gateway_rules(peers, nodes, pooler_port, node_exporter_port=None, salt_master=None):
     """
     Return the gateway's rich rules (normal form) derived from pillar values:
     IKE udp 500, NAT-T udp 4500 and ESP from each remote gateway; the pooler
-    port and the node exporter port from each Kubernetes node.
+    port and the node exporter port from each Kubernetes node; the
+    salt-master's packets from its ports 4505/4506.
 
     CLI Example:
 
     .. code-block:: bash
 
         salt '*' firewalld.vpn_gateway_rules \
-            '{"primary": {"address": "198.18.0.21"}}' '["198.18.2.31"]' 6432 9100
+            '{"primary": {"address": "198.18.0.21"}}' '["198.18.2.31"]' 6432 9100 198.18.1.2
     """
-    return gateway_rules(peers, nodes, pooler_port, node_exporter_port)
+    return _gateway_rules(peers, nodes, pooler_port, node_exporter_port, salt_master)

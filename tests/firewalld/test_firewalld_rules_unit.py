@@ -22,8 +22,8 @@ PEERS = {"primary": {"address": "198.18.0.21"}, "backup": {"address": "198.18.0.
     'rule source address="198.18.0.21" protocol value="esp" accept',
 ])
 def test_spellings_of_one_rule_have_one_normal_form(fr, spelling):
-    assert fr.parse_rule(spelling).render() == ESP_PRIMARY
-    assert fr.parse_rule(spelling) == fr.parse_rule(ESP_PRIMARY)
+    assert fr._parse_rule(spelling).render() == ESP_PRIMARY
+    assert fr._parse_rule(spelling) == fr._parse_rule(ESP_PRIMARY)
 
 
 @pytest.mark.parametrize("spelling, normal", [
@@ -45,16 +45,16 @@ def test_spellings_of_one_rule_have_one_normal_form(fr, spelling):
      'rule priority="-5" family="ipv4" source ipset="peers" audit drop'),
 ])
 def test_values_are_normalised(fr, spelling, normal):
-    assert fr.parse_rule(spelling).render() == normal
+    assert fr._parse_rule(spelling).render() == normal
 
 
 def test_structured_arguments_equal_the_rule_string(fr):
-    assert fr.build_rule(source="198.18.0.21/32", protocol="50", action="accept").render() \
+    assert fr._build_rule(source="198.18.0.21/32", protocol="50", action="accept").render() \
         == ESP_PRIMARY
-    assert fr.to_rule({"source": "198.18.0.22", "port": "ipsec-nat-t", "protocol": "udp",
+    assert fr._to_rule({"source": "198.18.0.22", "port": "ipsec-nat-t", "protocol": "udp",
                        "action": "accept"}).render() \
         == 'rule family="ipv4" source address="198.18.0.22" port port="4500" protocol="udp" accept'
-    assert fr.to_rule({"rule": ESP_PRIMARY}) == fr.to_rule(ESP_PRIMARY)
+    assert fr._to_rule({"rule": ESP_PRIMARY}) == fr._to_rule(ESP_PRIMARY)
 
 
 def _firewalld_prints(rules):
@@ -69,14 +69,14 @@ def _firewalld_prints(rules):
 def test_firewalld_accepts_our_normal_form_unchanged(fr):
     if not Path("/usr/lib/python3/dist-packages/firewall/core/rich.py").exists():
         pytest.skip("python3-firewall (Debian's firewalld) is not installed")
-    rules = [fr.parse_rule(text).render() for text in (
+    rules = [fr._parse_rule(text).render() for text in (
         ESP_PRIMARY,
         'rule priority=-5 family=ipv4 source NOT ipset=peers log prefix=x limit value=1/m drop',
         'rule family=ipv6 source address=2001:db8::/64 service name=ssh reject '
         'type=icmp6-adm-prohibited',
         'rule family=ipv4 destination address=198.19.10.1 port port=6432 protocol=tcp accept '
         'limit value=100/s',
-    )] + fr.gateway_rules(PEERS, ["198.18.2.31"], 6432, 9100)
+    )] + fr._gateway_rules(PEERS, ["198.18.2.31"], 6432, 9100, "198.18.1.2")
     assert _firewalld_prints(rules) == rules
 
 
@@ -85,7 +85,7 @@ def test_firewalld_accepts_our_normal_form_unchanged(fr):
 
 def _error(fr, rule, services=None):
     with pytest.raises(fr.RuleError) as caught:
-        fr.to_rule(rule, services)
+        fr._to_rule(rule, services)
     return str(caught.value)
 
 
@@ -152,11 +152,11 @@ OTHER = 'rule family="ipv4" source address="198.18.0.99" port port="80" protocol
 
 
 def _rules(fr, *texts):
-    return [fr.parse_rule(t) for t in texts]
+    return [fr._parse_rule(t) for t in texts]
 
 
 def test_plan_adds_to_both_configurations_and_never_touches_others(fr):
-    plan = fr.plan_zone({"runtime": [OTHER], "permanent": [OTHER]}, _rules(fr, ESP_PRIMARY))
+    plan = fr._plan_zone({"runtime": [OTHER], "permanent": [OTHER]}, _rules(fr, ESP_PRIMARY))
     for side in ("runtime", "permanent"):
         assert plan[side] == {"add": [ESP_PRIMARY], "remove": []}
         assert plan["rules"][side] == [OTHER, ESP_PRIMARY]
@@ -165,23 +165,23 @@ def test_plan_adds_to_both_configurations_and_never_touches_others(fr):
 
 def test_plan_recognises_other_spellings_as_the_same_rule(fr):
     held = 'rule family="ipv4" source address="198.18.0.21/32" protocol value="50" accept'
-    plan = fr.plan_zone({"runtime": [held], "permanent": [held]}, _rules(fr, ESP_PRIMARY))
-    assert not fr.has_changes(plan)
+    plan = fr._plan_zone({"runtime": [held], "permanent": [held]}, _rules(fr, ESP_PRIMARY))
+    assert not fr._has_changes(plan)
     assert plan["owned"] == []  # it was there before: not ours
 
 
 def test_plan_repairs_runtime_drift_both_ways(fr):
-    plan = fr.plan_zone({"runtime": [], "permanent": [ESP_PRIMARY]}, _rules(fr, ESP_PRIMARY),
-                        owned=[ESP_PRIMARY])
+    plan = fr._plan_zone({"runtime": [], "permanent": [ESP_PRIMARY]}, _rules(fr, ESP_PRIMARY),
+                         owned=[ESP_PRIMARY])
     assert plan["runtime"]["add"] == [ESP_PRIMARY] and plan["permanent"]["add"] == []
-    plan = fr.plan_zone({"runtime": [ESP_PRIMARY], "permanent": []}, _rules(fr, ESP_PRIMARY))
+    plan = fr._plan_zone({"runtime": [ESP_PRIMARY], "permanent": []}, _rules(fr, ESP_PRIMARY))
     assert plan["permanent"]["add"] == [ESP_PRIMARY] and plan["runtime"]["add"] == []
 
 
 def test_plan_absent_removes_every_spelling_as_firewalld_holds_it(fr):
     held = 'rule family="ipv4" source address="198.18.0.21/32" protocol value="50" accept'
-    plan = fr.plan_zone({"runtime": [held, OTHER], "permanent": [held]}, (),
-                        _rules(fr, ESP_PRIMARY), owned=[ESP_PRIMARY])
+    plan = fr._plan_zone({"runtime": [held, OTHER], "permanent": [held]}, (),
+                         _rules(fr, ESP_PRIMARY), owned=[ESP_PRIMARY])
     assert plan["runtime"]["remove"] == [held] and plan["permanent"]["remove"] == [held]
     assert plan["rules"]["runtime"] == [OTHER]
     assert plan["owned"] == []
@@ -192,19 +192,19 @@ def test_prune_removes_only_owned_rules_no_longer_declared(fr):
                'protocol="tcp" accept')
     current = [OTHER, ESP_PRIMARY, dropped, "rule something firewalld-only"]
     owned = [ESP_PRIMARY, dropped]
-    plan = fr.plan_zone({"runtime": current, "permanent": current}, _rules(fr, ESP_PRIMARY),
-                        owned=owned, prune_owned=True)
+    plan = fr._plan_zone({"runtime": current, "permanent": current}, _rules(fr, ESP_PRIMARY),
+                         owned=owned, prune_owned=True)
     assert plan["runtime"]["remove"] == [dropped]
     assert plan["rules"]["runtime"] == [OTHER, ESP_PRIMARY, "rule something firewalld-only"]
     assert plan["owned"] == [ESP_PRIMARY]
-    without = fr.plan_zone({"runtime": current, "permanent": current}, _rules(fr, ESP_PRIMARY),
-                           owned=owned)
-    assert not fr.has_changes(without)
+    without = fr._plan_zone({"runtime": current, "permanent": current}, _rules(fr, ESP_PRIMARY),
+                            owned=owned)
+    assert not fr._has_changes(without)
 
 
 def test_plan_refuses_a_rule_both_present_and_absent(fr):
     with pytest.raises(fr.RuleError, match="both present and absent"):
-        fr.plan_zone({}, _rules(fr, ESP_PRIMARY), _rules(fr, ESP_PRIMARY.replace('"esp"', "50")))
+        fr._plan_zone({}, _rules(fr, ESP_PRIMARY), _rules(fr, ESP_PRIMARY.replace('"esp"', "50")))
 
 
 # -- the guard ---------------------------------------------------------------------------
@@ -214,19 +214,21 @@ SERVICE_PORTS = {"ssh": [("22", "tcp")]}
 
 
 def _guard(fr, before, after, zone=ZONE):
-    flows = fr.guard_flows(["198.18.1.0/24"], "198.18.1.2")
-    fr.check_guard(_rules(fr, *before), _rules(fr, *after), zone, flows, SERVICE_PORTS)
+    flows = fr._guard_flows(["198.18.1.0/24"], "198.18.1.2")
+    fr._check_guard(_rules(fr, *before), _rules(fr, *after), zone, flows, SERVICE_PORTS)
 
 
 def test_guard_allows_the_gateway_rules(fr):
-    _guard(fr, [], fr.gateway_rules(PEERS, ["198.18.2.31"], 6432, 9100))
+    _guard(fr, [], fr._gateway_rules(PEERS, ["198.18.2.31"], 6432, 9100))
 
 
 @pytest.mark.parametrize("rule", [
     'rule family=ipv4 source address=198.18.1.0/24 drop',
     'rule family=ipv4 source address=198.18.1.7 port port=22 protocol=tcp reject',
     'rule family=ipv4 source NOT address=198.18.2.0/24 service name=ssh drop',
-    'rule priority=-1 family=ipv4 source address=198.18.1.2 port port=4505-4506 protocol=tcp drop',
+    'rule priority=-1 family=ipv4 source address=198.18.1.2 source-port port=4505 protocol=tcp '
+    'drop',
+    'rule family=ipv4 source address=198.18.1.0/28 port port=40000-40100 protocol=tcp reject',
     'rule family=ipv4 source address=198.18.0.0/16 protocol value=tcp drop',
 ])
 def test_guard_refuses_rules_that_cut_management_access(fr, rule):
@@ -239,6 +241,18 @@ def test_guard_lets_an_earlier_accept_win(fr):
                     'rule family=ipv4 source address=198.18.0.0/16 drop'])
 
 
+def test_guard_ignores_denials_elsewhere(fr):
+    _guard(fr, [], ['rule family=ipv4 source address=198.18.1.2 port port=4505 protocol=tcp drop',
+                    'rule family=ipv4 source address=198.18.2.0/24 drop',
+                    'rule family=ipv6 source address=2001:db8::/32 drop'])
+
+
+def test_guard_refuses_pruning_the_master_rule(fr):
+    master = fr._gateway_rules(PEERS, [], 6432, salt_master="198.18.1.2")[-1]
+    with pytest.raises(fr.RuleError, match="salt-master connection .* no longer"):
+        _guard(fr, [master], [])
+
+
 def test_guard_refuses_removing_the_only_accept(fr):
     ssh = 'rule family="ipv4" source address="198.18.1.0/24" port port="22" protocol="tcp" accept'
     with pytest.raises(fr.RuleError, match="allowed now and would no longer be"):
@@ -248,7 +262,7 @@ def test_guard_refuses_removing_the_only_accept(fr):
 
 def test_guard_names_the_pillar_key_for_a_bad_network(fr):
     with pytest.raises(fr.RuleError, match="vpn_gateway:firewall:management_networks"):
-        fr.guard_flows(["198.18.1.0/33"])
+        fr._guard_flows(["198.18.1.0/33"])
 
 
 # -- the gateway's rules from pillar ----------------------------------------------------------
@@ -260,19 +274,26 @@ def test_gateway_rules_from_pillar(fr):
     expected += [{"source": peer, "protocol": "esp"} for peer in ("198.18.0.21", "198.18.0.22")]
     expected += [{"source": "198.18.2.31", "port": port, "protocol": "tcp"}
                  for port in (6432, 9100)]
-    assert sorted(fr.gateway_rules(PEERS, ["198.18.2.31"], 6432, 9100)) \
-        == sorted(fr.to_rule({**spec, "action": "accept"}).render() for spec in expected)
+    assert sorted(fr._gateway_rules(PEERS, ["198.18.2.31"], 6432, 9100)) \
+        == sorted(fr._to_rule({**spec, "action": "accept"}).render() for spec in expected)
+
+
+def test_the_salt_master_side_of_the_minion_connections_is_accepted(fr):
+    rules = set(fr._gateway_rules(PEERS, [], 6432, salt_master=["198.18.1.2", "198.18.1.3"]))
+    assert rules - set(fr._gateway_rules(PEERS, [], 6432)) == {
+        f'rule family="ipv4" source address="198.18.1.{n}" source-port port="4505-4506" '
+        'protocol="tcp" accept' for n in (2, 3)}
 
 
 def test_adding_a_node_or_a_peer_changes_exactly_its_rules(fr):
-    before = set(fr.gateway_rules(PEERS, ["198.18.2.31"], 6432, 9100))
-    with_node = set(fr.gateway_rules(PEERS, ["198.18.2.31", "198.18.2.32"], 6432, 9100))
+    before = set(fr._gateway_rules(PEERS, ["198.18.2.31"], 6432, 9100))
+    with_node = set(fr._gateway_rules(PEERS, ["198.18.2.31", "198.18.2.32"], 6432, 9100))
     assert with_node - before == {
         f'rule family="ipv4" source address="198.18.2.32" port port="{p}" protocol="tcp" accept'
         for p in (6432, 9100)}
     assert before <= with_node
     peers = {**PEERS, "third": {"address": "198.18.0.23"}}
-    with_peer = set(fr.gateway_rules(peers, ["198.18.2.31"], 6432, 9100))
+    with_peer = set(fr._gateway_rules(peers, ["198.18.2.31"], 6432, 9100))
     added = with_peer - before
     assert before <= with_peer and len(added) == 3
     assert all('source address="198.18.0.23"' in rule for rule in added)
@@ -287,5 +308,5 @@ def test_adding_a_node_or_a_peer_changes_exactly_its_rules(fr):
 ])
 def test_bad_pillar_names_its_key(fr, peers, nodes, port, key):
     with pytest.raises(fr.RuleError) as caught:
-        fr.gateway_rules(peers, nodes, port)
+        fr._gateway_rules(peers, nodes, port)
     assert str(caught.value).startswith(key)

@@ -1,0 +1,36 @@
+{#- firewalld on the gateway: the service, and the gateway's rich rules derived from
+    the same pillar as the tunnel and the pooler (IKE, NAT-T and ESP from each remote
+    gateway; the pooler and node exporter ports from each Kubernetes node; the
+    salt-master's side of the minion's connections), applied to
+    runtime and permanent configuration in one batch, without a reload. Rules this pack
+    added and no longer derives are removed (prune_owned); a rule set that would cut
+    SSH from a management network or the salt-master's connection is refused. #}
+{%- from "vpn_gateway/map.jinja" import gateway with context %}
+{%- set fw = salt['pillar.get']('vpn_gateway:firewall', {}) %}
+{%- set master = fw.get('salt_master') or salt['config.get']('master') %}
+{%- set rules = salt['firewalld.vpn_gateway_rules'](
+      salt['pillar.get']('vpn_gateway:tunnel:peers', {}),
+      salt['pillar.get']('vpn_gateway:kubernetes:nodes', []),
+      salt['pillar.get']('vpn_gateway:pooler:listen_port', 6432),
+      fw.get('node_exporter_port', 9100), master) + fw.get('rules', []) %}
+
+firewalld-package:
+  pkg.installed:
+    - name: {{ gateway.firewall.package }}
+
+firewalld-service:
+  service.running:
+    - name: {{ gateway.firewall.service }}
+    - enable: True
+    - require:
+      - pkg: firewalld-package
+
+firewalld-gateway-rules:
+  firewalld.rich_rules_managed:
+    - name: {{ fw.get('zone', 'public') }}
+    - rules: {{ rules | json }}
+    - prune_owned: {{ fw.get('prune_owned', True) | json }}
+    - management_networks: {{ fw.get('management_networks', []) | json }}
+    - salt_master: {{ master | json }}
+    - require:
+      - service: firewalld-service

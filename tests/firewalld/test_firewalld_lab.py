@@ -1,0 +1,376 @@
+"""firewalld rich rules in the lab: real firewalld under systemd in vpn-gw1, driven
+from the salt-master; traffic from k8s-node1, remote-gw-backup and outsider.
+
+The tests run in file order on one lab: each leaves the zone as the next expects.
+"""
+import json
+import time
+
+import pytest
+
+from lab import saltstack
+
+pytestmark = pytest.mark.lab
+
+HOSTS = ["salt-master", "vpn-gw1", "remote-gw-backup", "k8s-node1", "outsider"]
+GW = "vpn-gw1"
+GW_K8S, GW_WAN = "198.18.2.11", "198.18.0.11"
+NODE, NODE2 = "198.18.2.31", "198.18.2.32"
+MASTER = "198.18.1.2"
+POOLER, EXPORTER = 6432, 9100
+PEERS = {"primary": {"address": "198.18.0.21"}, "backup": {"address": "198.18.0.22"}}
+FIREWALL = {"zone": "public", "management_networks": ["198.18.1.0/24"],
+            "node_exporter_port": EXPORTER, "prune_owned": True, "rules": []}
+RULE_STATE = "firewalld_|-firewalld-gateway-rules_|-public_|-rich_rules_managed"
+
+ECHO_SERVER = """\
+import socketserver, sys
+proto, port = sys.argv[1], int(sys.argv[2])
+class Stream(socketserver.StreamRequestHandler):
+    def handle(self):
+        for line in self.rfile:
+            self.wfile.write(line)
+class Datagram(socketserver.BaseRequestHandler):
+    def handle(self):
+        data, sock = self.request
+        sock.sendto(data, self.client_address)
+server = (socketserver.ThreadingTCPServer((\"\", port), Stream) if proto == "tcp"
+          else socketserver.UDPServer((\"\", port), Datagram))
+server.serve_forever()
+"""
+UDP_PROBE = """\
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(2)
+s.sendto(b"ike?", (sys.argv[1], int(sys.argv[2])))
+sys.exit(0 if s.recv(64) == b"ike?" else 1)
+"""
+# Connects, proves the echo, then waits for /root/client.go to use the same
+# connection again; writes ok or broken to /root/client.result.
+LONG_CLIENT = """\
+import os, socket, sys, time
+conn = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+stream = conn.makefile("rw")
+stream.write("one\\n"); stream.flush()
+assert stream.readline() == "one\\n"
+open("/root/client.connected", "w").close()
+while not os.path.exists("/root/client.go"):
+    time.sleep(0.1)
+stream.write("two\\n"); stream.flush()
+answer = stream.readline()
+open("/root/client.result", "w").write("ok" if answer == "two\\n" else "broken")
+"""
+
+
+def pillar(nodes=(NODE,), peers=PEERS, **firewall):
+    return {"vpn_gateway": {"tunnel": {"peers": peers}, "kubernetes": {"nodes": list(nodes)},
+                            "pooler": {"listen_port": POOLER},
+                            "firewall": {**FIREWALL, **firewall}}}
+
+
+def derived(nodes=(NODE,), peers=PEERS):
+    """The rules the formula should derive, written out here independently."""
+    rules = set()
+    for peer in peers.values():
+        src = f'rule family="ipv4" source address="{peer["address"]}"'
+        rules |= {f'{src} port port="500" protocol="udp" accept',
+                  f'{src} port port="4500" protocol="udp" accept',
+                  f'{src} protocol value="esp" accept'}
+    for node in nodes:
+        rules |= {f'rule family="ipv4" source address="{node}" port port="{port}" '
+                  'protocol="tcp" accept' for port in (POOLER, EXPORTER)}
+    return rules | {f'rule family="ipv4" source address="{MASTER}" source-port '
+                    'port="4505-4506" protocol="tcp" accept'}
+
+
+@pytest.fixture(scope="module")
+def lab(lab_factory):
+    lab = lab_factory(HOSTS)
+    synced = saltstack.salt(lab, GW, "saltutil.sync_all")
+    assert "states.firewalld_rich" in synced[GW]["states"], synced
+    gw = lab[GW]
+    gw.put("/root/echo_server.py", ECHO_SERVER)
+    for proto, port in (("tcp", POOLER), ("tcp", EXPORTER), ("udp", 500)):
+        gw.run(["systemd-run", f"--unit=echo-{proto}-{port}", "/usr/bin/python3",
+                "/root/echo_server.py", proto, str(port)], check=True)
+    gw.wait_port(POOLER)
+    for host in ("k8s-node1", "outsider", "remote-gw-backup"):
+        lab[host].put("/root/udp_probe.py", UDP_PROBE)
+    return lab
+
+
+def salt(lab, function, *args, **kwargs):
+    args = [*args, *(f"{k}={json.dumps(v) if not isinstance(v, str) else v}"
+                     for k, v in kwargs.items())]
+    return saltstack.salt(lab, GW, function, *args)[GW]
+
+
+def apply_formula(lab, test=False, **pillar_args):
+    return salt(lab, "state.apply", "vpn_gateway.firewall",
+                f"pillar={json.dumps(pillar(**pillar_args))}", *(["test=True"] if test else []))
+
+
+def single(lab, function, test=False, **kwargs):
+    ret = salt(lab, "state.single", f"firewalld.{function}", **kwargs,
+               **({"test": True} if test else {}))
+    assert isinstance(ret, dict) and len(ret) == 1, ret
+    return next(iter(ret.values()))
+
+
+def held(lab, permanent=False):
+    """The zone's rich rules as firewall-cmd prints them."""
+    argv = ["firewall-cmd", "--zone=public", "--list-rich-rules"]
+    out = lab[GW].run(argv + (["--permanent"] if permanent else []), check=True).stdout
+    return set(out.splitlines())
+
+
+def firewall_cmd(lab, *args):
+    lab[GW].run(["firewall-cmd", "--zone=public", *args], check=True)
+
+
+def tcp_open(lab, host, address, port):
+    probe = f"exec 3<>/dev/tcp/{address}/{port}"
+    return lab[host].run(["timeout", "5", "bash", "-c", probe], timeout=15).ok
+
+
+def udp_answered(lab, host, address, port):
+    return lab[host].run(["python3", "/root/udp_probe.py", address, str(port)], timeout=15).ok
+
+
+def changes_of(ret):
+    return {tag: r["changes"] for tag, r in ret.items() if r["changes"]}
+
+
+def as_set(changes, side, op):
+    return set(changes.get(side, {}).get(op, []))
+
+
+# -- the formula ---------------------------------------------------------------------------
+
+
+def test_first_run_starts_firewalld_and_the_master_keeps_reaching_the_minion(lab):
+    gw = lab[GW]
+    assert gw.run(["systemctl", "is-active", "firewalld"]).stdout.strip() != "active"
+    assert tcp_open(lab, "outsider", GW_K8S, POOLER)  # no firewall yet
+    predicted = apply_formula(lab, test=True)[RULE_STATE]
+    assert predicted["result"] is None and "firewalld is not running" in predicted["comment"]
+    assert gw.run(["systemctl", "is-active", "firewalld"]).stdout.strip() != "active"
+
+    ret = apply_formula(lab)  # the return itself travels through the new firewall
+    assert all(r["result"] is True for r in ret.values()), ret
+    changes = ret[RULE_STATE]["changes"]
+    assert as_set(changes, "runtime", "add") == as_set(changes, "permanent", "add") == derived()
+    assert held(lab) == held(lab, permanent=True) == derived()
+    assert salt(lab, "test.ping") is True
+    for test in (False, True):
+        again = apply_formula(lab, test=test)
+        assert all(r["result"] is True for r in again.values()), again
+        assert changes_of(again) == {}
+
+
+def test_test_mode_predicts_exactly_and_touches_nothing(lab):
+    before = (held(lab), held(lab, permanent=True))
+    rules = apply_formula(lab, test=True, nodes=(NODE, NODE2))[RULE_STATE]
+    assert rules["result"] is None, rules
+    new = derived((NODE, NODE2)) - derived()
+    assert len(new) == 2
+    assert {side: {op: set(rules) for op, rules in ops.items()}
+            for side, ops in rules["changes"].items()} \
+        == {"runtime": {"add": new}, "permanent": {"add": new}}
+    assert (held(lab), held(lab, permanent=True)) == before
+
+
+def test_core_firewalld_module_and_states_still_work_beside_ours(lab):
+    states = salt(lab, "sys.list_state_functions", "firewalld")
+    assert {"firewalld.present", "firewalld.service", "firewalld.rich_rule_present",
+            "firewalld.rich_rule_absent", "firewalld.rich_rules_managed"} <= set(states)
+    functions = salt(lab, "sys.list_functions", "firewalld")
+    assert {"firewalld.add_port", "firewalld.list_zones", "firewalld.apply_rich_rules"} \
+        <= set(functions)
+    assert "public" in salt(lab, "firewalld.get_zones")  # core, works
+
+    service = single(lab, "service", name="vgw-probe", ports=["7001/tcp"])
+    assert service["result"] is True, service
+    present = single(lab, "present", name="public", services=["ssh", "dhcpv6-client"],
+                     ports=["7002/tcp"])
+    assert present["result"] is True, present
+    assert "7002/tcp" in lab[GW].run(["firewall-cmd", "--permanent", "--list-ports"],
+                                     check=True).stdout
+    assert "vgw-probe" in lab[GW].run(["firewall-cmd", "--permanent", "--get-services"],
+                                      check=True).stdout
+
+
+def test_enforcement_from_nodes_peers_and_outsider(lab):
+    assert tcp_open(lab, "k8s-node1", GW_K8S, POOLER)
+    assert tcp_open(lab, "k8s-node1", GW_K8S, EXPORTER)
+    assert not tcp_open(lab, "outsider", GW_K8S, POOLER)
+    assert not tcp_open(lab, "outsider", GW_K8S, EXPORTER)
+    assert udp_answered(lab, "remote-gw-backup", GW_WAN, 500)
+    assert not udp_answered(lab, "outsider", GW_WAN, 500)
+
+
+# -- single rules: normal form, drift ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("spelling", [
+    {"name": f"rule family=ipv4 port protocol=TCP port=0{POOLER} source address={NODE}/32 accept"},
+    {"name": "esp", "source": "198.18.0.22/32", "protocol": "50", "action": "accept"},
+    {"name": "ike", "rule": "rule source address='198.18.0.22' port port='isakmp' "
+                            "protocol='udp' family='ipv4' accept"},
+])
+def test_other_spellings_are_recognised_as_the_same_rule(lab, spelling):
+    for test in (True, False):
+        ret = single(lab, "rich_rule_present", zone="public", test=test, **spelling)
+        assert ret["result"] is True and ret["changes"] == {}, ret
+
+
+def test_a_rule_written_by_hand_is_recognised_and_removed_in_its_own_spelling(lab):
+    by_hand = f"rule family=ipv4 source address=198.18.2.99/32 port port=0{EXPORTER} " \
+              "protocol=tcp drop"
+    firewall_cmd(lab, f"--add-rich-rule={by_hand}")
+    firewall_cmd(lab, "--permanent", f"--add-rich-rule={by_hand}")
+    ours = {"name": "drop", "source": "198.18.2.99", "port": EXPORTER, "protocol": "tcp",
+            "action": "drop"}
+    assert single(lab, "rich_rule_present", zone="public", **ours)["changes"] == {}
+    as_held = next(r for r in held(lab) if "198.18.2.99/32" in r)  # firewalld keeps /32
+    predicted = single(lab, "rich_rule_absent", zone="public", test=True, **ours)
+    assert predicted["result"] is None
+    assert predicted["changes"] == {"runtime": {"remove": [as_held]},
+                                    "permanent": {"remove": [as_held]}}
+    removed = single(lab, "rich_rule_absent", zone="public", **ours)
+    assert removed["result"] is True and removed["changes"] == predicted["changes"], removed
+    assert not any("198.18.2.99" in r for r in held(lab) | held(lab, permanent=True))
+    assert single(lab, "rich_rule_absent", zone="public", **ours)["changes"] == {}
+
+
+def test_runtime_drift_is_detected_and_repaired_both_ways(lab):
+    ike = 'rule family="ipv4" source address="198.18.0.22" port port="500" protocol="udp" accept'
+    firewall_cmd(lab, f"--remove-rich-rule={ike}")  # runtime only: permanent still has it
+    assert not udp_answered(lab, "remote-gw-backup", GW_WAN, 500)
+    predicted = apply_formula(lab, test=True)[RULE_STATE]
+    assert predicted["changes"] == {"runtime": {"add": [ike]}}
+    repaired = apply_formula(lab)[RULE_STATE]
+    assert repaired["result"] is True and repaired["changes"] == predicted["changes"]
+    assert udp_answered(lab, "remote-gw-backup", GW_WAN, 500)
+
+    stray = foreign_rule(4500, "udp")
+    firewall_cmd(lab, "--permanent", f"--add-rich-rule={stray}")  # permanent only
+    gone = single(lab, "rich_rule_absent", zone="public", name=stray)
+    assert gone["changes"] == {"permanent": {"remove": [stray]}}, gone
+    assert stray not in held(lab, permanent=True)
+
+
+# -- no reload; a pillar change changes exactly its rules; ownership -----------------------------
+
+
+def test_no_reload_a_connection_and_a_runtime_only_rule_survive_a_change(lab):
+    node = lab["k8s-node1"]
+    node.put("/root/long_client.py", LONG_CLIENT)
+    node.run(["systemd-run", "--unit=long-client", "/usr/bin/python3", "/root/long_client.py",
+              GW_K8S, str(POOLER)], check=True)
+    wait_for(node, "/root/client.connected")
+    # a reload would drop a runtime-only rule of someone else's
+    foreign = foreign_rule(7003)
+    firewall_cmd(lab, f"--add-rich-rule={foreign}")
+
+    ret = apply_formula(lab, nodes=(NODE, NODE2))[RULE_STATE]
+    new = derived((NODE, NODE2)) - derived()
+    assert ret["result"] is True and len(new) == 2
+    assert {side: set(ops["add"]) for side, ops in ret["changes"].items()} \
+        == {"runtime": new, "permanent": new}, ret
+    assert not any(ops.get("remove") for ops in ret["changes"].values())
+
+    node.put("/root/client.go", "")
+    wait_for(node, "/root/client.result")
+    assert node.read("/root/client.result") == "ok"
+    assert foreign in held(lab)
+
+
+def test_prune_removes_only_rules_this_pack_added(lab):
+    foreign = foreign_rule(7004)
+    firewall_cmd(lab, f"--add-rich-rule={foreign}")
+    firewall_cmd(lab, "--permanent", f"--add-rich-rule={foreign}")
+    ours = derived((NODE, NODE2))
+    others = (held(lab) - ours, held(lab, permanent=True) - ours)
+    owned = set(salt(lab, "firewalld.zone_rich_rules", "public")["owned"])
+    assert owned == ours
+
+    ret = apply_formula(lab)[RULE_STATE]  # NODE2 left the pillar
+    dropped = derived((NODE, NODE2)) - derived()
+    assert {side: set(ops["remove"]) for side, ops in ret["changes"].items()} \
+        == {"runtime": dropped, "permanent": dropped}, ret
+    assert held(lab) == derived() | others[0]
+    assert held(lab, permanent=True) == derived() | others[1]
+
+    kept = apply_formula(lab, prune_owned=False, nodes=())[RULE_STATE]
+    assert kept["changes"] == {}, kept  # without pruning nothing is removed
+
+
+# -- refusals: nothing changes ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("extra, flow", [
+    ({"source": "198.18.1.0/24", "action": "drop"}, "SSH from management network"),
+    ("rule family=ipv4 source address=198.18.1.2 source-port port=4505-4506 protocol=tcp reject",
+     "the salt-master connection (198.18.1.2 ports 4505/4506)"),
+])
+def test_guard_refuses_a_rule_set_that_cuts_management_access(lab, extra, flow):
+    before = (held(lab), held(lab, permanent=True))
+    for test in (True, False):
+        ret = apply_formula(lab, test=test, rules=[extra])[RULE_STATE]
+        assert ret["result"] is False and ret["changes"] == {}, ret
+        assert "would cut management access" in ret["comment"] and flow in ret["comment"]
+    assert (held(lab), held(lab, permanent=True)) == before
+    assert salt(lab, "test.ping") is True
+
+
+@pytest.mark.parametrize("rule, message", [
+    ({"source": "198.18.0.300", "action": "accept"}, "bad address"),
+    ({"source": "198.18.0.21", "family": "ipv6", "action": "accept"}, "family mismatch"),
+    ({"service": "no-such-service", "action": "accept"}, "unknown service"),
+    ({"protocol": "espx", "action": "accept"}, "unknown protocol"),
+    ({"source": "198.18.0.21", "port": 500, "protocol": "udp"}, "missing action"),
+    ({"port": 70000, "protocol": "tcp", "action": "accept"}, "out of range"),
+    ({"port": 22, "protocol": "tcp", "service": "ssh", "action": "accept"}, "conflicting"),
+])
+def test_bad_input_fails_clearly_and_changes_nothing(lab, rule, message):
+    before = (held(lab), held(lab, permanent=True))
+    ret = single(lab, "rich_rule_present", zone="public", name="bad", **rule)
+    assert ret["result"] is False and message in ret["comment"], ret
+    assert (held(lab), held(lab, permanent=True)) == before
+
+
+def test_bad_pillar_names_its_key_and_changes_nothing(lab):
+    before = (held(lab), held(lab, permanent=True))
+    ret = apply_formula(lab, nodes=(NODE, "198.18.2"))
+    assert "vpn_gateway:kubernetes:nodes[1]" in json.dumps(ret), ret
+    assert (held(lab), held(lab, permanent=True)) == before
+
+
+# -- many single states, one batch ----------------------------------------------------------------
+
+
+def test_aggregated_rule_states_are_applied_as_one_batch(lab):
+    sls = "\n".join(
+        f"probe{port}:\n  firewalld.rich_rule_present:\n    - zone: public\n"
+        f"    - source: 198.18.0.99\n    - port: {port}\n    - protocol: tcp\n"
+        "    - action: accept\n    - aggregate: true\n" for port in (7101, 7102, 7103))
+    ret = salt(lab, "state.template_str", sls)
+    by_id = {r["__id__"]: r for r in ret.values()}
+    first = min(by_id.values(), key=lambda r: r["__run_num__"])
+    assert first["comment"].startswith("3 rich rules")
+    assert len(first["changes"]["runtime"]["add"]) == 3
+    assert all("with the batch of state" in r["comment"] for r in by_id.values() if r is not first)
+    assert {foreign_rule(p) for p in (7101, 7102, 7103)} <= held(lab) & held(lab, permanent=True)
+
+
+def foreign_rule(port, protocol="tcp"):
+    return (f'rule family="ipv4" source address="198.18.0.99" port port="{port}" '
+            f'protocol="{protocol}" accept')
+
+
+def wait_for(host, path, timeout=30):
+    deadline = time.monotonic() + timeout
+    while host.run(["test", "-e", path]).returncode:
+        assert time.monotonic() < deadline, f"{host.name}: {path} did not appear"
+        time.sleep(0.2)
