@@ -4,4 +4,5 @@
 # firewall, monitoring.
 include:
   - vpn_gateway.kubernetes
+  - vpn_gateway.monitoring
   - vpn_gateway.pooler

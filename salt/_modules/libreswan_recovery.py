@@ -23,12 +23,13 @@ import tempfile
 import time
 from contextlib import contextmanager
 
+from salt.exceptions import CommandExecutionError
+
 __virtualname__ = "libreswan"
 
 BACKUP_SUFFIX = "-backup"
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,39}$")
 SETTINGS_KEY = "vpn_gateway:monitoring"
-WEBHOOK_KEY = "vpn_gateway:monitoring:webhook_url"
 
 DEFAULTS = {
     # What counts as "up": child_sa (IKE SA and a Child SA: traffic can flow)
@@ -54,19 +55,24 @@ DEFAULTS = {
     # Webhook alerts (URL in webhook_url, a secret): one per conn and state per rate_window s.
     "alerts": {"rate_window": 900, "timeout": 5},
     # EndpointSlice ready follows tunnel health (k8s.set_endpoints_ready) when enabled.
+    # service, namespace, kubeconfig, context default to vpn_gateway:kubernetes; address to
+    # the entry of vpn_gateway:kubernetes:gateway_addresses that is this minion's own.
     "endpoint_ready": {"enabled": False, "service": None, "namespace": None, "address": None,
-                       "kubeconfig": None},
+                       "kubeconfig": None, "context": None},
     # Prometheus textfile for node_exporter's textfile collector.
-    "metrics": {"path": "/var/lib/prometheus/node-exporter/vpn_gateway.prom", "interval": 15},
+    "metrics": {"path": "/var/lib/prometheus/node-exporter/vpn_gateway.prom"},
+    # logrotate for the pack's logs (salt-minion's, PgBouncer's) plus `logs`.
+    "logrotate": {"frequency": "daily", "rotate": 14, "maxsize": "100M", "logs": []},
     "state_dir": "/var/lib/vpn-gateway",
 }
-_CHOICES = {"up_when": ("child_sa", "ike_sa"), "failback": ("auto", "never")}
+_CHOICES = {"up_when": ("child_sa", "ike_sa"), "failback": ("auto", "never"),
+            "logrotate:frequency": ("daily", "weekly", "monthly")}
 _NUMBERS = {"holddown": (0, 3600), "repeat": (1, 86400), "repeat_max": (1, 86400),
             "conn_restarts": (0, 10), "step_timeout": (1, 300), "failback_after": (0, 86400),
             "budget:attempts": (1, 1000), "budget:window": (1, 7 * 86400),
             "backoff:base": (0, 86400), "backoff:max": (0, 86400),
             "alerts:rate_window": (0, 86400), "alerts:timeout": (1, 60),
-            "metrics:interval": (1, 3600)}
+            "logrotate:rotate": (1, 366)}
 
 
 class SettingsError(ValueError):
@@ -84,8 +90,18 @@ def _merge(base, override):
     return merged
 
 
-def _settings(raw, default_tunnel=None):
-    """``DEFAULTS`` overlaid with the pillar section, validated; raises SettingsError."""
+def _at(settings, path):
+    for key in path.split(":"):
+        settings = settings[key]
+    return settings
+
+
+def _settings(raw, default_tunnel=None, endpoint_defaults=None):
+    """``DEFAULTS`` overlaid with the pillar section, validated; raises SettingsError.
+
+    ``default_tunnel`` and ``endpoint_defaults`` (service, namespace, ...) come
+    from the tunnel and kubernetes sections and fill what the section leaves unset.
+    """
     if raw is not None and not isinstance(raw, dict):
         raise SettingsError(f"{SETTINGS_KEY}: must be a mapping, not {type(raw).__name__}")
     raw = {k: v for k, v in (raw or {}).items() if k != "webhook_url"}
@@ -95,16 +111,12 @@ def _settings(raw, default_tunnel=None):
                             f"{', '.join(sorted(DEFAULTS))} and webhook_url")
     settings = _merge(DEFAULTS, raw)
     errors = []
-    for key, allowed in _CHOICES.items():
-        if settings[key] not in allowed:
-            errors.append(f"{SETTINGS_KEY}:{key}: {settings[key]!r} is not one of "
+    for path, allowed in _CHOICES.items():
+        if _at(settings, path) not in allowed:
+            errors.append(f"{SETTINGS_KEY}:{path}: {_at(settings, path)!r} is not one of "
                           f"{', '.join(allowed)}")
     for path, (low, high) in _NUMBERS.items():
-        *parents, leaf = path.split(":")
-        holder = settings
-        for parent in parents:
-            holder = holder[parent]
-        value = holder[leaf]
+        value = _at(settings, path)
         if isinstance(value, bool) or not isinstance(value, (int, float)) \
                 or not low <= value <= high:
             errors.append(f"{SETTINGS_KEY}:{path}: {value!r} is not a number from {low} to {high}")
@@ -115,7 +127,19 @@ def _settings(raw, default_tunnel=None):
         errors.append(f"{SETTINGS_KEY}:tunnels: {tunnels!r} is not a list of conn names")
     elif not tunnels and default_tunnel:
         settings["tunnels"] = [default_tunnel]
+    rotate = settings["logrotate"]
+    if not re.fullmatch(r"\d+[kMG]?", str(rotate["maxsize"])):
+        errors.append(f"{SETTINGS_KEY}:logrotate:maxsize: {rotate['maxsize']!r} is not a size "
+                      "like 100M")
+    if not isinstance(rotate["logs"], list) or not all(
+            isinstance(p, str) and p.startswith("/") and not re.search(r"[\s{}]", p)
+            for p in rotate["logs"]):
+        errors.append(f"{SETTINGS_KEY}:logrotate:logs: {rotate['logs']!r} is not a list of "
+                      "absolute paths (globs allowed, no spaces or braces)")
     ready = settings["endpoint_ready"]
+    for key, value in (endpoint_defaults or {}).items():
+        if ready.get(key) in (None, "") and value:
+            ready[key] = value
     if ready.get("enabled"):
         for key in ("service", "namespace", "address"):
             if not ready.get(key):
@@ -195,10 +219,16 @@ def _ladder(health, conn_restarts):
 
 # -- Salt side -------------------------------------------------------------------------------
 def __virtual__():
-    if "libreswan.status" in __salt__ or os.path.exists("/usr/sbin/ipsec"):
-        return __virtualname__
-    return (False, "libreswan recovery: the ipsec command is missing; install the libreswan "
-                   "package (apply vpn_gateway.ipsec)")
+    # Always: the settings must render for the formula before libreswan is installed;
+    # the functions that need pluto say so (_status).
+    return __virtualname__
+
+
+def _status():
+    if "libreswan.status" not in __salt__:
+        raise CommandExecutionError("libreswan.status is not available: install the libreswan "
+                                    "package (apply vpn_gateway.ipsec)")
+    return __salt__["libreswan.status"]()
 
 
 def monitoring_settings():
@@ -212,9 +242,19 @@ def monitoring_settings():
 
         salt 'vpn-gw*' libreswan.monitoring_settings
     """
-    raw = __salt__["config.get"](SETTINGS_KEY, {})
-    return _settings(json.loads(json.dumps(raw)) if raw else {},
-                     __salt__["config.get"]("vpn_gateway:tunnel:name", None) or None)
+    def config(key, default=None):  # plain data (pillar values may come wrapped)
+        return json.loads(json.dumps(__salt__["config.get"](key, default)))
+
+    kubernetes = config("vpn_gateway:kubernetes", {}) or {}
+    service = kubernetes.get("service") or {}
+    own = set(__grains__.get("ipv4", []))
+    endpoint_defaults = {
+        "service": service.get("name"), "namespace": service.get("namespace"),
+        "kubeconfig": kubernetes.get("kubeconfig"), "context": kubernetes.get("context"),
+        "address": next((a for a in kubernetes.get("gateway_addresses") or [] if a in own), None),
+    }
+    return _settings(config(SETTINGS_KEY, {}) or {}, config("vpn_gateway:tunnel:name") or None,
+                     endpoint_defaults)
 
 
 def _tunnel_names(settings, status, name):
@@ -239,13 +279,13 @@ def health(name=None):
         salt 'vpn-gw1' libreswan.health remote-db
     """
     settings = monitoring_settings()
-    status = __salt__["libreswan.status"]()
+    status = _status()
     return {t: _health(status, t, settings["up_when"])
             for t in _tunnel_names(settings, status, name)}
 
 
 def _health_now(settings, tunnel):
-    return _health(__salt__["libreswan.status"](), tunnel, settings["up_when"])
+    return _health(_status(), tunnel, settings["up_when"])
 
 
 # -- run-time memory --------------------------------------------------------------------------
@@ -388,16 +428,28 @@ def _restart_service():
     return __salt__["service.start"]("ipsec")
 
 
+def _pluto_pid():
+    return __salt__["cmd.run_stdout"](["systemctl", "show", "-p", "MainPID", "--value", "ipsec"],
+                                      python_shell=False).strip()
+
+
 def _run_step(settings, tunnel, step, target):
+    """Do one step and verify it: the tunnel up (by up_when) within step_timeout."""
+    started = time.monotonic()
     wait = settings["step_timeout"]
     if step == "restart_conn":
         conn = tunnel + BACKUP_SUFFIX if target == "backup" else tunnel
         __salt__["libreswan.restart_conn"](conn, wait=wait)
     elif step == "switch":
+        pid = _pluto_pid()
         __salt__["libreswan.switch"](tunnel, to=target, wait=wait)
+        if not _health_now(settings, tunnel)["up"] and _pluto_pid() != pid:
+            # pluto 4.10 can crash terminating a narrowed conn's instances; systemd
+            # restarts it with the auto=start (primary) conn: switch once more.
+            __salt__["libreswan.switch"](tunnel, to=target, wait=wait)
     else:
         _restart_service()
-    return _wait_health(settings, tunnel, wait)
+    return _wait_health(settings, tunnel, max(1.0, wait - (time.monotonic() - started)))
 
 
 def _set_endpoint_ready(settings, ready):
@@ -408,7 +460,7 @@ def _set_endpoint_ready(settings, ready):
     try:
         changes = __salt__["k8s.set_endpoints_ready"](
             options["service"], options["namespace"], ready, addresses=[options["address"]],
-            kubeconfig=options.get("kubeconfig"))
+            kubeconfig=options.get("kubeconfig"), context=options.get("context"))
     except Exception as exc:  # the API server may be unreachable: report, never stop recovery
         return {"ready": ready, "error": f"{type(exc).__name__}: {exc}"}
     return {"ready": ready, "changed": bool(changes)}
@@ -505,7 +557,7 @@ def ensure_up(name=None, force=False):
     """
     settings = monitoring_settings()
     results = {}
-    for tunnel in _tunnel_names(settings, __salt__["libreswan.status"](), name):
+    for tunnel in _tunnel_names(settings, _status(), name):
         with _locked(settings, tunnel) as mine:
             results[tunnel] = _ensure_one(settings, tunnel, force) if mine else {
                 "name": tunnel, "result": False, "deferred": "a recovery is already running"}
@@ -564,7 +616,7 @@ def failback(name=None):
     """
     settings = monitoring_settings()
     results = {}
-    for tunnel in _tunnel_names(settings, __salt__["libreswan.status"](), name):
+    for tunnel in _tunnel_names(settings, _status(), name):
         with _locked(settings, tunnel) as mine:
             results[tunnel] = _failback_one(settings, tunnel) if mine else {
                 "name": tunnel, "result": False, "deferred": "a recovery is already running"}

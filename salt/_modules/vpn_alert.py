@@ -23,10 +23,7 @@ URL_KEY = "vpn_gateway:monitoring:webhook_url"
 
 
 def __virtual__():
-    if "libreswan.monitoring_settings" in __salt__:
-        return __virtualname__
-    return (False, "vpn_alert: needs the libreswan module (install libreswan, apply "
-                   "vpn_gateway.ipsec)")
+    return __virtualname__
 
 
 # -- pure helpers ------------------------------------------------------------------------

@@ -35,10 +35,7 @@ METRICS = {
 
 
 def __virtual__():
-    if "libreswan.monitoring_settings" in __salt__:
-        return __virtualname__
-    return (False, "vpn_metrics: needs the libreswan module (install libreswan, apply "
-                   "vpn_gateway.ipsec)")
+    return __virtualname__
 
 
 # -- rendering (pure) ------------------------------------------------------------------------
@@ -46,9 +43,14 @@ def _label_value(value):
     return str(value).replace("\\", r"\\").replace('"', r"\"").replace("\n", r"\n")
 
 
+def _number(value):
+    """Exact: integers as integers, floats in full (``:g`` would round timestamps)."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
 def _sample(name, labels, value):
     inner = ",".join(f'{k}="{_label_value(v)}"' for k, v in labels.items())
-    return f"{name}{{{inner}}} {value:g}" if inner else f"{name} {value:g}"
+    return f"{name}{{{inner}}} {_number(value)}" if inner else f"{name} {_number(value)}"
 
 
 def _render(status, healths, memory, changes, pools, now):

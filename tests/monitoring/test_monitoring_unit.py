@@ -27,6 +27,14 @@ def test_settings_default_and_merge_nested_keys():
     assert recovery.DEFAULTS["backoff"]["base"] == 30  # the defaults are not mutated
 
 
+def test_endpoint_settings_default_from_the_kubernetes_section():
+    defaults = {"service": "postgres", "namespace": "databases", "address": "198.18.2.11",
+                "kubeconfig": "/etc/vpn-gateway/kubeconfig", "context": None}
+    ready = recovery._settings({"endpoint_ready": {"enabled": True, "namespace": "db"}},
+                               endpoint_defaults=defaults)["endpoint_ready"]
+    assert ready == dict(defaults, enabled=True, namespace="db")
+
+
 def test_settings_never_carry_the_webhook_url():
     settings = recovery._settings({"webhook_url": "http://198.18.0.99:8080/hook-token"})
     assert "webhook_url" not in settings
@@ -66,7 +74,8 @@ def test_both_peers_up_reads_up_on_both():
     # The primary's states, renamed to the backup conn, beside the primary's own.
     text = parsed_status("4.10-primary-ike-up.status")
     twin = parsed_status("4.10-primary-ike-up.status", {'"remote-db': '"remote-db-backup'})
-    status = dict(text, conns={**text["conns"], "remote-db-backup": twin["conns"]["remote-db-backup"]})
+    conns = dict(text["conns"], **{"remote-db-backup": twin["conns"]["remote-db-backup"]})
+    status = dict(text, conns=conns)
     assert recovery._health(status, "remote-db", "ike_sa")["active"] == "both"
 
 
@@ -208,12 +217,13 @@ def test_metrics_text_is_valid_exposition_format():
                  'vpn_gateway_tunnel_active_peer{tunnel="remote-db",peer="backup"} 1',
                  'vpn_gateway_tunnel_active_peer{tunnel="remote-db",peer="primary"} 0',
                  'vpn_gateway_tunnel_recoveries_total{tunnel="remote-db",result="failure"} 1',
-                 'vpn_gateway_tunnel_last_change_timestamp_seconds{tunnel="remote-db"} 1.7e+09',
+                 'vpn_gateway_tunnel_last_change_timestamp_seconds{tunnel="remote-db"} 1700000000.5',
                  'vpn_gateway_pgbouncer_clients_waiting{database="app\\"db",user="app"} 4',
                  'vpn_gateway_pgbouncer_maxwait_seconds{database="app\\"db",user="app"} 2.5',
                  'vpn_gateway_pgbouncer_server_connections{database="app\\"db",user="app",'
                  'state="active"} 3'):
         assert line in samples, line
+    assert "vpn_gateway_metrics_timestamp_seconds 1700000001" in samples
     assert text.count("# TYPE vpn_gateway_ike_sa_up gauge") == 1
 
 
