@@ -798,8 +798,9 @@ def check_config(sections, hba=None, timeout=10):
             proc.terminate()
             stderr = proc.communicate(timeout=10)[1]
         lines = (_read(log) + stderr).splitlines()
-    problems = [line.split(" ", 3)[-1] for line in lines
-                if re.search(r" (ERROR|WARNING|FATAL) ", line)]
+    level = re.compile(r" ((?:ERROR|WARNING|FATAL) .*)")
+    problems = list(dict.fromkeys(  # in order, once each (PgBouncer repeats some)
+        match.group(1) for match in map(level.search, lines) if match))
     if not problems and not any("process up" in line for line in lines):
         problems.append(f"PgBouncer did not come up on the candidate config: {lines[-3:]}")
     return problems
@@ -852,9 +853,9 @@ def validate_config(sections, hba=None):
     if __opts__.get("test") and not _account_exists():
         return text  # a dry run before the formula made the account: the schema check only
     problems = check_config(_parse_ini(text), hba=hba)
-    hba_lines = [p for p in problems if re.match(r"hba line \d+", p)]
+    hba_lines = [p for p in problems if re.search(r"hba line \d+", p)]
     if hba_lines:
-        number = int(re.match(r"hba line (\d+)", hba_lines[0]).group(1))
+        number = int(re.search(r"hba line (\d+)", hba_lines[0]).group(1))
         raise _invalid(f"hba:{number - 1}", f"PgBouncer cannot parse it ({hba_lines[0]}) and "
                        "would skip it, running more permissive than written",
                        "write 'host|hostssl|hostnossl|local DATABASE USER [ADDRESS/BITS] METHOD'")
