@@ -6,6 +6,7 @@ apply, a second (no-op) apply and set_endpoints_ready, in seconds. The fake
 server is plain Python, so the numbers bound the module's own cost (request
 building, diffs) plus the server's; a real API server answers faster.
 """
+
 import importlib.util
 import sys
 import tempfile
@@ -36,21 +37,29 @@ def timed(function, *args, **kwargs):
 def main(counts):
     with FakeApiServer() as api, tempfile.TemporaryDirectory() as tmp:
         conn = {"kubeconfig": api.kubeconfig(f"{tmp}/kubeconfig")}
-        print(f"{'endpoints':>9} {'slices':>6} {'dry run':>8} {'apply':>8} {'no-op':>8} {'ready':>8}")
+        print(
+            f"{'endpoints':>9} {'slices':>6} {'dry run':>8} {'apply':>8} {'no-op':>8} {'ready':>8}"
+        )
         for index, count in enumerate(counts):
             namespace = f"bench{index}"
             api.objects[("namespaces", None, namespace)] = {"metadata": {"name": namespace}}
-            k8s.apply_service("pg", namespace, [{"name": "postgres", "port": 5432,
-                                                 "target_port": 6432}], **conn)
+            k8s.apply_service(
+                "pg", namespace, [{"name": "postgres", "port": 5432, "target_port": 6432}], **conn
+            )
             endpoints = addresses(count)
-            dry, _ = timed(k8s.apply_endpointslices, "pg", namespace, endpoints, dry_run=True, **conn)
+            dry, _ = timed(
+                k8s.apply_endpointslices, "pg", namespace, endpoints, dry_run=True, **conn
+            )
             real, done = timed(k8s.apply_endpointslices, "pg", namespace, endpoints, **conn)
-            noop, again = timed(k8s.apply_endpointslices, "pg", namespace, endpoints, dry_run=True,
-                                **conn)
+            noop, again = timed(
+                k8s.apply_endpointslices, "pg", namespace, endpoints, dry_run=True, **conn
+            )
             assert again["changes"] == {}, "a second apply must change nothing"
             ready, _ = timed(k8s.set_endpoints_ready, "pg", namespace, False, **conn)
-            print(f"{count:>9} {len(done['slices']):>6} {dry:>8.2f} {real:>8.2f} {noop:>8.2f} "
-                  f"{ready:>8.2f}")
+            print(
+                f"{count:>9} {len(done['slices']):>6} {dry:>8.2f} {real:>8.2f} {noop:>8.2f} "
+                f"{ready:>8.2f}"
+            )
 
 
 if __name__ == "__main__":
