@@ -369,8 +369,8 @@ class _Api:
             )
         if status == 403:
             return (
-                f"{what}: forbidden (403): {message}; the user of {where} needs get, list, patch "
-                "and delete on services and endpointslices.discovery.k8s.io in namespace "
+                f"{what}: forbidden (403): {message}; the user of {where} needs get, list, create, "
+                "patch and delete on services and endpointslices.discovery.k8s.io in namespace "
                 f"{namespace}"
             )
         if _namespace_missing(answer):
