@@ -129,17 +129,24 @@ class LabHost:
                 raise LabError(f"{self.name}: nothing accepts on {address}:{port} after {timeout}s")
             time.sleep(0.2)
 
-    def wait_booted(self, timeout=60):
+    def wait_booted(self, timeout=180):
+        """Wait until systemd in the host has finished booting (running or degraded)."""
         deadline = time.monotonic() + timeout
         while True:
             if self.nspawn.poll() is not None:
                 raise LabError(f"{self.name}: the container exited ({self.nspawn.returncode}): "
                                f"{self.console()}")
-            state = self.run(["systemctl", "is-system-running", "--wait"], timeout=timeout)
-            if state.stdout.strip() in ("running", "degraded"):
+            left = max(1, deadline - time.monotonic())
+            try:
+                state = self.run(["systemctl", "is-system-running", "--wait"], timeout=left)
+            except LabError:
+                state = None
+            if state and state.stdout.strip() in ("running", "degraded"):
                 return state.stdout.strip()
             if time.monotonic() > deadline:
-                raise LabError(f"{self.name}: did not boot: {state}\n{self.console()}")
+                jobs = self.run(["systemctl", "list-jobs", "--no-pager"], timeout=10).stdout
+                raise LabError(f"{self.name}: not booted after {timeout}s: {state}\n"
+                               f"pending jobs:\n{jobs}\n{self.console()}")
             time.sleep(0.2)
 
     def console(self, tail=3000):
@@ -195,6 +202,7 @@ class Lab:
         if leftovers(self.name):
             self.log(f"lab: cleaning what an earlier run of {self.name} left")
             clean(self.name)
+        _raise_inotify_limit()
         self.dir.mkdir(parents=True, exist_ok=True)
         sh(["mount", "-t", "tmpfs", "-o", "mode=0700", self.name, str(self.dir)])
         self._wire()
@@ -273,8 +281,11 @@ class Lab:
             f"--network-namespace-path=/run/netns/{host.netns}",
             *(f"--bind-ro={path}" for path in sorted(binds)),
         ]
+        # /proc/sys/net writable (it is the host's own network namespace), so that
+        # formulas can set net.* sysctls; the rest of /proc/sys stays read-only.
+        env = {**os.environ, "SYSTEMD_NSPAWN_API_VFS_WRITABLE": "network"}
         host.nspawn = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                       start_new_session=True)
+                                       start_new_session=True, env=env)
         log.close()
         deadline = time.monotonic() + 10
         while host.pid is None:
@@ -292,6 +303,17 @@ class Lab:
         clean(self.name)
         self.timings["stop"] = time.monotonic() - started
         self.log(f"lab: {self.name} torn down in {self.timings['stop']:.1f}s")
+
+
+INOTIFY_INSTANCES = Path("/proc/sys/fs/inotify/max_user_instances")
+
+
+def _raise_inotify_limit(wanted=8192):
+    """Every host's systemd, journald and dbus take inotify instances, all
+    counted against root; at Debian's default (128) the boot of a few dozen
+    hosts hangs with every job waiting."""
+    if int(INOTIFY_INSTANCES.read_text()) < wanted:
+        INOTIFY_INSTANCES.write_text(str(wanted))
 
 
 def _children(pid):
