@@ -15,7 +15,8 @@ semantics, so the same tests pass against a real cluster:
 - the real validation answers (422): names, the addressType enum, more than
   1000 endpoints, an address of the wrong family or a special one, port names.
 
-It listens on 127.0.0.1 only, on an ephemeral port, over TLS with a
+It listens on 127.0.0.1 (or, inside a lab host, an address of the lab's
+198.18.0.0/15; nothing else is accepted), on an ephemeral port, over TLS with a
 throw-away self-signed certificate (kubectl sends no credentials over plain
 HTTP).
 Run by hand: ``python tests/k8s/fake_apiserver.py`` prints a kubeconfig path.
@@ -581,7 +582,11 @@ def parse_selector(text):
 class FakeApiServer:
     """Start with ``with FakeApiServer() as api: api.kubeconfig(...)``."""
 
-    def __init__(self):
+    def __init__(self, host="127.0.0.1", port=0):
+        address = ipaddress.ip_address(host)
+        if not (address.is_loopback or address in ipaddress.ip_network("198.18.0.0/15")):
+            raise ValueError(f"{host}: the fake API server listens on 127.0.0.1 or in "
+                             "198.18.0.0/15 only")
         self.lock = threading.RLock()
         self.objects = {}  # (resource, namespace, name) -> object
         self.revision = itertools.count(1000)
@@ -596,7 +601,8 @@ class FakeApiServer:
                 "Update",
             )
         handler = type("Handler", (Handler,), {"api": self})
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.host = host
+        self.httpd = ThreadingHTTPServer((host, port), handler)
         self.httpd.daemon_threads = True
         self.certificate = self._serve_tls()
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
@@ -619,7 +625,7 @@ class FakeApiServer:
                     "-subj",
                     "/CN=fake-apiserver",
                     "-addext",
-                    "subjectAltName=IP:127.0.0.1",
+                    f"subjectAltName=IP:{self.host}",
                     "-keyout",
                     key,
                     "-out",
@@ -637,7 +643,7 @@ class FakeApiServer:
 
     @property
     def url(self):
-        return f"https://127.0.0.1:{self.httpd.server_address[1]}"
+        return f"https://{self.host}:{self.httpd.server_address[1]}"
 
     def __enter__(self):
         self.thread.start()
@@ -1104,7 +1110,7 @@ class Handler(BaseHTTPRequestHandler):
                 "kind": "APIVersions",
                 "versions": ["v1"],
                 "serverAddressByClientCIDRs": [
-                    {"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}
+                    {"clientCIDR": "0.0.0.0/0", "serverAddress": self.api.host}
                 ],
             }
         if path == "/apis":
@@ -1333,11 +1339,22 @@ def json_patch(doc, operations):
     return doc
 
 
-if __name__ == "__main__":
-    with FakeApiServer() as server:
-        path = server.kubeconfig(tempfile.mktemp(prefix="fake-kubeconfig-"))
-        print(f"KUBECONFIG={path} ({server.url}); Ctrl-C stops")
+def main(argv=None):
+    import argparse
+
+    parser = argparse.ArgumentParser(description="a loopback Kubernetes API server for tests")
+    parser.add_argument("--listen", default="127.0.0.1", help="127.0.0.1, or a lab address")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--kubeconfig", help="where to write the admin kubeconfig")
+    args = parser.parse_args(argv)
+    with FakeApiServer(args.listen, args.port) as server:
+        path = server.kubeconfig(args.kubeconfig or tempfile.mktemp(prefix="fake-kubeconfig-"))
+        print(f"KUBECONFIG={path} ({server.url}); Ctrl-C stops", flush=True)
         try:
             threading.Event().wait()
         except KeyboardInterrupt:
             pass
+
+
+if __name__ == "__main__":
+    main()
