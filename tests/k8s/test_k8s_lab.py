@@ -52,8 +52,8 @@ def apply(lab, test=False):
 
 
 def objects(lab):
-    return json.loads(kubectl(lab, "get", "services,endpointslices", "-n", "databases", "-o", "json"))[
-        "items"]
+    listed = kubectl(lab, "get", "services,endpointslices", "-n", "databases", "-o", "json")
+    return json.loads(listed)["items"]
 
 
 def test_test_mode_predicts_on_the_chosen_minion_only(lab):
