@@ -312,6 +312,7 @@ class EndpointSlice(Kind):
                     f"Too many: {len(endpoints)}: must have at most {MAX_ENDPOINTS} items",
                 )
             )
+            endpoints = []  # as the real server: no per-endpoint errors past the limit
         for i, endpoint in enumerate(endpoints):
             addresses = endpoint.get("addresses") or []
             if not 1 <= len(addresses) <= 100:
