@@ -349,7 +349,10 @@ class _Api:
                 "in kubeconfig "
                 f"{self.kubeconfig or '(default)'} and the network path to it"
             ) from None
-        answer = json.loads(data) if data else None
+        try:
+            answer = json.loads(data) if data else None
+        except ValueError:  # not the API server (a proxy's error page?)
+            answer = {"message": data[:200].decode(errors="replace")}
         if response.status < 400:
             return answer
         if response.status == 404 and missing_ok and not _namespace_missing(answer):
@@ -376,7 +379,7 @@ class _Api:
         if _namespace_missing(answer):
             return (
                 f"{what}: namespace {namespace} does not exist (404); create it or fix "
-                "vpn_gateway:kubernetes:namespace"
+                "vpn_gateway:kubernetes:service:namespace"
             )
         if status == 409 and answer.get("reason") == "Conflict" and "Apply failed" in message:
             return (
@@ -406,6 +409,8 @@ def _slice_path(namespace, name=None):
 
 
 def _apply(api, path, manifest, force, dry_run, what):
+    if not dry_run:
+        log.info("k8s: server-side apply of %s", what)
     query = {
         "fieldManager": FIELD_MANAGER,
         "force": "true" if force else "false",
@@ -617,7 +622,9 @@ def _slice_ports_for(svc, ports, what, dry_run):
             )
         return given
     except (ValueError, KeyError, TypeError) as exc:
-        raise _invalid("vpn_gateway:kubernetes:ports", exc) from None
+        raise _invalid(
+            "ports (vpn_gateway:kubernetes:service:port_name, vpn_gateway:pooler:listen_port)", exc
+        ) from None
 
 
 def _sync_slices(api, manifests, existing, force, dry_run):
@@ -636,6 +643,8 @@ def _sync_slices(api, manifests, existing, force, dry_run):
         if name not in wanted:
             namespace = stale["metadata"]["namespace"]
             what = f"EndpointSlice {namespace}/{name}"
+            if not dry_run:
+                log.info("k8s: deleting %s (no longer needed)", what)
             api.request(
                 "DELETE",
                 _slice_path(namespace, name),

@@ -227,7 +227,7 @@ def test_missing_namespace_is_named(salt_call, cluster):
         salt_call, "k8s.apply_service", "pg", "vgw-test-nowhere", ports=PORTS, **cluster.conn
     )
     assert "namespace vgw-test-nowhere does not exist" in message
-    assert "vpn_gateway:kubernetes:namespace" in message
+    assert "vpn_gateway:kubernetes:service:namespace" in message
 
 
 def test_bad_credentials_are_401_and_the_token_is_not_shown(salt_call, cluster, namespace):
