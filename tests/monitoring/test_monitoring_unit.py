@@ -217,7 +217,8 @@ def test_metrics_text_is_valid_exposition_format():
                  'vpn_gateway_tunnel_active_peer{tunnel="remote-db",peer="backup"} 1',
                  'vpn_gateway_tunnel_active_peer{tunnel="remote-db",peer="primary"} 0',
                  'vpn_gateway_tunnel_recoveries_total{tunnel="remote-db",result="failure"} 1',
-                 'vpn_gateway_tunnel_last_change_timestamp_seconds{tunnel="remote-db"} 1700000000.5',
+                 'vpn_gateway_tunnel_last_change_timestamp_seconds{tunnel="remote-db"} '
+                 '1700000000.5',
                  'vpn_gateway_pgbouncer_clients_waiting{database="app\\"db",user="app"} 4',
                  'vpn_gateway_pgbouncer_maxwait_seconds{database="app\\"db",user="app"} 2.5',
                  'vpn_gateway_pgbouncer_server_connections{database="app\\"db",user="app",'
