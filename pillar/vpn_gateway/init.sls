@@ -6,3 +6,4 @@ include:
   - vpn_gateway.kubernetes
   - vpn_gateway.monitoring
   - vpn_gateway.pooler
+  - vpn_gateway.tunnel
