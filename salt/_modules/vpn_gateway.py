@@ -150,8 +150,11 @@ def _reference_rows(node, path, rows):
     default = ("required" if node.get("required")
                else json.dumps(node["default"]) if "default" in node else "")
     example = node.get("example", "")
+    meaning = node.get("doc", "")
+    if "choices" in node:
+        meaning += f" One of: {', '.join(map(str, node['choices']))}."
     rows.append((path, node.get("type", "dict"), default.replace("|", "\\|"),
-                 str(example).replace("|", "\\|"), node.get("doc", "")))
+                 str(example).replace("|", "\\|"), meaning.strip()))
     for key, child in (node.get("keys") or {}).items():
         _reference_rows(child, f"{path}:{key}", rows)
     if "values" in node:
