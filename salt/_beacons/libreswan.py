@@ -31,6 +31,7 @@ Hold-down, repeat and the tunnels to watch come from
 import time
 
 __virtualname__ = "libreswan"
+HISTORY = 10  # reported changes kept per tunnel (when each began and was reported)
 
 
 def __virtual__():
@@ -43,6 +44,7 @@ def _transition(entry, observed, now, holddown, repeat, repeat_max):
 
     ``entry`` is what is on disk (``{}`` at first); returns ``(entry, event)``
     where event is None or ``{"state", "previous", "since", "repeat"}``.
+    ``entry["history"]`` keeps the last ``HISTORY`` reported changes.
     """
     entry = dict(entry)
     reported = entry.get("state")
@@ -63,7 +65,8 @@ def _transition(entry, observed, now, holddown, repeat, repeat_max):
         return entry, None
     since = entry.pop("candidate_since")
     entry.pop("candidate")
-    entry.update(state=observed, since=since, fired=now, repeats=0)
+    history = entry.get("history", []) + [{"state": observed, "since": since, "fired": now}]
+    entry.update(state=observed, since=since, fired=now, repeats=0, history=history[-HISTORY:])
     return entry, {"state": observed, "previous": reported, "since": since, "repeat": 0}
 
 

@@ -146,6 +146,13 @@ def test_first_stable_state_is_reported_after_the_holddown():
     assert entry["since"] == 0
 
 
+def test_reported_changes_are_kept_in_a_short_history():
+    seen = [(t, "down" if (t // 10) % 2 else "up") for t in range(0, 200, 1)]
+    events, entry = run(seen, repeat=1000, repeat_max=1000)
+    assert len(events) == 20 and len(entry["history"]) == beacon.HISTORY
+    assert entry["history"][-1] == {"state": "down", "since": 190, "fired": 195}
+
+
 def test_flapping_inside_the_holddown_fires_nothing():
     events, _ = run([(0, "up"), (5, "up"), (10, "down"), (12, "up"), (13, "down"), (16, "up"),
                      (30, "up")])

@@ -1,0 +1,116 @@
+"""Detection and recovery times of the monitoring, per fault, next to the
+cron script it replaces. Run by hand, as root (it starts a lab):
+
+    .venv/bin/python benchmarks/recovery.py [--runs 3]
+
+The lab and the settings are the monitoring tests' (tests/monitoring:
+holddown 2 s, beacon every 2 s, step_timeout 5 s, failback_after 8 s,
+up_when ike_sa because this kernel has no ESP). Times are wall-clock from the
+fault to: the beacon's event (detected: the ``fired`` time the beacon keeps
+in its memory's history) and the tunnel up again by ``whack --status``
+(recovered).
+
+The cron script (every 2 minutes: ``ipsec status`` grep, a ping, ``ipsec
+down/up`` twice with 15 s waits, then a service restart) is not run: its
+worst cases follow from its schedule and are printed beside the measurements.
+"""
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "tests" / "monitoring")]
+
+from monitoring_helpers import (HOSTS, PEERS, SETTINGS, established, prepare,  # noqa: E402
+                                salt1, wait_for)
+
+from lab import DEFAULT, Lab  # noqa: E402
+
+CRON_PERIOD = 120
+CRON_WAITS = 2 * 15
+# fault: the cron script's worst case (detection, recovery), as text
+CRON = {
+    "pluto killed": (f"{CRON_PERIOD}", f"~{CRON_PERIOD + CRON_WAITS + 5}"),
+    "primary peer down": (f"{CRON_PERIOD}", "never (no failover)"),
+    "primary back (failback)": ("-", "- (no failback)"),
+}
+
+
+def detected_after(lab, t0, state):
+    """Seconds from t0 to the beacon's first `state` event after it (its history)."""
+    history = salt1(lab, "libreswan.monitoring_memory", "beacon")["remote-db"]["history"]
+    return next(h["fired"] for h in history if h["state"] == state and h["fired"] >= t0) - t0
+
+
+def pluto_killed(lab):
+    gw = lab["vpn-gw1"]
+    t0 = time.time()
+    gw.run(["pkill", "-TERM", "-x", "pluto"], check=True)
+    wait_for(lambda: not gw.run(["pgrep", "-x", "pluto"]).ok, 10, "pluto gone")
+    wait_for(lambda: established(gw), 180, "tunnel back")
+    recovered = time.time() - t0
+    return detected_after(lab, t0, "down"), recovered
+
+
+def primary_down(lab):
+    gw = lab["vpn-gw1"]
+    t0 = time.time()
+    lab["remote-gw-primary"].run(["systemctl", "stop", "ipsec"], check=True)
+    wait_for(lambda: established(gw) == {"backup"}, 240, "failover")
+    recovered = time.time() - t0
+    return detected_after(lab, t0, "down"), recovered
+
+
+def primary_back(lab):
+    gw = lab["vpn-gw1"]
+    t0 = time.time()
+    lab["remote-gw-primary"].run(["systemctl", "start", "ipsec"], check=True)
+    wait_for(lambda: established(gw) == {"primary"}, 240, "failback")
+    return None, time.time() - t0
+
+
+def settle(lab):
+    """Between runs: both peers up, the tunnel on the primary, the budget fresh."""
+    for name in PEERS:
+        lab[name].run(["systemctl", "start", "ipsec"], check=True)
+    wait_for(lambda: established(lab["vpn-gw1"]) == {"primary"}, 240, "tunnel on the primary")
+    salt1(lab, "libreswan.reset_recovery", "remote-db")
+    time.sleep(SETTINGS["holddown"] + 3)  # the beacon reports "up" before the next fault
+
+
+def median(values):
+    values = [v for v in values if v is not None]
+    return f"{statistics.median(values):6.1f}" if values else "     -"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("recovery benchmark: needs root (it starts a lab)")
+    results = {fault: [] for fault in CRON}
+    with Lab(DEFAULT.subset(HOSTS), name=f"vgwlab-bench{os.getpid()}") as lab:
+        prepare(lab)
+        for run in range(args.runs):
+            settle(lab)
+            results["pluto killed"].append(pluto_killed(lab))
+            settle(lab)
+            results["primary peer down"].append(primary_down(lab))
+            results["primary back (failback)"].append(primary_back(lab))
+            print(f"run {run + 1}/{args.runs}: " + ", ".join(
+                f"{fault}: {r[-1][1]:.1f}s" for fault, r in results.items()), flush=True)
+    print(f"\nmedian of {args.runs} runs, seconds (load: {os.getloadavg()[0]:.1f}, 2 cores)")
+    print(f"{'fault':<26} {'detected':>8} {'recovered':>9}   {'cron detects':>12}  "
+          "cron recovers")
+    for fault, rows in results.items():
+        detect, recover = CRON[fault]
+        print(f"{fault:<26} {median([r[0] for r in rows]):>8} {median([r[1] for r in rows]):>9}"
+              f"   {detect:>12}  {recover}")
+
+
+if __name__ == "__main__":
+    main()
