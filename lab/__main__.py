@@ -1,4 +1,4 @@
-"""Command line: python -m lab {up,clean,leftovers,probe,demo}.
+"""Command line: python -m lab {up,clean,leftovers,probe,demo,guest}.
 
 ``up`` starts hosts and keeps them until Ctrl-C (or ``--detach``);
 ``clean`` removes everything of a lab (default: every lab on this machine).
@@ -24,6 +24,10 @@ def main(argv=None):
     sub.add_parser("probe", help="can this kernel install an ESP SA?")
     demo = sub.add_parser("demo", help="README command 1: the gateway role on the whole lab")
     demo.add_argument("--keep", action="store_true", help="leave the lab running afterwards")
+    guest = sub.add_parser("guest", help="run a command in a fresh QEMU guest with ESP "
+                           "(python -m lab guest -- python3 -m lab probe)")
+    guest.add_argument("--timeout", type=float, default=1800, help="seconds (default 1800)")
+    guest.add_argument("guest_argv", nargs=argparse.REMAINDER, metavar="-- CMD...")
     args = parser.parse_args(argv)
 
     if args.command == "up":
@@ -51,6 +55,16 @@ def main(argv=None):
         from . import demo as demo_job
 
         demo_job.run(keep=args.keep)
+    elif args.command == "guest":
+        from . import qemu
+
+        command = args.guest_argv[1:] if args.guest_argv[:1] == ["--"] else args.guest_argv
+        if not command:
+            parser.error("guest: give a command after --")
+        result = qemu.run(command, timeout=args.timeout, stream=True, log=print)
+        print(f"guest: booted in {result.timings['boot']:.1f}s, command took "
+              f"{result.timings['command']:.1f}s, exit {result.returncode}", file=sys.stderr)
+        return result.returncode
     elif args.command == "probe":
         ok, reason = capabilities.esp_support()
         print(("ESP: yes — " if ok else "ESP: no — ") + reason)
