@@ -9,36 +9,21 @@ import json
 
 import pytest
 
-from lab import saltstack
+from lab import kubeapi, saltstack
+from lab.kubeapi import kubectl
 
 pytestmark = pytest.mark.lab
 
 HOSTS = ["salt-master", "vpn-gw1", "vpn-gw2"]
 KUBECONFIG = "/etc/vpn-gateway/kubeconfig"  # as in pillar/vpn_gateway/kubernetes.sls
-SERVER_KUBECONFIG = "/root/fake-apiserver.kubeconfig"
 
 
 @pytest.fixture(scope="module")
 def lab(lab_factory):
     lab = lab_factory(HOSTS)
-    master = lab["salt-master"]
-    master.run(["systemd-run", "--unit=vgw-fake-apiserver", str(lab.venv / "bin" / "python"),
-                str(lab.repo / "tests" / "k8s" / "fake_apiserver.py"), "--listen",
-                master.spec.address("mgmt"), "--kubeconfig", SERVER_KUBECONFIG], check=True)
-    master.run(["sh", "-c", f"for i in $(seq 100); do [ -s {SERVER_KUBECONFIG} ] && exit 0; "
-                "sleep 0.1; done; exit 1"], check=True)
-    kubectl(lab, "create", "-f", "-", input=json.dumps(
-        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "databases"}}))
-    lab["vpn-gw1"].put(KUBECONFIG, master.read(SERVER_KUBECONFIG), mode=0o600)
+    lab["vpn-gw1"].put(KUBECONFIG, kubeapi.start(lab), mode=0o600)
     saltstack.salt(lab, "vpn-gw*", "saltutil.sync_all")
     return lab
-
-
-def kubectl(lab, *args, input=None):
-    result = lab["salt-master"].run(["kubectl", f"--kubeconfig={SERVER_KUBECONFIG}", *args],
-                                    input=input)
-    assert result.ok, result
-    return result.stdout
 
 
 def apply(lab, test=False):

@@ -1,0 +1,94 @@
+"""The whole gateway role from a real salt-master on two gateways, with pillar
+served from Git: test=True predicts the first run exactly, the first run
+converges, the second changes nothing, and a pillar commit (a new Kubernetes
+node) changes exactly the firewall rules for that node. Tests run in file
+order and share one lab."""
+import time
+
+import pytest
+
+from lab import kubeapi, saltstack
+
+pytestmark = pytest.mark.lab
+
+HOSTS = ["salt-master", "vpn-gw1", "vpn-gw2", "remote-gw-primary", "remote-gw-backup",
+         "remote-db", "k8s-node1"]
+GATEWAYS = ["vpn-gw1", "vpn-gw2"]
+KUBECONFIG = "/etc/vpn-gateway/kubeconfig"  # pillar vpn_gateway:kubernetes:kubeconfig
+NEW_NODE = "198.18.2.38"
+
+
+@pytest.fixture(scope="module")
+def lab(lab_factory):
+    lab = lab_factory(HOSTS)
+    lab["vpn-gw1"].put(KUBECONFIG, kubeapi.start(lab), mode=0o600)
+    deadline = time.monotonic() + 120
+    while saltstack.salt(lab, "vpn-gw*", "grains.get", "roles") != {
+            g: ["vpn-gw"] for g in GATEWAYS}:  # startup_states gives the role at minion start
+        assert time.monotonic() < deadline, "the gateways never got the vpn-gw role"
+        time.sleep(1)
+    saltstack.salt(lab, "vpn-gw*", "saltutil.sync_all")
+    return lab
+
+
+def highstate(lab, test=False):
+    """state.apply on both gateways -> {minion: {state id: return}}; no state may fail."""
+    returns = saltstack.salt(lab, "vpn-gw*", "state.apply", *(["test=True"] if test else []),
+                             timeout=900)
+    assert sorted(returns) == GATEWAYS, returns
+    by_id = {}
+    for minion, ret in returns.items():
+        assert isinstance(ret, dict), (minion, ret)  # a list means a render error
+        by_id[minion] = {r["__id__"]: r for r in ret.values()}
+        failed = {i: r["comment"] for i, r in by_id[minion].items() if r["result"] is False}
+        assert not failed, (minion, failed)
+    return by_id
+
+
+def predicted(returns):
+    return {m: sorted(i for i, r in states.items() if r["result"] is None)
+            for m, states in returns.items()}
+
+
+def changed(returns):
+    return {m: sorted(i for i, r in states.items() if r["changes"])
+            for m, states in returns.items()}
+
+
+def test_test_mode_predicts_the_first_run_and_the_second_run_changes_nothing(lab):
+    prediction = predicted(highstate(lab, test=True))
+    assert all(prediction.values()), prediction
+    first = highstate(lab)
+    assert changed(first) == prediction
+    second = highstate(lab)
+    assert changed(second) == {g: [] for g in GATEWAYS}
+    assert predicted(highstate(lab, test=True)) == {g: [] for g in GATEWAYS}
+
+
+def test_a_new_kubernetes_node_in_git_changes_exactly_its_firewall_rules(lab):
+    master = lab["salt-master"]
+    master.run(["rm", "-rf", "/root/pillar-read"], check=True)
+    master.run(["git", "clone", "-q", saltstack.PILLAR_REPO, "/root/pillar-read"], check=True)
+    current = master.read("/root/pillar-read/vpn_gateway/kubernetes.sls")
+    anchor = "      - 198.18.2.37\n"
+    assert anchor in current
+    saltstack.commit_pillar(lab, "vpn_gateway/kubernetes.sls",
+                            current.replace(anchor, anchor + f"      - {NEW_NODE}\n"),
+                            "kubernetes: add node 198.18.2.38")
+    saltstack.salt(lab, "vpn-gw*", "saltutil.refresh_pillar", "wait=True")
+
+    prediction = highstate(lab, test=True)
+    assert predicted(prediction) == {g: ["firewalld-gateway-rules"] for g in GATEWAYS}
+    applied = highstate(lab)
+    assert changed(applied) == {g: ["firewalld-gateway-rules"] for g in GATEWAYS}
+    for gateway in GATEWAYS:
+        rules = applied[gateway]["firewalld-gateway-rules"]["changes"]
+        assert rules == prediction[gateway]["firewalld-gateway-rules"]["changes"]
+        added = rules["runtime"]["add"]
+        assert rules == {"runtime": {"add": added}, "permanent": {"add": added}}
+        # the node's two rules: the pooler port and the node exporter port
+        assert len(added) == 2 and all(f'"{NEW_NODE}' in r for r in added), rules
+        listed = lab[gateway].run(["firewall-cmd", "--zone=public", "--list-rich-rules"],
+                                  check=True).stdout
+        assert sum(NEW_NODE in line for line in listed.splitlines()) == len(added)
+    assert changed(highstate(lab)) == {g: [] for g in GATEWAYS}
