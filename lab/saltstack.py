@@ -17,6 +17,8 @@ import time
 
 import yaml
 
+from .lab import LabError
+
 PILLAR_REPO = "/srv/pillar.git"
 GIT_IDENTITY = {
     "GIT_AUTHOR_NAME": "vpn-gateway lab", "GIT_AUTHOR_EMAIL": "lab@vpn-gw.invalid",
@@ -149,7 +151,10 @@ def wait_ready(lab, timeout=90):
     deadline = time.monotonic() + timeout
     answered = {}
     while True:
-        answered = salt(lab, "*", "test.ping", timeout=5, check=False)
+        try:
+            answered = salt(lab, "*", "test.ping", timeout=5, check=False)
+        except LabError:  # a slow master (a loaded machine): ask again until the deadline
+            answered = {}
         if all(answered.get(m) is True for m in wanted):
             return
         if time.monotonic() > deadline:

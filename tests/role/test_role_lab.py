@@ -3,46 +3,31 @@ served from Git: test=True predicts the first run exactly, the first run
 converges, the second changes nothing, and a pillar commit (a new Kubernetes
 node) changes exactly the firewall rules for that node. Tests run in file
 order and share one lab."""
-import time
-
 import pytest
 
-from lab import kubeapi, saltstack
+from lab import role, saltstack
+from lab.role import GATEWAYS
 
 pytestmark = pytest.mark.lab
 
-HOSTS = ["salt-master", "vpn-gw1", "vpn-gw2", "remote-gw-primary", "remote-gw-backup",
-         "remote-db", "k8s-node1"]
-GATEWAYS = ["vpn-gw1", "vpn-gw2"]
-KUBECONFIG = "/etc/vpn-gateway/kubeconfig"  # pillar vpn_gateway:kubernetes:kubeconfig
 NEW_NODE = "198.18.2.38"
 
 
 @pytest.fixture(scope="module")
 def lab(lab_factory):
-    lab = lab_factory(HOSTS)
-    lab["vpn-gw1"].put(KUBECONFIG, kubeapi.start(lab), mode=0o600)
-    deadline = time.monotonic() + 120
-    while saltstack.salt(lab, "vpn-gw*", "grains.get", "roles") != {
-            g: ["vpn-gw"] for g in GATEWAYS}:  # startup_states gives the role at minion start
-        assert time.monotonic() < deadline, "the gateways never got the vpn-gw role"
-        time.sleep(1)
-    saltstack.salt(lab, "vpn-gw*", "saltutil.sync_all")
+    lab = lab_factory(role.HOSTS)
+    role.prepare(lab)
     return lab
 
 
 def highstate(lab, test=False):
-    """state.apply on both gateways -> {minion: {state id: return}}; no state may fail."""
-    returns = saltstack.salt(lab, "vpn-gw*", "state.apply", *(["test=True"] if test else []),
-                             timeout=900)
+    """The role on both gateways; no state may fail."""
+    returns = role.highstate(lab, test=test)
     assert sorted(returns) == GATEWAYS, returns
-    by_id = {}
-    for minion, ret in returns.items():
-        assert isinstance(ret, dict), (minion, ret)  # a list means a render error
-        by_id[minion] = {r["__id__"]: r for r in ret.values()}
-        failed = {i: r["comment"] for i, r in by_id[minion].items() if r["result"] is False}
+    for minion, states in returns.items():
+        failed = {i: r["comment"] for i, r in states.items() if r["result"] is False}
         assert not failed, (minion, failed)
-    return by_id
+    return returns
 
 
 def predicted(returns):

@@ -1,0 +1,39 @@
+"""The gateway role on a lab: the hosts it needs and the preparation before a
+highstate (the Kubernetes API for the k8s part, the role grain, synced
+modules). Shared by the role test, the demo and the role benchmark."""
+import time
+
+from . import kubeapi, saltstack
+
+HOSTS = ["salt-master", "vpn-gw1", "vpn-gw2", "remote-gw-primary", "remote-gw-backup",
+         "remote-db", "k8s-node1"]
+GATEWAYS = ["vpn-gw1", "vpn-gw2"]
+KUBECONFIG = "/etc/vpn-gateway/kubeconfig"  # pillar vpn_gateway:kubernetes:kubeconfig
+KUBERNETES_MINION = "vpn-gw1"  # pillar vpn_gateway:kubernetes:minion
+
+
+def prepare(lab, timeout=120):
+    """Ready the lab's gateways for ``state.apply``."""
+    lab[KUBERNETES_MINION].put(KUBECONFIG, kubeapi.start(lab), mode=0o600)
+    deadline = time.monotonic() + timeout
+    wanted = {g: ["vpn-gw"] for g in GATEWAYS}
+    # startup_states gives the role at minion start
+    while saltstack.salt(lab, "vpn-gw*", "grains.get", "roles") != wanted:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the gateways never got the vpn-gw role grain")
+        time.sleep(1)
+    saltstack.salt(lab, "vpn-gw*", "saltutil.sync_all")
+
+
+def highstate(lab, test=False, timeout=900):
+    """``salt 'vpn-gw*' state.apply [test=True]`` -> {minion: {state id: return}}.
+
+    A minion whose return is not a dict (a render error) raises."""
+    returns = saltstack.salt(lab, "vpn-gw*", "state.apply", *(["test=True"] if test else []),
+                             timeout=timeout)
+    by_id = {}
+    for minion, ret in returns.items():
+        if not isinstance(ret, dict):
+            raise RuntimeError(f"{minion}: state.apply did not run: {ret}")
+        by_id[minion] = {r["__id__"]: r for r in ret.values()}
+    return by_id
