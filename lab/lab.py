@@ -21,6 +21,10 @@ PREFIX = "vgwlab"
 STATE_ROOT = Path("/var/tmp")
 REPO = Path(__file__).resolve().parent.parent
 HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# How many times slower than on this machine's own kernel the lab runs: the
+# QEMU guest (lab/qemu.py, TCG) sets 10. Command timeouts and the waits for boot
+# and readiness scale with it.
+SLOWDOWN = float(os.environ.get("VGWLAB_SLOWDOWN", "1"))
 
 
 class LabError(RuntimeError):
@@ -79,7 +83,7 @@ class LabHost:
                 *environment, *cmd]
         try:
             proc = subprocess.run(argv, input=input, capture_output=True, text=True,
-                                  timeout=timeout)
+                                  timeout=timeout * SLOWDOWN)
         except subprocess.TimeoutExpired as exc:
             raise LabError(f"{self.name}: {cmd} timed out after {timeout}s") from exc
         result = Result(cmd, proc.returncode, proc.stdout, proc.stderr)
@@ -110,7 +114,7 @@ class LabHost:
             link.symlink_to(f"/etc/systemd/system/{unit}")
 
     def wait_unit(self, unit, timeout=30):
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + timeout * SLOWDOWN
         while True:
             state = self.run(["systemctl", "is-active", unit]).stdout.strip()
             if state == "active":
@@ -122,7 +126,7 @@ class LabHost:
 
     def wait_port(self, port, address="127.0.0.1", timeout=30):
         """Wait until a TCP connect to address:port inside this host succeeds."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + timeout * SLOWDOWN
         probe = f"exec 3<>/dev/tcp/{address}/{int(port)}"
         while not self.run(["bash", "-c", probe], timeout=5).ok:
             if time.monotonic() > deadline:
@@ -131,6 +135,7 @@ class LabHost:
 
     def wait_booted(self, timeout=180):
         """Wait until systemd in the host has finished booting (running or degraded)."""
+        timeout *= SLOWDOWN
         deadline = time.monotonic() + timeout
         while True:
             if self.nspawn.poll() is not None:
@@ -287,7 +292,7 @@ class Lab:
         host.nspawn = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                        start_new_session=True, env=env)
         log.close()
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 10 * SLOWDOWN
         while host.pid is None:
             inits = [c for c in _children(host.nspawn.pid) if _is_namespace_init(c)]
             if inits:

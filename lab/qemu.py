@@ -12,12 +12,14 @@ carries the command in and its output and exit code out (lab/guest/pid1.py).
     result = qemu.run(["python3", "-m", "lab", "probe"], cwd=REPO)
     result.returncode, result.stdout, result.timings["boot"]
 """
+import ctypes
 import hashlib
 import json
 import lzma
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -36,6 +38,10 @@ INITRAMFS_MODULES = ("virtio_pci", "9pnet_virtio", "9p", "overlay")
 INITRAMFS_TOOLS = ("sh", "mount", "mkdir", "insmod", "cat", "cut", "echo", "poweroff", "hostname",
                    "ip", "switch_root")
 RUNS = Path("/var/tmp")  # per-guest exchange dirs: vgwguest-*
+# The lab's timeouts scale with this inside the guest (lab.lab.SLOWDOWN): under
+# TCG, CPU-bound work is about ten times slower (FACTS).
+TCG_SLOWDOWN = 10
+PR_SET_PDEATHSIG = 1
 
 
 class GuestError(LabError):
@@ -249,7 +255,8 @@ def run(argv, cwd=None, env=None, timeout=1800, memory="4G", cpus=2, stream=Fals
     kern = kernel(log=log)
     exchange = Path(tempfile.mkdtemp(prefix="vgwguest-", dir=RUNS))
     try:
-        request = {"argv": list(map(str, argv)), "cwd": str(cwd or os.getcwd()), "env": env or {}}
+        request = {"argv": list(map(str, argv)), "cwd": str(cwd or os.getcwd()),
+                   "env": {"VGWLAB_SLOWDOWN": str(TCG_SLOWDOWN), **(env or {})}}
         (exchange / "request.json").write_text(json.dumps(request))
         return _boot(kern, exchange, request["argv"], timeout, memory, cpus, stream)
     finally:
@@ -263,7 +270,7 @@ def _boot(kern, exchange, argv, timeout, memory, cpus, stream):
     timings = {}
     with open(console, "wb") as console_out:
         qemu = subprocess.Popen(argv_qemu, stdin=subprocess.DEVNULL, stdout=console_out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+                                stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
     tails = [_Tail(exchange / "stdout", sys.stdout), _Tail(exchange / "stderr", sys.stderr)]
     try:
         while qemu.poll() is None:
@@ -294,6 +301,11 @@ def _boot(kern, exchange, argv, timeout, memory, cpus, stream):
         raise GuestError(f"guest: could not run {argv}:\n{outcome['error']}")
     return GuestResult(argv, outcome["returncode"], _read(exchange / "stdout"),
                        _read(exchange / "stderr"), timings, _read(console))
+
+
+def _die_with_parent():
+    """In QEMU's child before exec: a killed test run must not leave a guest behind."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _read(path):

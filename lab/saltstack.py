@@ -17,7 +17,7 @@ import time
 
 import yaml
 
-from .lab import LabError
+from .lab import SLOWDOWN, LabError
 
 PILLAR_REPO = "/srv/pillar.git"
 GIT_IDENTITY = {
@@ -148,7 +148,7 @@ def wait_ready(lab, timeout=90):
     if master is None:
         return
     lab[master.name].wait_unit("salt-master.service")
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + timeout * SLOWDOWN
     answered = {}
     while True:
         try:
