@@ -185,6 +185,9 @@ def _validate(name, spec, psks, source="conn", psk_keys=None):
                                "is required"))
             conn[role] = None
             continue
+        for extra in sorted(set(peer) - {"address", "id"}):
+            errors.append((key("peers", role, extra), "unknown key (a peer has address and id; "
+                                                      "its PSK goes in its own pillar key)"))
         if not peer.get("address"):
             errors.append((key("peers", role, "address"),
                            f"missing: the {role} remote gateway's address (right=) is required"))
@@ -594,6 +597,10 @@ def status():
 
         salt 'vpn-gw*' libreswan.status
     """
+    return _status(reasons=True)
+
+
+def _status(reasons):
     result = _ipsec("whack", "--status")
     if result["retcode"] != 0:
         return {"running": False, "error": (result["stderr"] or result["stdout"]).strip(),
@@ -602,7 +609,7 @@ def status():
     traffic = _ipsec("whack", "--trafficstatus")
     parsed = _parse_status(result["stdout"], traffic["stdout"])
     down = [name for name, conn in parsed["conns"].items() if not conn["up"]]
-    if down:
+    if down and reasons:
         log_lines = _pluto_log()
         for name in down:
             logged = _failure_reason(log_lines, name)
@@ -623,7 +630,7 @@ def list_conns():
 
         salt 'vpn-gw*' libreswan.list_conns
     """
-    return sorted(status()["conns"])
+    return sorted(_status(reasons=False)["conns"])
 
 
 def check_config(path):
@@ -684,7 +691,7 @@ def up(name, wait=10):
     result = _ipsec("whack", "--name", name, "--initiate", "--asynchronous")
     deadline = time.monotonic() + float(wait)
     while True:
-        conn = status()["conns"].get(name)
+        conn = _status(reasons=True)["conns"].get(name)
         if conn is None or conn["ike_established"] or time.monotonic() >= deadline:
             break
         time.sleep(0.5)
@@ -822,9 +829,11 @@ def plan_conn(name, psk_pillar, backup_psk_pillar=None, source="conn", **spec):
     old_conf = _read(conf_path)
     secrets_same = _read(secrets_path) == _render_secrets(
         conn, _psks(psk_pillar, backup_psk_pillar))
-    loaded = status()["conns"]
+    current = _status(reasons=False)
+    loaded = current["conns"]
     expected = [name] + ([name + BACKUP_SUFFIX] if conn["backup"] else [])
     return {
+        "active": current["tunnels"].get(name, {}).get("active"),
         "name": name,
         "errors": [],
         "conf_path": conf_path,
@@ -918,7 +927,6 @@ def apply_conn(name, psk_pillar, backup_psk_pillar=None, source="conn", **spec):
             return {"result": False, "changes": {},
                     "comment": "rendered conn refused, nothing changed:\n"
                                + "\n".join(checked["errors"])}
-    before = status()
     old_conf, old_secrets = _read(conf_path), _read(secrets_path)
     conns = plan["conns"]
     if plan["secrets_changed"]:
@@ -935,7 +943,7 @@ def apply_conn(name, psk_pillar, backup_psk_pillar=None, source="conn", **spec):
         _ipsec("whack", "--name", stale, "--delete")
         changes.setdefault("deleted", []).append(stale)
     errors = _load(to_load)
-    after = status()["conns"]
+    after = _status(reasons=False)["conns"]
     problems = errors + _verify(name, conn, after)
     if problems:
         _restore(conf_path, old_conf, secrets_path, old_secrets, conns)
@@ -944,11 +952,11 @@ def apply_conn(name, psk_pillar, backup_psk_pillar=None, source="conn", **spec):
                            "put back:\n" + "\n".join(problems)}
     if to_load:
         changes["loaded"] = to_load
-    tunnel, initiated = before["tunnels"].get(name, {}), None
+    initiated = None
     if to_load or plan["secrets_changed"]:
         # Run-time choice survives: the peer that carried the tunnel keeps it.
-        target = name + BACKUP_SUFFIX if tunnel.get("active") == "backup" and conn["backup"] \
-            else (name if conn["auto"] == "start" or tunnel.get("active") == "primary" else None)
+        target = name + BACKUP_SUFFIX if plan["active"] == "backup" and conn["backup"] \
+            else (name if conn["auto"] == "start" or plan["active"] == "primary" else None)
         if target:
             if target not in to_load:
                 down(target)
@@ -986,7 +994,7 @@ def remove_conn(name, test=False):
         salt 'vpn-gw1' libreswan.remove_conn remote-db
     """
     paths = [p for p in _paths(name) if os.path.exists(p)]
-    loaded = [c for c in (name, name + BACKUP_SUFFIX) if c in status()["conns"]]
+    loaded = [c for c in (name, name + BACKUP_SUFFIX) if c in _status(reasons=False)["conns"]]
     changes = {}
     if paths:
         changes["removed"] = paths
@@ -1000,7 +1008,7 @@ def remove_conn(name, test=False):
     for path in paths:
         os.unlink(path)
     reread_secrets()
-    left = [c for c in (name, name + BACKUP_SUFFIX) if c in status()["conns"]]
+    left = [c for c in (name, name + BACKUP_SUFFIX) if c in _status(reasons=False)["conns"]]
     left += [p for p in _paths(name) if os.path.exists(p)]
     return {"result": not left, "changes": changes,
             "comment": f"still present: {left}" if left else f"conn {name} removed"}

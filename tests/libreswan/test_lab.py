@@ -1,0 +1,406 @@
+"""Libreswan in the lab: vpn-gw1 configured by vpn_gateway.ipsec from the
+salt-master, against remote gateways whose Libreswan config is written here by
+hand (an independent peer, not rendered by our code).
+
+The tests run in file order on one lab; each leaves the tunnel up on the
+primary with the pillar's PSK, as the next expects. The PSK of a run is random
+and reaches vpn-gw1 only through the lab's pillar repository on the master.
+"""
+import json
+import secrets
+
+import pytest
+from libreswan_helpers import load_module
+
+from lab import saltstack
+
+pytestmark = pytest.mark.lab
+
+HOSTS = ["salt-master", "vpn-gw1", "remote-gw-primary", "remote-gw-backup"]
+GW = "vpn-gw1"
+TUNNEL = "remote-db"
+CONF, SECRETS = f"/etc/ipsec.d/{TUNNEL}.conf", f"/etc/ipsec.d/{TUNNEL}.secrets"
+STATE = "libreswan_|-libreswan_tunnel_|-"
+DB_SUBNETS = "198.19.1.10/32 198.19.1.11/32 198.19.1.12/32"
+PSK = "ls-" + secrets.token_urlsafe(33)
+OTHER_PSK = "ls-" + secrets.token_urlsafe(33)
+
+# The remote side, by hand. It answers (auto=add) and never initiates, so that
+# run-time switching on the gateway decides which peer carries the tunnel.
+PEER_CONF = """\
+conn gw1
+\ttype=tunnel
+\tauthby=secret
+\tikev2=insist
+\tike=aes256-sha1;modp2048
+\tphase2alg=aes256-sha1
+\tpfs=no
+\tleft={me}
+\tleftid=@{name}
+\tleftsubnets={{{subnets}}}
+\tright=198.18.0.11
+\trightid=@vpn-gw1
+\trightsubnet=198.19.10.1/32
+\tnarrowing=yes
+\tauto=add
+"""
+# Libreswan 4.10 answers IKE_SA_INIT with the first conn for the address pair:
+# conns to one peer must offer the same IKE proposal.
+SIDE_CONF = """\
+conn gw1-side
+\ttype=tunnel
+\tauthby=secret
+\tikev2=insist
+\tike=aes256-sha1;modp2048
+\tphase2alg=aes256-sha1
+\tleft=198.18.0.22
+\tleftid=@remote-gw-backup
+\tleftsubnet=198.19.0.2/32
+\tright=198.18.0.11
+\trightid=@vpn-gw1
+\trightsubnet=198.19.10.1/32
+\tauto=add
+"""
+SIDE_ARGS = [
+    "name=side", "psk_pillar=libreswan_test:side_psk",
+    'local={"address": "198.18.0.11", "id": "@vpn-gw1", "tunnel_ip": "198.19.10.1"}',
+    'peers={"primary": {"address": "198.18.0.22", "id": "@remote-gw-backup"}}',
+    'remote_subnets=["198.19.0.2/32"]', "ike=aes256-sha1;modp2048", "phase2alg=aes256-sha1",
+]
+
+
+def peer_secret(name, psk):
+    return f'@vpn-gw1 @{name} : PSK "{psk}"\n'
+
+
+@pytest.fixture(scope="module")
+def lab(lab_factory):
+    return prepare(lab_factory(HOSTS))
+
+
+def prepare(lab):
+    """Hand-written peers, the test's pillar committed, modules on the minion."""
+    for name, me in (("remote-gw-primary", "198.18.0.21"), ("remote-gw-backup", "198.18.0.22")):
+        host = lab[name]
+        host.put("/etc/ipsec.d/gw1.conf", PEER_CONF.format(me=me, name=name, subnets=DB_SUBNETS))
+        host.put("/etc/ipsec.d/gw1.secrets", peer_secret(name, PSK), mode=0o600)
+        host.run(["systemctl", "start", "ipsec"], check=True)
+    backup = lab["remote-gw-backup"]
+    backup.put("/etc/ipsec.d/side.conf", SIDE_CONF)
+    backup.put("/etc/ipsec.d/side.secrets", peer_secret("remote-gw-backup", PSK), mode=0o600)
+    backup.run(["ipsec", "auto", "--add", "gw1-side"], check=True)
+    backup.run(["ipsec", "whack", "--rereadsecrets"], check=True)
+    write_pillar(lab)
+    saltstack.salt(lab, GW, "saltutil.sync_all")
+    return lab
+
+
+TUNNEL_PILLAR = {
+    "name": TUNNEL,
+    "local": {"address": "198.18.0.11", "id": "@vpn-gw1", "tunnel_ip": "198.19.10.1"},
+    "peers": {"primary": {"address": "198.18.0.21", "id": "@remote-gw-primary"},
+              "backup": {"address": "198.18.0.22", "id": "@remote-gw-backup"}},
+    "remote_subnets": DB_SUBNETS.split(),
+    "ike": "aes256-sha1;modp2048", "phase2alg": "aes256-sha1", "pfs": False,
+    "ikelifetime": 3600, "salifetime": 3600, "dpddelay": 30,
+    "fragmentation": True, "narrowing": True, "auto": "start",
+}
+
+
+def write_pillar(lab, psk=PSK, **tunnel):
+    """The tunnel section, committed to the lab's pillar repository as an
+    operator would; the PSK of the run exists only there and in the peers."""
+    data = {"vpn_gateway": {"tunnel": {**TUNNEL_PILLAR, "psk": psk, **tunnel}},
+            "libreswan_test": {"side_psk": PSK,
+                               "bad_psk": {case: bad for case, bad in BAD_PSK.items()}}}
+    saltstack.commit_pillar(lab, "vpn_gateway/tunnel.sls", json.dumps(data),
+                            "libreswan test: tunnel section")
+
+
+def apply(lab, test=False):
+    args = ["vpn_gateway.ipsec"] + (["test=True"] if test else [])
+    returns = saltstack.salt(lab, GW, "state.apply", *args)[GW]
+    assert isinstance(returns, dict), returns
+    return returns
+
+
+def tunnel_state(returns):
+    [ret] = [ret for key, ret in returns.items() if key.startswith(STATE)]
+    return ret
+
+
+LIBRESWAN = load_module()
+
+
+def status(lab):
+    """What pluto has now, read with whack and parsed by the module's parser
+    (fast; ``salt_status`` goes through Salt)."""
+    gw = lab[GW]
+    return LIBRESWAN._parse_status(gw.run(["ipsec", "whack", "--status"]).stdout,
+                                   gw.run(["ipsec", "whack", "--trafficstatus"]).stdout)
+
+
+def salt_status(lab):
+    return saltstack.salt(lab, GW, "libreswan.status")[GW]
+
+
+def fingerprint(lab):
+    """The tunnel's files (content, mode) and its IKE SA serial: what must not change."""
+    gw = lab[GW]
+    files = gw.run(f"stat -c '%n %a %U' {CONF} {SECRETS}; md5sum {CONF} {SECRETS}").stdout
+    ike = status(lab)["conns"][TUNNEL]["ike_sa"]
+    return files, ike and ike["serial"]
+
+
+def wait_ike(lab, conn=TUNNEL):
+    gw = lab[GW]
+    for _ in range(60):
+        state = status(lab)["conns"].get(conn)
+        if state and state["ike_established"]:
+            return state
+        gw.run(["sleep", "0.5"])
+    raise AssertionError(f"{conn}: no IKE SA: {status(lab)['conns'].get(conn)}")
+
+
+def test_formula_predicts_applies_and_settles(lab):
+    gw = lab[GW]
+    predicted = tunnel_state(apply(lab, test=True))
+    assert predicted["result"] is None
+    assert set(predicted["changes"]) == {"diff", "psk", "loaded"}
+    assert predicted["changes"]["psk"] == "changed"
+    assert "+\trightsubnets={%s}" % DB_SUBNETS in predicted["changes"]["diff"]
+    assert not gw.run(["test", "-e", CONF]).ok, "test=True wrote the conf"
+
+    returns = apply(lab)
+    assert all(ret["result"] for ret in returns.values()), returns
+    applied = tunnel_state(returns)
+    assert applied["changes"]["diff"] == predicted["changes"]["diff"]
+    assert applied["changes"]["loaded"] == [TUNNEL, f"{TUNNEL}-backup"]
+    assert gw.run(["stat", "-c", "%a %U %G", SECRETS]).stdout.split() == ["600", "root", "root"]
+    for key, value in (("net.ipv4.ip_forward", "1"), ("net.ipv4.conf.all.rp_filter", "0"),
+                       ("net.ipv4.conf.default.send_redirects", "0"),
+                       ("net.ipv4.conf.all.accept_redirects", "0")):
+        assert gw.run(["sysctl", "-n", key]).stdout.strip() == value
+        assert f"{key} = {value}" in gw.read("/etc/sysctl.d/60-vpn-gateway.conf")
+    assert gw.run(["systemctl", "is-enabled", "ipsec"]).stdout.strip() == "enabled"
+    assert gw.run(["test", "-s", "/var/lib/ipsec/nss/cert9.db"]).ok
+
+    before = fingerprint(lab)
+    for test in (True, False):
+        again = apply(lab, test=test)
+        assert {k: r["changes"] for k, r in again.items() if r["changes"]} == {}, again
+        assert all(ret["result"] is True for ret in again.values())
+    assert fingerprint(lab) == before
+
+
+def test_ike_sa_with_the_primary_and_child_proposal_agreed(lab, esp):
+    state = wait_ike(lab)
+    assert state["remote"]["address"] == "198.18.0.21"
+    assert state["remote"]["subnets"] == DB_SUBNETS.split()
+    assert state["local"]["subnets"] == ["198.19.10.1/32"]
+    assert state["ike_sa"]["state"].endswith("ESTABLISHED_IKE_SA")
+    assert salt_status(lab)["tunnels"][TUNNEL]["active"] == "primary"
+    # The responder only tries to install the ESP SA after agreeing on the
+    # Child SA's proposal and selectors.
+    peer_log = lab["remote-gw-primary"].run(
+        ["journalctl", "-u", "ipsec", "-o", "cat", "--no-pager"]).stdout
+    assert "NO_PROPOSAL_CHOSEN" not in peer_log
+    assert "Add SA esp" in peer_log or "established Child SA" in peer_log
+    supported, reason = esp
+    if not supported:
+        assert "Protocol not supported" in peer_log
+        pytest.skip(f"Child SA up and traffic: {reason}")
+    assert state["child_established"] and state["up"]
+
+
+def test_switch_to_backup_and_back_at_run_time(lab):
+    gw = lab[GW]
+    conf = gw.read(CONF)
+    switched = saltstack.salt(lab, GW, "libreswan.switch", TUNNEL, "to=backup")[GW]
+    assert switched["ike_established"], switched
+    now = status(lab)
+    assert now["tunnels"][TUNNEL]["active"] == "backup"
+    assert now["conns"][f"{TUNNEL}-backup"]["remote"]["address"] == "198.18.0.22"
+    assert not now["conns"][TUNNEL]["ike_established"]
+    # The run-time choice survives a formula run that changes nothing.
+    assert tunnel_state(apply(lab))["changes"] == {}
+    assert status(lab)["tunnels"][TUNNEL]["active"] == "backup"
+    assert gw.read(CONF) == conf
+    back = saltstack.salt(lab, GW, "libreswan.switch", TUNNEL, "to=primary")[GW]
+    assert back["ike_established"], back
+    assert status(lab)["tunnels"][TUNNEL]["active"] == "primary"
+
+
+def test_psk_mismatch_reports_down_and_leaks_nowhere(lab):
+    gw, master = lab[GW], lab["salt-master"]
+    gw.run("rm -f /root/ps.log; (while :; do ps auxww >> /root/ps.log; sleep 0.05; done) "
+           ">/dev/null 2>&1 & echo $! > /root/ps.pid")
+    try:
+        write_pillar(lab, psk=OTHER_PSK)
+        predicted = tunnel_state(apply(lab, test=True))
+        applied = apply(lab)
+        mismatch = tunnel_state(applied)
+    finally:
+        gw.run("kill $(cat /root/ps.pid)")
+    assert predicted["changes"] == {"psk": "changed"}
+    assert mismatch["result"] is True and mismatch["changes"] == {"psk": "changed"}
+    for _ in range(20):
+        if not status(lab)["conns"][TUNNEL]["ike_established"]:
+            break
+        gw.run(["sleep", "0.5"])
+    down = salt_status(lab)
+    assert not down["conns"][TUNNEL]["ike_established"]
+    assert "AUTHENTICATION_FAILED" in down["conns"][TUNNEL]["reason"]
+    assert down["summary"]["down"] == 1
+    seen = {
+        "state output": json.dumps([predicted, applied]),
+        "ps": gw.read("/root/ps.log"),
+        "minion log": gw.run("cat /var/log/salt/minion 2>/dev/null").stdout,
+        "minion cache": gw.run(["grep", "-rlF", OTHER_PSK, "/var/cache/salt"]).stdout,
+        "master job cache": master.run(["grep", "-rlF", OTHER_PSK,
+                                        "/var/cache/salt/master/jobs"]).stdout,
+        "master log": master.run("cat /var/log/salt/master 2>/dev/null").stdout,
+    }
+    assert seen["ps"].count("\n") > 10, "the ps sampler did not run"
+    assert {where: OTHER_PSK in text for where, text in seen.items()} == dict.fromkeys(seen, False)
+    assert OTHER_PSK in gw.read(SECRETS)  # it did arrive where it belongs
+
+    write_pillar(lab)
+    assert tunnel_state(apply(lab))["changes"] == {"psk": "changed"}
+    wait_ike(lab)
+
+
+def test_changing_one_conn_leaves_other_tunnels_sas_alone(lab):
+    added = saltstack.salt(lab, GW, "state.single", "libreswan.conn_present", *SIDE_ARGS)[GW]
+    [ret] = added.values()
+    assert ret["result"] is True and ret["changes"]["loaded"] == ["side"], ret
+    side = wait_ike(lab, "side")
+    primary = wait_ike(lab)
+
+    write_pillar(lab, dpddelay=20)
+    predicted = tunnel_state(apply(lab, test=True))
+    assert "-\tdpddelay=30\n+\tdpddelay=20" in predicted["changes"]["diff"]
+    assert "dpddelay=30" in lab[GW].read(CONF)
+    changed = tunnel_state(apply(lab))
+    assert changed["changes"]["diff"] == predicted["changes"]["diff"]
+    after = status(lab)["conns"]
+    assert after["side"]["ike_sa"]["serial"] == side["ike_sa"]["serial"]
+    assert after["side"]["ike_established"]
+    replaced = wait_ike(lab)
+    assert replaced["ike_sa"]["serial"] != primary["ike_sa"]["serial"]
+
+    absent = ["libreswan.conn_absent", "name=side"]
+    predicted = saltstack.salt(lab, GW, "state.single", *absent, "test=True")[GW]
+    assert [r["result"] for r in predicted.values()] == [None]
+    assert lab[GW].run(["test", "-e", "/etc/ipsec.d/side.conf"]).ok
+    removed = list(saltstack.salt(lab, GW, "state.single", *absent)[GW].values())[0]
+    assert removed["changes"] == {"removed": ["/etc/ipsec.d/side.conf",
+                                              "/etc/ipsec.d/side.secrets"],
+                                  "deleted": ["side"]}
+    assert "side" not in status(lab)["conns"]
+    again = list(saltstack.salt(lab, GW, "state.single", *absent)[GW].values())[0]
+    assert again["result"] is True and again["changes"] == {}
+    write_pillar(lab)
+    apply(lab)
+
+
+BAD_PSK = {"psk-short": "short-but-not-32-characters", "psk-quote": OTHER_PSK + '"x',
+           "psk-newline": OTHER_PSK + "\nx"}
+
+
+def bad_psk(case):
+    """psk_pillar of a case: bad PSKs sit in the test's pillar, psk-missing's key does not."""
+    return {"psk_pillar": f"libreswan_test:bad_psk:{case}"}
+
+
+T = "vpn_gateway:tunnel"
+BAD_PILLAR = {
+    "invalid-ip": ({"peers": {"primary": {"address": "198.18.0.300", "id": "@remote-gw-primary"}}},
+                   f"{T}:peers:primary:address"),
+    "prefix-33": ({"remote_subnets": ["198.19.1.10/33"]}, f"{T}:remote_subnets:0"),
+    "host-bits": ({"remote_subnets": ["198.19.1.10/24"]}, f"{T}:remote_subnets:0"),
+    "missing-right": ({"peers": {"primary": {"id": "@remote-gw-primary"}}},
+                      f"{T}:peers:primary:address"),
+    "psk-missing": (bad_psk("psk-missing"), "libreswan_test:bad_psk:psk-missing"),
+    "psk-short": (bad_psk("psk-short"), "libreswan_test:bad_psk:psk-short"),
+    "psk-quote": (bad_psk("psk-quote"), "libreswan_test:bad_psk:psk-quote"),
+    "psk-newline": (bad_psk("psk-newline"), "libreswan_test:bad_psk:psk-newline"),
+    "modp1024": ({"ike": "aes256-sha1;modp1024"}, f"{T}:ike"),
+    "md5": ({"ike": "aes256-md5;modp2048"}, f"{T}:ike"),
+    "des": ({"phase2alg": "des-sha1"}, f"{T}:phase2alg"),
+    "3des": ({"phase2alg": "3des-sha1"}, f"{T}:phase2alg"),
+    "unknown-alg": ({"ike": "aes999-sha1;modp2048"}, f"{T}:ike"),
+    "ikev1": ({"ike_version": 1}, f"{T}:ike_version"),
+    "unsafe-name": ({"name": "db;reboot"}, f"{T}:name"),
+}
+
+# Runs in vpn-gw1: one Salt Caller (the minion's config, pillar from the
+# master compiled once), each case's libreswan.conn_present arguments on stdin
+# (never a PSK: those come from pillar), with and without test=True; after each
+# case the tunnel's files and IKE SA serial.
+BAD_PILLAR_DRIVER = """\
+import hashlib, json, re, subprocess, sys
+import salt.client, salt.config
+caller = salt.client.Caller(mopts=salt.config.minion_config("/etc/salt/minion"))
+def fingerprint():
+    files = [hashlib.md5(open(p, "rb").read()).hexdigest() for p in sys.argv[1:]]
+    states = subprocess.run(["ipsec", "whack", "--showstates"], capture_output=True,
+                            text=True).stdout
+    ike = re.findall(r'#(\\d+): "remote-db[/"].*ESTABLISHED_IKE_SA', states)
+    return files + ike
+out = {"before": fingerprint()}
+for case, args in json.load(sys.stdin).items():
+    out[case] = {str(test): caller.cmd("state.single", "libreswan.conn_present", test=test,
+                                       **args)
+                 for test in (True, False)}
+    out[case]["after"] = fingerprint()
+print(json.dumps(out))
+"""
+
+
+def case_args(override):
+    """conn_present's arguments as the formula passes them, with the case's override
+    (a peer in it replaces that peer)."""
+    args = {**TUNNEL_PILLAR, "psk_pillar": f"{T}:psk", "source": T, **override}
+    args["peers"] = {**TUNNEL_PILLAR["peers"], **override.get("peers", {})}
+    return args
+
+
+@pytest.fixture(scope="module")
+def bad_pillar_runs(lab):
+    gw = lab[GW]
+    if not gw.run(["test", "-e", CONF]).ok:  # selected alone (-k bad_pillar)
+        apply(lab)
+    wait_ike(lab)
+    gw.put("/root/bad_pillar.py", BAD_PILLAR_DRIVER)
+    cases = {case: case_args(override) for case, (override, _) in BAD_PILLAR.items()}
+    result = gw.run([str(lab.venv / "bin" / "python"), "/root/bad_pillar.py", CONF, SECRETS],
+                    input=json.dumps(cases), timeout=600)
+    assert result.ok, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("case", list(BAD_PILLAR))
+def test_bad_pillar_changes_nothing(lab, bad_pillar_runs, case):
+    key = BAD_PILLAR[case][1]
+    runs = bad_pillar_runs[case]
+    for test in ("True", "False"):
+        [ret] = runs[test].values()
+        assert ret["result"] is False and ret["changes"] == {}, ret
+        assert key in ret["comment"], ret["comment"]
+        assert PSK not in ret["comment"] and OTHER_PSK not in ret["comment"]
+    assert len(bad_pillar_runs["before"]) == 3, "files or IKE SA missing before the cases"
+    assert runs["after"] == bad_pillar_runs["before"]
+
+
+def test_bad_pillar_through_the_formula_keeps_the_last_good_config(lab):
+    before = fingerprint(lab)
+    try:
+        write_pillar(lab, remote_subnets=["198.19.1.10/24"])
+        for test in (True, False):
+            ret = tunnel_state(apply(lab, test=test))
+            assert ret["result"] is False and ret["changes"] == {}, ret
+            assert f"{T}:remote_subnets:0" in ret["comment"] and "host bits" in ret["comment"]
+        assert fingerprint(lab) == before
+    finally:
+        write_pillar(lab)
