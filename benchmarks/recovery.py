@@ -45,31 +45,29 @@ def detected_after(lab, t0, state):
     return next(h["fired"] for h in history if h["state"] == state and h["fired"] >= t0) - t0
 
 
-def pluto_killed(lab):
+# fault: (host, command, the fault shows, recovered, beacon state that detects it),
+# the last three judged on the peers vpn-gw1 has an IKE SA with (whack --status)
+FAULTS = {
+    "pluto killed": ("vpn-gw1", ["pkill", "-TERM", "-x", "pluto"],
+                     lambda peers: not peers, bool, "down"),
+    "primary peer down": ("remote-gw-primary", ["systemctl", "stop", "ipsec"],
+                          lambda peers: "primary" not in peers,
+                          lambda peers: peers == {"backup"}, "down"),
+    "primary back (failback)": ("remote-gw-primary", ["systemctl", "start", "ipsec"],
+                                lambda peers: True, lambda peers: peers == {"primary"}, None),
+}
+
+
+def measure(lab, fault):
+    """(seconds to the beacon's event or None, seconds to recovered) for one fault."""
+    host, command, shows, recovered, detecting_state = FAULTS[fault]
     gw = lab["vpn-gw1"]
     t0 = time.time()
-    gw.run(["pkill", "-TERM", "-x", "pluto"], check=True)
-    wait_for(lambda: not gw.run(["pgrep", "-x", "pluto"]).ok, 10, "pluto gone")
-    wait_for(lambda: established(gw), 180, "tunnel back")
-    recovered = time.time() - t0
-    return detected_after(lab, t0, "down"), recovered
-
-
-def primary_down(lab):
-    gw = lab["vpn-gw1"]
-    t0 = time.time()
-    lab["remote-gw-primary"].run(["systemctl", "stop", "ipsec"], check=True)
-    wait_for(lambda: established(gw) == {"backup"}, 240, "failover")
-    recovered = time.time() - t0
-    return detected_after(lab, t0, "down"), recovered
-
-
-def primary_back(lab):
-    gw = lab["vpn-gw1"]
-    t0 = time.time()
-    lab["remote-gw-primary"].run(["systemctl", "start", "ipsec"], check=True)
-    wait_for(lambda: established(gw) == {"primary"}, 240, "failback")
-    return None, time.time() - t0
+    lab[host].run(command, check=True)
+    wait_for(lambda: shows(established(gw)), 30, f"{fault}: the fault shows")
+    wait_for(lambda: recovered(established(gw)), 240, f"{fault}: recovered")
+    took = time.time() - t0
+    return (detected_after(lab, t0, detecting_state) if detecting_state else None), took
 
 
 def settle(lab):
@@ -96,11 +94,10 @@ def main():
     with Lab(DEFAULT.subset(HOSTS), name=f"vgwlab-bench{os.getpid()}") as lab:
         prepare(lab)
         for run in range(args.runs):
-            settle(lab)
-            results["pluto killed"].append(pluto_killed(lab))
-            settle(lab)
-            results["primary peer down"].append(primary_down(lab))
-            results["primary back (failback)"].append(primary_back(lab))
+            for fault in FAULTS:  # the failback follows the failover, without settling
+                if fault != "primary back (failback)":
+                    settle(lab)
+                results[fault].append(measure(lab, fault))
             print(f"run {run + 1}/{args.runs}: " + ", ".join(
                 f"{fault}: {r[-1][1]:.1f}s" for fault, r in results.items()), flush=True)
     print(f"\nmedian of {args.runs} runs, seconds (load: {os.getloadavg()[0]:.1f}, 2 cores)")

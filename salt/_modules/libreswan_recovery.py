@@ -433,6 +433,12 @@ def _pluto_pid():
                                       python_shell=False).strip()
 
 
+def _wait_pluto(timeout):
+    deadline = time.monotonic() + timeout
+    while not _status()["running"] and time.monotonic() < deadline:
+        time.sleep(0.5)
+
+
 def _run_step(settings, tunnel, step, target):
     """Do one step and verify it: the tunnel up (by up_when) within step_timeout."""
     started = time.monotonic()
@@ -444,8 +450,10 @@ def _run_step(settings, tunnel, step, target):
         pid = _pluto_pid()
         __salt__["libreswan.switch"](tunnel, to=target, wait=wait)
         if not _health_now(settings, tunnel)["up"] and _pluto_pid() != pid:
-            # pluto 4.10 can crash terminating a narrowed conn's instances; systemd
-            # restarts it with the auto=start (primary) conn: switch once more.
+            # pluto 4.10 can crash (SEGV) terminating a narrowed conn with several
+            # instances; systemd restarts it with the auto=start (primary) conn: once
+            # it answers again, switch once more.
+            _wait_pluto(wait)
             __salt__["libreswan.switch"](tunnel, to=target, wait=wait)
     else:
         _restart_service()

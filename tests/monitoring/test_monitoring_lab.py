@@ -69,6 +69,11 @@ def test_the_beacon_and_the_metrics_run_from_pillar(lab):
     beacon, _ = wait_for(lambda: salt1(lab, "libreswan.monitoring_memory", "beacon").get(
         "remote-db"), 30, "the beacon's first report")
     assert beacon["state"] == "up"
+    # a pillar refresh reloads the beacons: the state on disk holds, no new event
+    salt1(lab, "saltutil.refresh_pillar", "wait=True")
+    time.sleep(3 * 2)  # three polls (interval 2 s, pillar/vpn_gateway/monitoring.sls)
+    after = salt1(lab, "libreswan.monitoring_memory", "beacon")["remote-db"]
+    assert after["history"] == beacon["history"] and after["state"] == "up"
     text, _ = wait_for(lambda: gw.run(["cat", "/var/lib/prometheus/node-exporter/"
                                               "vpn_gateway.prom"]).stdout, 40, "metrics file")
     assert 'vpn_gateway_ike_sa_up{conn="remote-db"} 1' in text
@@ -122,10 +127,13 @@ def test_both_peers_down_alerts_once_per_window_without_a_restart_storm(lab):
                for a in down)
     assert all(b["received"] - a["received"] >= window for a, b in zip(down, down[1:])), down
     assert all(a["path"] == f"/hooks/{WEBHOOK_TOKEN}" for a in down)
-    ladders = memory(lab)["recoveries"]["failure"] - failures
-    assert 1 <= ladders <= SETTINGS["budget"]["attempts"]
-    # each ladder restarts ipsec once (plus a restart by systemd if pluto crashes)
-    assert ipsec_starts(gw) - starts <= 2 * ladders
+    state = memory(lab)
+    assert state["recoveries"]["failure"] > failures
+    started = len(state["attempts"])  # ladders begun (the history clears on success only)
+    assert 1 <= started <= SETTINGS["budget"]["attempts"]
+    # a ladder restarts ipsec once, systemd restarts it when pluto 4.10 crashes in a switch
+    # (at most twice: the switch is retried once), and that is all
+    assert ipsec_starts(gw) - starts <= 3 * started
     assert endpoint_ready(lab) == {GATEWAY_ENDPOINT: False}
 
     for name in PEERS:
