@@ -371,9 +371,10 @@ def _endpoint(text, side):
         host, _, subnet = text.partition("===")
         host = host.rsplit("---", 1)[-1]
     match = re.match(r"^(?P<addr>[^\[:]+)(?::\d+)?(?:\[(?P<id>[^\]]*)\])?", host)
+    address = match.group("addr") if match else host
     return {
-        "address": match.group("addr") if match else host,
-        "id": match.group("id") if match else None,
+        "address": address,
+        "id": match.group("id") or address if match else None,  # no [id]: the id is the address
         "subnets": [s for s in subnet.split(",") if s],
     }
 

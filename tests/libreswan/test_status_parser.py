@@ -57,7 +57,9 @@ def test_4_12_child_established_with_traffic_lines_ignored(libreswan, fixture_te
     assert conn["template"] is False
     assert conn["local"] == {"address": "10.88.100.246", "id": "99.79.175.155",
                              "subnets": ["10.88.0.0/16"]}
-    assert conn["remote"] == {"address": "3.85.251.173", "id": None, "subnets": ["10.2.0.0/16"]}
+    # No [id] after the address: pluto uses the address as the id.
+    assert conn["remote"] == {"address": "3.85.251.173", "id": "3.85.251.173",
+                              "subnets": ["10.2.0.0/16"]}
     assert conn["ike_sa"]["age"] == 28800 - 28250
     [child] = conn["child_sas"]
     assert (child["serial"], child["ike_sa"], child["established"]) == (3, 2, True)
