@@ -123,17 +123,22 @@ def _run(name, zone, kind, spec, batch):
     try:
         key = _key(spec)
         if (zone, kind, key) in done:
-            return {**ret, "result": None if __opts__["test"] else True,
-                    "comment": f"rule {kind} with the batch of state {done[(zone, kind, key)]}"}
+            leader, changed = done[(zone, kind, key)]
+            return {**ret, "result": None if __opts__["test"] and changed else True,
+                    "comment": f"rule {kind} with the batch of state {leader}"
+                               + (" (changed there)" if changed else " (no change)")}
         lists = {"present": [], "absent": [], **(batch or {})}
         lists[kind] = [spec, *lists[kind]]
         applied = __salt__["firewalld.apply_rich_rules"](
             zone=zone, present=lists["present"], absent=lists["absent"], test=__opts__["test"])
     except Exception as exc:  # noqa: BLE001 - every failure is the state's failure
         return {**ret, "result": False, "comment": str(exc)}
+    changed = {_key(text) for side in ("runtime", "permanent") for op in ("add", "remove")
+               for text in applied[side][op]}
     for which in ("present", "absent"):
         for item in (batch or {}).get(which, []):
-            done[(zone, which, _key(item))] = name
+            other = _key(item)
+            done[(zone, which, other)] = (name, other in changed)
     __context__["firewalld_rich.batched"] = done
     what = f"rule {key!r}" if not batch else f"{1 + sum(map(len, batch.values()))} rich rules"
     return _report(ret, applied, what)
