@@ -3,6 +3,7 @@
 # every key. Sections: tunnel (ipsec), pooler (pgbouncer), kubernetes (k8s),
 # firewall, monitoring.
 include:
+  - vpn_gateway.firewall
   - vpn_gateway.kubernetes
   - vpn_gateway.monitoring
   - vpn_gateway.pooler
