@@ -24,6 +24,8 @@ vpn_gateway:
       server_connect_timeout: 15
       server_check_query: "SELECT 1"
       server_check_delay: 30
+      # Names the pod in pg_stat_activity, but costs a round trip per transaction when a
+      # server connection changes client (docs/pgbouncer.md, benchmark).
       application_name_add_host: true
       log_connections: true
       log_disconnections: true

@@ -113,9 +113,10 @@ def settings(name, settings, hba=None, restart=False, pillar_key=None):
 
     def steps():
         __salt__["pgbouncer.write_config"](sections, hba=hba_text)
-        if action == "restart":
-            __salt__["service.restart"](__salt__["config.get"]("pgbouncer.service", "pgbouncer"))
-        elif action == "reload":
+        service = __salt__["config.get"]("pgbouncer.service", "pgbouncer")
+        if action == "restart" and __salt__["service.restart"](service) is not True:
+            raise CommandExecutionError(f"systemctl restart {service} failed (see its journal)")
+        if action == "reload":
             __salt__["pgbouncer.reload"]()
         if live is not None:
             _verify_settings(wanted)

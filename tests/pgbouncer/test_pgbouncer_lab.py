@@ -124,10 +124,12 @@ def test_formula_files_unit_and_service(lab):
                                    "default_pool_size", "min_pool_size", "auth_type")} == {
         "pool_mode": "transaction", "max_db_connections": "50", "max_client_conn": "500",
         "default_pool_size": "20", "min_pool_size": "3", "auth_type": "hba"}
-    # No secret in the minion's log or job cache.
-    leaked = gw.run(["grep", "-rlF", "-e", SECRETS[0], "-e", SECRETS[1], "/var/log/salt",
-                     "/var/cache/salt"])
-    assert leaked.stdout == "", leaked.stdout
+    # No secret in the logs, the minion's cache or the master's job cache (the master's
+    # pillar source and its minion data cache hold pillar by design).
+    for host, paths in ((gw, ["/var/log/salt", "/var/cache/salt"]),
+                        (lab["salt-master"], ["/var/log/salt", "/var/cache/salt/master/jobs"])):
+        leaked = host.run(["grep", "-rlF", "-e", SECRETS[0], "-e", SECRETS[1], *paths])
+        assert leaked.stdout == "", leaked.stdout
 
 
 def test_k8s_node_connects_through_the_pooler_with_psql_and_psycopg(lab):
@@ -150,6 +152,15 @@ def test_k8s_node_connects_through_the_pooler_with_psql_and_psycopg(lab):
     assert pool["user"] == "app" and pool["cl_waiting"] == 0
     assert 1 <= database["server_connections"] <= database["limit"] == 50
     assert database["server_connections"] == remote_db.backends(lab["remote-db"])
+    # The rest of the console, in one compound call.
+    functions = ["show", "console", "pause", "resume", "reconnect", "wait_close"]
+    ret = saltstack.salt(lab, "vpn-gw1", ",".join(f"pgbouncer.{f}" for f in functions),
+                         "servers,SHOW STATS,appdb,appdb,appdb,appdb")["vpn-gw1"]
+    assert {row["type"] for row in ret["pgbouncer.show"]} == {"S"}
+    assert {row["database"] for row in ret["pgbouncer.show"]} == {"appdb"}
+    stats = next(row for row in ret["pgbouncer.console"] if row["database"] == "appdb")
+    assert stats["total_xact_count"] >= 21
+    assert [ret[f"pgbouncer.{f}"] for f in functions[2:]] == [True] * 4
 
 
 def test_scram_verifier_equals_postgresql_and_logs_in_to_the_server(lab):
@@ -168,10 +179,11 @@ def test_scram_verifier_equals_postgresql_and_logs_in_to_the_server(lab):
     assert lab["vpn-gw1"].read("/etc/pgbouncer/userlist.txt").count(f'"app" "{server}"') == 1
     assert single(lab, "pgbouncer.user_present", *args)["changes"] == {}
     # New server connections log in with the verifier (PgBouncer holds no plaintext now).
+    since = remote_db.sql(lab["remote-db"], "SELECT now()")[0][0]
     saltstack.salt(lab, "vpn-gw1", "pgbouncer.reconnect", "appdb")
-    saltstack.salt(lab, "vpn-gw1", "pgbouncer.wait_close", "appdb")
-    result = psql(lab, "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app'")
-    assert result.ok, result.stderr
+    result = psql(lab, "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app' "
+                       f"AND backend_start > '{since}' AND pid = pg_backend_pid()")
+    assert result.stdout.strip() == "1", result
     # Back to the formula's plaintext entry.
     assert changed(apply(lab)) == {"pgbouncer-user-app": {"app": {"password": "changed",
                                                                   "stored": "plain"}}}
