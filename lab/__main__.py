@@ -61,7 +61,11 @@ def main(argv=None):
         command = args.guest_argv[1:] if args.guest_argv[:1] == ["--"] else args.guest_argv
         if not command:
             parser.error("guest: give a command after --")
-        result = qemu.run(command, timeout=args.timeout, stream=True, log=print)
+        try:
+            result = qemu.run(command, timeout=args.timeout, stream=True, log=print)
+        except qemu.GuestError as exc:
+            print(exc, file=sys.stderr)
+            return 125  # as env(1) and timeout(1): the command could not be run
         print(f"guest: booted in {result.timings['boot']:.1f}s, command took "
               f"{result.timings['command']:.1f}s, exit {result.returncode}", file=sys.stderr)
         return result.returncode
