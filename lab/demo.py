@@ -1,51 +1,62 @@
 """README command 1: bring up the lab, apply the gateway role from a real
 salt-master with ``salt 'vpn-gw*' state.apply``, and show what an operator
-would ask the gateway afterwards."""
+would ask the gateway afterwards, ending with ``SELECT 1`` from a
+Kubernetes node through the pooler to the remote PostgreSQL."""
 import json
 import time
 
-from . import saltstack, topology
+from . import capabilities, peers, postgres, role, topology
 from .lab import Lab
 
-# What an operator asks a gateway after a run, and the issue that builds it.
-STATUS_CALLS = (
-    ("libreswan.status", "the libreswan module (issue 3)"),
-    ("pgbouncer.status", "the pgbouncer module (issue 4)"),
-)
+STATUS_CALLS = ("libreswan.status", "pgbouncer.status")
+POOLER = ("198.18.2.11", 6432, "appdb")  # vpn-gw1's pooler (pillar vpn_gateway:pooler)
 
 
 def summarize(returns):
     """One line per minion: states run, changed, failed."""
     lines = []
     for minion, states in sorted(returns.items()):
-        if not isinstance(states, dict):
-            lines.append(f"  {minion}: {states}")
-            continue
         changed = sum(1 for s in states.values() if s.get("changes"))
-        failed = [s.get("__id__", key) for key, s in states.items() if s.get("result") is False]
+        failed = [key for key, s in states.items() if s.get("result") is False]
         lines.append(f"  {minion}: {len(states)} states, {changed} changed, {len(failed)} failed"
                      + (f" ({', '.join(failed)})" if failed else ""))
     return "\n".join(lines)
+
+
+def select_one(lab):
+    """psql in k8s-node1 -> PgBouncer on vpn-gw1 -> PostgreSQL in remote-db."""
+    host, port, database = POOLER
+    return lab["k8s-node1"].run(
+        ["psql", "-X", "-At", "-h", host, "-p", str(port), "-U", postgres.ROLE, "-d", database,
+         "-c", "SELECT 1"], env={"PGPASSWORD": postgres.PASSWORD, "PGCONNECT_TIMEOUT": "10"},
+        timeout=60)
 
 
 def run(keep=False, name=None):
     print("== starting the lab (systemd-nspawn hosts in network namespaces, 198.18.0.0/15)")
     lab = Lab(topology.DEFAULT, name=name).start()
     try:
-        synced = saltstack.salt(lab, "vpn-gw*", "saltutil.sync_all")
-        print(f"== salt 'vpn-gw*' saltutil.sync_all\n{_compact(synced)}")
+        print("== remote side, by hand: IPsec on remote-gw-primary/backup, PostgreSQL in "
+              "remote-db; a Kubernetes API server for the k8s part")
+        peers.configure(lab)
+        postgres.start(lab["remote-db"])
+        role.prepare(lab)
         for attempt in ("first", "second"):
             started = time.monotonic()
-            returns = saltstack.salt(lab, "vpn-gw*", "state.apply", timeout=600)
+            returns = role.highstate(lab)
             print(f"== salt 'vpn-gw*' state.apply ({attempt} run, "
                   f"{time.monotonic() - started:.1f}s)\n{summarize(returns)}")
-        for function, builder in STATUS_CALLS:
-            available = saltstack.salt(lab, "vpn-gw1", "sys.list_functions", function)
-            if function not in (available.get("vpn-gw1") or []):
-                print(f"== salt-call {function}: not built yet ({builder})")
-                continue
+        for function in STATUS_CALLS:
             result = lab["vpn-gw1"].run(["salt-call", "--out=json", function], timeout=120)
-            print(f"== vpn-gw1$ salt-call {function}\n{result.stdout or result.stderr}")
+            print(f"== vpn-gw1$ salt-call {function}\n{_local(result)}")
+        esp, why = capabilities.esp_support()
+        path = ("through the IPsec tunnel" if esp else
+                f"over the lab's routed path, not the tunnel: {why}; "
+                "docs/dataplane.md runs it through the tunnel in a QEMU guest")
+        print(f"== k8s-node1$ psql -h {POOLER[0]} -p {POOLER[1]} -U {postgres.ROLE} "
+              f"-d {POOLER[2]} -c 'SELECT 1'   ({path})")
+        answer = select_one(lab)
+        print(f"  {answer.stdout.strip() or answer.stderr.strip()}")
     finally:
         if keep:
             print(f"== lab left running: python -m lab clean {lab.name}")
@@ -53,8 +64,8 @@ def run(keep=False, name=None):
             lab.stop()
 
 
-def _compact(synced):
-    """The loader modules each minion received, without the empty kinds."""
-    return "\n".join(
-        f"  {minion}: {json.dumps({k: v for k, v in kinds.items() if v}, sort_keys=True)}"
-        for minion, kinds in sorted(synced.items()))
+def _local(result):
+    try:
+        return json.dumps(json.loads(result.stdout)["local"], indent=2, sort_keys=True)
+    except (json.JSONDecodeError, KeyError):
+        return result.stdout + result.stderr

@@ -141,7 +141,7 @@ def salt(lab, target, function, *args, timeout=120, check=True):
     return returns
 
 
-def wait_ready(lab, timeout=90):
+def wait_ready(lab, timeout=240):
     """Wait until the master runs and every minion answers test.ping."""
     master = lab.topology.master()
     wanted = minions(lab)

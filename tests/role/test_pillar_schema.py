@@ -76,3 +76,10 @@ def test_a_wrong_key_fails_the_role_before_anything_runs(example_minion):
     text = json.dumps(result)
     assert "pillar key vpn_gateway:pooler:listen_prot: unknown key" in text
     assert "listen_port" in text  # the fix: the known keys are listed
+
+
+@pytest.mark.unit
+def test_the_labs_remote_gateways_use_the_example_pillars_psk():
+    from lab import peers
+
+    assert f"psk: '{peers.EXAMPLE_PSK}'" in (REPO / "pillar/vpn_gateway/tunnel.sls").read_text()
