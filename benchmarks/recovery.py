@@ -10,6 +10,9 @@ fault to: the beacon's event (detected: the ``fired`` time the beacon keeps
 in its memory's history) and the tunnel up again by ``whack --status``
 (recovered).
 
+"alerted" is the first webhook alert (rate limited: one per conn and state
+per 15 s here, so a recovery right after another may send none).
+
 The cron script (every 2 minutes: ``ipsec status`` grep, a ping, ``ipsec
 down/up`` twice with 15 s waits, then a service restart) is not run: its
 worst cases follow from its schedule and are printed beside the measurements.
@@ -24,18 +27,20 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests" / "monitoring")]
 
-from monitoring_helpers import (HOSTS, PEERS, SETTINGS, established, prepare,  # noqa: E402
-                                salt1, wait_for)
+from monitoring_helpers import (HOSTS, PEERS, SETTINGS, alerts, established,  # noqa: E402
+                                prepare, salt1, wait_for)
 
 from lab import DEFAULT, Lab  # noqa: E402
 
 CRON_PERIOD = 120
 CRON_WAITS = 2 * 15
-# fault: the cron script's worst case (detection, recovery), as text
+CRON_GIVES_UP = CRON_PERIOD + CRON_WAITS + 5  # two down/up rounds, then a service restart
+# fault: the cron script's worst case (detection, recovery, alert), as text
 CRON = {
-    "pluto killed": (f"{CRON_PERIOD}", f"~{CRON_PERIOD + CRON_WAITS + 5}"),
-    "primary peer down": (f"{CRON_PERIOD}", "never (no failover)"),
-    "primary back (failback)": ("-", "- (no failback)"),
+    "pluto killed": (f"{CRON_PERIOD}", f"~{CRON_GIVES_UP}", f"~{CRON_GIVES_UP}"),
+    "primary peer down": (f"{CRON_PERIOD}", "never (no failover)", f"~{CRON_GIVES_UP}"),
+    "primary back (failback)": ("-", "- (no failback)", "-"),
+    "both peers down": (f"{CRON_PERIOD}", "-", f"~{CRON_GIVES_UP}, then every {CRON_PERIOD}"),
 }
 
 
@@ -45,29 +50,41 @@ def detected_after(lab, t0, state):
     return next(h["fired"] for h in history if h["state"] == state and h["fired"] >= t0) - t0
 
 
-# fault: (host, command, the fault shows, recovered, beacon state that detects it),
-# the last three judged on the peers vpn-gw1 has an IKE SA with (whack --status)
+# fault: (hosts, command, the fault shows, recovered or None: until the first alert),
+# judged on the peers vpn-gw1 has an IKE SA with (whack --status)
 FAULTS = {
-    "pluto killed": ("vpn-gw1", ["pkill", "-TERM", "-x", "pluto"],
-                     lambda peers: not peers, bool, "down"),
-    "primary peer down": ("remote-gw-primary", ["systemctl", "stop", "ipsec"],
+    "pluto killed": (["vpn-gw1"], ["pkill", "-TERM", "-x", "pluto"],
+                     lambda peers: not peers, bool),
+    "primary peer down": (["remote-gw-primary"], ["systemctl", "stop", "ipsec"],
                           lambda peers: "primary" not in peers,
-                          lambda peers: peers == {"backup"}, "down"),
-    "primary back (failback)": ("remote-gw-primary", ["systemctl", "start", "ipsec"],
-                                lambda peers: True, lambda peers: peers == {"primary"}, None),
+                          lambda peers: peers == {"backup"}),
+    "primary back (failback)": (["remote-gw-primary"], ["systemctl", "start", "ipsec"],
+                                lambda peers: True, lambda peers: peers == {"primary"}),
+    "both peers down": (PEERS, ["systemctl", "stop", "ipsec"], lambda peers: not peers, None),
 }
 
 
+def first_alert(lab, t0):
+    return next((a["received"] - t0 for a in alerts(lab) if a["received"] >= t0), None)
+
+
 def measure(lab, fault):
-    """(seconds to the beacon's event or None, seconds to recovered) for one fault."""
-    host, command, shows, recovered, detecting_state = FAULTS[fault]
+    """Seconds from the fault to (the beacon's down event, recovered, the first alert)."""
+    hosts, command, shows, recovered = FAULTS[fault]
     gw = lab["vpn-gw1"]
     t0 = time.time()
-    lab[host].run(command, check=True)
+    for host in hosts:
+        lab[host].run(command, check=True)
     wait_for(lambda: shows(established(gw)), 30, f"{fault}: the fault shows")
-    wait_for(lambda: recovered(established(gw)), 240, f"{fault}: recovered")
-    took = time.time() - t0
-    return (detected_after(lab, t0, detecting_state) if detecting_state else None), took
+    took = None
+    if recovered:
+        wait_for(lambda: recovered(established(gw)), 240, f"{fault}: recovered")
+        took = time.time() - t0
+        time.sleep(2)  # the alert follows the verification
+    else:
+        wait_for(lambda: first_alert(lab, t0), 240, f"{fault}: an alert")
+    detected = None if fault == "primary back (failback)" else detected_after(lab, t0, "down")
+    return detected, took, first_alert(lab, t0)
 
 
 def settle(lab):
@@ -98,15 +115,14 @@ def main():
                 if fault != "primary back (failback)":
                     settle(lab)
                 results[fault].append(measure(lab, fault))
-            print(f"run {run + 1}/{args.runs}: " + ", ".join(
-                f"{fault}: {r[-1][1]:.1f}s" for fault, r in results.items()), flush=True)
+            print(f"run {run + 1}/{args.runs}: {results}", flush=True)
     print(f"\nmedian of {args.runs} runs, seconds (load: {os.getloadavg()[0]:.1f}, 2 cores)")
-    print(f"{'fault':<26} {'detected':>8} {'recovered':>9}   {'cron detects':>12}  "
-          "cron recovers")
+    print(f"{'fault':<24} {'detected':>8} {'recovered':>9} {'alerted':>7}   "
+          f"{'cron detects':>12}  {'cron recovers':<20} cron alerts")
     for fault, rows in results.items():
-        detect, recover = CRON[fault]
-        print(f"{fault:<26} {median([r[0] for r in rows]):>8} {median([r[1] for r in rows]):>9}"
-              f"   {detect:>12}  {recover}")
+        detect, recover, alert = CRON[fault]
+        print(f"{fault:<24} {median([r[0] for r in rows]):>8} {median([r[1] for r in rows]):>9}"
+              f" {median([r[2] for r in rows]):>7}   {detect:>12}  {recover:<20} {alert}")
 
 
 if __name__ == "__main__":
