@@ -1,6 +1,6 @@
 """``pip install .`` registers the pack through Salt's ``salt.loader`` entry
 point: a minion then finds every custom module without ``saltutil.sync_all``.
-(The other way, a master's file tree plus sync_all, is shown in test_lab.py.)"""
+(The other way, a master's file tree plus sync_all, is shown in test_lab_hosts.py.)"""
 import ast
 import json
 import os
