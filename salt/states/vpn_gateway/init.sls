@@ -1,9 +1,12 @@
 {#- The gateway role. Pillar is checked against schema.yaml first: a wrong key
     fails the render, naming the key, before anything on the host changes.
-    Order comes from requisites inside the sub-states (sysctl -> ipsec ->
-    pgbouncer, which requires the tunnel -> firewall -> monitoring -> tools),
-    not from this list. vpn_gateway.k8s acts only on the minion that pillar
-    names (vpn_gateway:kubernetes:minion). #}
+    The order is tied with requisites: ipsec requires sysctl (in ipsec.sls);
+    here, for the role only, the pooler requires the tunnel and the firewall's
+    rules wait for the pooler, so each sub-state still applies on its own.
+    Monitoring and tools depend on nothing and run last (include order);
+    a tunnel failure must not keep the troubleshooting tools away.
+    vpn_gateway.k8s acts only on the minion that pillar names
+    (vpn_gateway:kubernetes:minion). #}
 {%- import_yaml "vpn_gateway/schema.yaml" as schema %}
 {%- do salt['vpn_gateway.check_pillar'](schema=schema, raise_on_error=True) %}
 include:
@@ -14,3 +17,13 @@ include:
   - vpn_gateway.k8s
   - vpn_gateway.monitoring
   - vpn_gateway.tools
+
+extend:
+  pgbouncer-service:
+    service:
+      - require:
+        - sls: vpn_gateway.ipsec
+  firewalld-gateway-rules:
+    firewalld:
+      - require:
+        - service: pgbouncer-service
