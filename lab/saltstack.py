@@ -129,7 +129,9 @@ def salt(lab, target, function, *args, timeout=120, check=True):
     """``salt TARGET FUNCTION ARGS`` on the master; returns {minion: return}."""
     master = lab[lab.topology.master().name]
     result = master.run(
-        ["salt", "--out=json", "--static", f"--timeout={timeout}", target, function, *args],
+        # --timeout is how long salt waits for the minions' returns: it scales too.
+        ["salt", "--out=json", "--static", f"--timeout={timeout * SLOWDOWN:g}", target, function,
+         *args],
         timeout=timeout + 30,
     )
     try:
