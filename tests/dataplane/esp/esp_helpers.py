@@ -13,14 +13,15 @@ def pluto_log(host):
 
 
 def esp_bytes(host):
-    """{(src, dst): bytes} of the host's ESP SAs (``ip -s xfrm state``)."""
+    """{(src, dst): bytes} of the host's ESP SAs (``ip -s xfrm state``), summed per
+    address pair: a tunnel with several remote subnets has one Child SA each."""
     text = host.run(["ip", "-s", "xfrm", "state"], check=True).stdout
     counters = {}
     for block in re.split(r"\n(?=src )", text):
         head = re.match(r"src (\S+) dst (\S+)\s+proto esp", block)
         current = re.search(r"lifetime current:\s+(\d+)\(bytes\)", block)
         if head and current:
-            counters[head.groups()] = int(current.group(1))
+            counters[head.groups()] = counters.get(head.groups(), 0) + int(current.group(1))
     return counters
 
 
