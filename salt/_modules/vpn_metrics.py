@@ -12,6 +12,8 @@ import os
 import tempfile
 import time
 
+from salt.exceptions import CommandExecutionError
+
 __virtualname__ = "vpn_metrics"
 
 # name: (type, help)
@@ -142,7 +144,12 @@ def write(path=None):
     path = path or __salt__["libreswan.monitoring_settings"]()["metrics"]["path"]
     text = collect()
     directory = os.path.dirname(path)
-    os.makedirs(directory, mode=0o755, exist_ok=True)
+    # The formula owns the directory (vpn_gateway.monitoring); creating it here
+    # would race the formula's own prediction of that change.
+    if not os.path.isdir(directory):
+        raise CommandExecutionError(
+            f"the textfile directory {directory} does not exist: apply vpn_gateway.monitoring "
+            "(it creates it) or set vpn_gateway:monitoring:metrics:path")
     fd, tmp = tempfile.mkstemp(prefix=".vpn_gateway.", suffix=".tmp", dir=directory)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write(text)
