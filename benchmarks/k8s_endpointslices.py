@@ -7,20 +7,18 @@ server is plain Python, so the numbers bound the module's own cost (request
 building, diffs) plus the server's; a real API server answers faster.
 """
 
-import importlib.util
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests" / "k8s"))
+sys.path[:0] = [str(REPO / "tests"), str(REPO / "tests" / "k8s")]
 
 from fake_apiserver import FakeApiServer  # noqa: E402
+from repo_modules import load  # noqa: E402
 
-spec = importlib.util.spec_from_file_location("k8s_module", REPO / "salt" / "_modules" / "k8s.py")
-k8s = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(k8s)
+k8s = load("salt/_modules/k8s.py")
 k8s.__salt__ = {"config.get": lambda key, default=None: default}
 
 

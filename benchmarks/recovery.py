@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "tests" / "monitoring")]
+sys.path[:0] = [str(REPO), str(REPO / "tests"), str(REPO / "tests" / "monitoring")]
 
 from monitoring_helpers import (HOSTS, PEERS, SETTINGS, alerts, established,  # noqa: E402
                                 prepare, salt1, wait_for)

@@ -1,14 +1,9 @@
 """The k8s module's pure helpers: address checks, manifests, slicing, diffs."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
+from repo_modules import load
 
-PATH = Path(__file__).resolve().parents[2] / "salt" / "_modules" / "k8s.py"
-spec = importlib.util.spec_from_file_location("k8s_module", PATH)
-k8s = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(k8s)
+k8s = load("salt/_modules/k8s.py")
 
 pytestmark = pytest.mark.unit
 

@@ -1,17 +1,11 @@
 """Helpers of the libreswan tests (a plain module: conftest names collide)."""
-import importlib.util
-from pathlib import Path
+from repo_modules import REPO, load
 
-REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures" / "libreswan"
 
 
 def load_module():
-    spec = importlib.util.spec_from_file_location(
-        "libreswan_module", REPO / "salt" / "_modules" / "libreswan.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load("salt/_modules/libreswan.py")
 
 
 # The tunnel as the example pillar declares it for vpn-gw1 (pillar/vpn_gateway/tunnel.sls).

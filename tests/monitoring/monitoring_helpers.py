@@ -2,11 +2,12 @@
 module: conftest names collide): loading loader modules, the lab as the tests
 and the benchmark prepare it, and oracles that do not use the code under test.
 """
-import importlib.util
 import json
 import re
 import time
 from pathlib import Path
+
+from repo_modules import load
 
 from lab import saltstack
 
@@ -50,15 +51,6 @@ conn gw1
 \trightsubnet=198.19.10.1/32
 \tauto=add
 """
-
-
-def load(relative):
-    """A loader module file of this repo as a plain Python module (pure helpers only)."""
-    path = REPO / relative
-    spec = importlib.util.spec_from_file_location(f"vgw_{path.parent.name}_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def parsed_status(name, rename=None):

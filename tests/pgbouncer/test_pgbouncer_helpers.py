@@ -1,19 +1,15 @@
 """Pure helpers of salt/_modules/pgbouncer.py: ini, connect strings, auth file, validation,
 SCRAM verifiers, console CSV. No host changes."""
 import base64
-import importlib.util
 import socket
-from pathlib import Path
 
 import pytest
+from repo_modules import load
 from salt.exceptions import SaltInvocationError
 
 pytestmark = pytest.mark.unit
 
-PATH = Path(__file__).resolve().parents[2] / "salt" / "_modules" / "pgbouncer.py"
-spec = importlib.util.spec_from_file_location("pgbouncer_module", PATH)
-pgb = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(pgb)
+pgb = load("salt/_modules/pgbouncer.py")
 
 
 def refused(match, func, *args):

@@ -1,7 +1,6 @@
 """The role's pillar schema against the real example pillar, through Salt:
 the example is valid for both gateways, a wrong key fails the role's render
 naming the key, and docs/pillar.md is the schema's own reference."""
-import importlib.util
 import json
 import re
 import subprocess
@@ -10,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from repo_modules import load
 
 REPO = Path(__file__).resolve().parents[2]
 SALT_CALL = Path(sys.executable).parent / "salt-call"
@@ -17,11 +17,7 @@ SCHEMA = yaml.safe_load((REPO / "salt/states/vpn_gateway/schema.yaml").read_text
 
 
 def load_module():
-    spec = importlib.util.spec_from_file_location("vpn_gateway_mod",
-                                                  REPO / "salt/_modules/vpn_gateway.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load("salt/_modules/vpn_gateway.py")
 
 
 @pytest.mark.unit
