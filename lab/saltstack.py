@@ -59,6 +59,8 @@ def minion_config(host, master_address):
         "master": master_address,
         "acceptance_wait_time": 1,
         "random_reauth_delay": 0,
+        # Each auth round trip is RSA work on both sides: minutes under TCG.
+        "auth_timeout": int(5 * SLOWDOWN),
         "log_level_logfile": "info",
         # Bootstrap, as a cloud profile would: the role grain is set when the
         # minion starts, so the first highstate already matches roles:vpn-gw.
@@ -73,6 +75,7 @@ def provision(lab):
     if master is None:
         return
     address = master.address("mgmt")
+    seed_keys(lab)
     for host in lab.hosts.values():
         role = host.spec.salt
         if role is None:
@@ -88,6 +91,36 @@ def provision(lab):
             link.parent.mkdir(parents=True, exist_ok=True)
             if not link.is_symlink():
                 link.symlink_to(lab.venv / "bin" / tool)
+
+
+def seed_keys(lab):
+    """Every host's key pair made here and the minions' keys accepted by the
+    master before anything boots: Salt would otherwise make them at first
+    start (minutes of RSA under TCG) and accept them in a round trip."""
+    master = lab[lab.topology.master().name]
+    for host in lab.hosts.values():
+        role = host.spec.salt
+        if role is None:
+            continue
+        private, public = rsa_key_pair()
+        host.put(f"/etc/salt/pki/{role}/{role}.pem", private, mode=0o400)
+        host.put(f"/etc/salt/pki/{role}/{role}.pub", public)
+        if role == "minion":
+            master.put(f"/etc/salt/pki/master/minions/{host.name}", public)
+
+
+def rsa_key_pair(bits=2048):
+    """(private, public) PEM as ``salt-key --gen-keys`` writes them."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
+    private = key.private_bytes(serialization.Encoding.PEM,
+                                serialization.PrivateFormat.TraditionalOpenSSL,
+                                serialization.NoEncryption())
+    public = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                           serialization.PublicFormat.SubjectPublicKeyInfo)
+    return private.decode(), public.decode()
 
 
 def seed_pillar_repo(bare, source):
@@ -119,6 +152,32 @@ def commit_pillar(lab, path, content, message):
     script = f"cd {work} && git add -A && git commit -q -m \"$1\" && git push -q origin main"
     master.run(["sh", "-c", script, "commit", message], check=True, env=GIT_IDENTITY)
     master.run(["salt-run", "git_pillar.update"], check=True, timeout=120)
+
+
+def masterless(lab, host):
+    """Make ``host`` a masterless minion (``salt-call --local``) over this repo's
+    formulas, modules and example pillar (pillar/), with its own id; for hosts
+    of a lab without a salt-master."""
+    repo = lab.repo
+    host.put("/etc/salt/minion.d/masterless.conf", yaml.safe_dump({
+        "id": host.name,
+        "file_client": "local",
+        "file_roots": {"base": [str(repo / "salt" / "states"), str(repo / "salt")]},
+        "pillar_roots": {"base": [str(repo / "pillar")]},
+        "module_dirs": [str(repo / "salt" / "_modules")],
+        "states_dirs": [str(repo / "salt" / "_states")],
+        "beacons_dirs": [str(repo / "salt" / "_beacons")],
+    }))
+
+
+def call_local(lab, host, function, *args, timeout=120):
+    """``salt-call --local FUNCTION ARGS`` in ``host`` (see ``masterless``); its return."""
+    result = host.run([str(lab.venv / "bin" / "salt-call"), "--local", "--out=json", function,
+                       *args], timeout=timeout)
+    try:
+        return json.loads(result.stdout)["local"]
+    except (json.JSONDecodeError, KeyError) as exc:
+        raise RuntimeError(f"{host.name}: salt-call {function}: {result}") from exc
 
 
 def minions(lab):

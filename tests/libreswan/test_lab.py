@@ -12,7 +12,7 @@ import secrets
 import pytest
 from libreswan_helpers import load_module
 
-from lab import saltstack
+from lab import peers, saltstack
 
 pytestmark = pytest.mark.lab
 
@@ -25,25 +25,6 @@ DB_SUBNETS = "198.19.1.10/32 198.19.1.11/32 198.19.1.12/32"
 PSK = "ls-" + secrets.token_urlsafe(33)
 OTHER_PSK = "ls-" + secrets.token_urlsafe(33)
 
-# The remote side, by hand. It answers (auto=add) and never initiates, so that
-# run-time switching on the gateway decides which peer carries the tunnel.
-PEER_CONF = """\
-conn gw1
-\ttype=tunnel
-\tauthby=secret
-\tikev2=insist
-\tike=aes256-sha1;modp2048
-\tphase2alg=aes256-sha1
-\tpfs=no
-\tleft={me}
-\tleftid=@{name}
-\tleftsubnets={{{subnets}}}
-\tright=198.18.0.11
-\trightid=@vpn-gw1
-\trightsubnet=198.19.10.1/32
-\tnarrowing=yes
-\tauto=add
-"""
 # Libreswan 4.10 answers IKE_SA_INIT with the first conn for the address pair:
 # conns to one peer must offer the same IKE proposal.
 SIDE_CONF = """\
@@ -79,12 +60,8 @@ def lab(lab_factory):
 
 
 def prepare(lab):
-    """Hand-written peers, the test's pillar committed, modules on the minion."""
-    for name, me in (("remote-gw-primary", "198.18.0.21"), ("remote-gw-backup", "198.18.0.22")):
-        host = lab[name]
-        host.put("/etc/ipsec.d/gw1.conf", PEER_CONF.format(me=me, name=name, subnets=DB_SUBNETS))
-        host.put("/etc/ipsec.d/gw1.secrets", peer_secret(name, PSK), mode=0o600)
-        host.run(["systemctl", "start", "ipsec"], check=True)
+    """Hand-written peers (lab/peers.py), the test's pillar committed, modules on the minion."""
+    peers.configure(lab, psk=PSK)
     backup = lab["remote-gw-backup"]
     backup.put("/etc/ipsec.d/side.conf", SIDE_CONF)
     backup.put("/etc/ipsec.d/side.secrets", peer_secret("remote-gw-backup", PSK), mode=0o600)

@@ -9,14 +9,13 @@ from pathlib import Path
 
 from repo_modules import load
 
-from lab import saltstack
+from lab import peers, saltstack
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 HOSTS = ["salt-master", "vpn-gw1", "remote-gw-primary", "remote-gw-backup"]
 PEERS = ("remote-gw-primary", "remote-gw-backup")
 
-PSK = "lab-only-psk-not-secret-0123456789abcdef"  # the example pillar's (pillar/vpn_gateway)
 WEBHOOK_TOKEN = "T0KEN-in-the-url-is-a-secret"
 WEBHOOK = f"http://198.18.1.2:8080/hooks/{WEBHOOK_TOKEN}"
 ALERTS = "/tmp/alerts.jsonl"
@@ -33,24 +32,6 @@ SETTINGS = {
     "endpoint_ready": {"enabled": True, "service": "postgres", "namespace": "default",
                        "address": GATEWAY_ENDPOINT, "kubeconfig": KUBECONFIG},
 }
-# The remote side, written by hand (an independent peer, not rendered by our
-# code): it answers (auto=add) and never initiates.
-REMOTE_CONN = """\
-conn gw1
-\ttype=tunnel
-\tauthby=secret
-\tikev2=insist
-\tike=aes256-sha1;modp2048
-\tphase2alg=aes256-sha1
-\tpfs=no
-\tleft={address}
-\tleftid=@{name}
-\tleftsubnets={{198.19.1.10/32 198.19.1.11/32 198.19.1.12/32}}
-\tright=198.18.0.11
-\trightid=@vpn-gw1
-\trightsubnet=198.19.10.1/32
-\tauto=add
-"""
 
 
 def parsed_status(name, rename=None):
@@ -97,12 +78,7 @@ def prepare(lab, log=print):
     the Service and its EndpointSlice; returns once the tunnel is up."""
     started = time.monotonic()
     master, gw = lab["salt-master"], lab["vpn-gw1"]
-    for name in PEERS:
-        peer = lab[name]
-        peer.put("/etc/ipsec.d/gw1.conf", REMOTE_CONN.format(name=name,
-                                                             address=peer.address("wan")))
-        peer.put("/etc/ipsec.d/gw1.secrets", f'@{name} @vpn-gw1 : PSK "{PSK}"\n', mode=0o600)
-        peer.run(["systemctl", "start", "ipsec"], check=True)
+    peers.configure(lab)  # hand-written remote gateways with the example pillar's PSK
     master.put("/etc/salt/master.d/reactor.conf",
                "reactor:\n  - 'salt/beacon/*/libreswan/*':\n    - salt://reactor/libreswan.sls\n")
     master.run(["systemd-run", "--unit", "webhook", "/usr/bin/python3",
