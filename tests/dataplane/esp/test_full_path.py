@@ -27,7 +27,8 @@ pytestmark = [pytest.mark.lab, pytest.mark.esp]
 
 HOSTS = ["vpn-gw1", "remote-gw-primary", "remote-db", "k8s-node1"]
 GATEWAY, GATEWAY_WAN, PEER_WAN = "vpn-gw1", "198.18.0.11", "198.18.0.21"
-TUNNEL_IP = "198.19.10.1"  # vpn_gateway:tunnel:local:tunnel_ip of vpn-gw1
+TUNNEL, TUNNEL_IP = "remote-db", "198.19.10.1"  # vpn_gateway:tunnel of vpn-gw1
+PEER = "remote-gw-primary"
 ROLE_SLS = "vpn_gateway.sysctl,vpn_gateway.ipsec,vpn_gateway.pgbouncer"
 # vpn-gw1's pooler as pods reach it (pillar/vpn_gateway/pooler.sls)
 POOLER, POOLER_PORT, POOLED_DB = "198.18.2.11", 6432, "appdb"
@@ -71,6 +72,13 @@ def select_one(lab):
         timeout=SLOW)
 
 
+def test_the_formulas_tunnel_has_child_sas_on_both_sides(path):
+    wait_esp_pair(path[GATEWAY], GATEWAY_WAN, PEER_WAN)
+    wait_esp_pair(path[PEER], PEER_WAN, GATEWAY_WAN)
+    traffic = path[GATEWAY].run(["ipsec", "trafficstatus"], timeout=SLOW).stdout
+    assert f'"{TUNNEL}' in traffic, traffic
+
+
 def test_select_1_from_k8s_node_through_pooler_and_tunnel(path):
     gateway = path[GATEWAY]
     before = wait_esp_pair(gateway, GATEWAY_WAN, PEER_WAN)
@@ -85,5 +93,11 @@ def test_select_1_from_k8s_node_through_pooler_and_tunnel(path):
     clients = postgres.sql(path["remote-db"], "SELECT DISTINCT host(client_addr) FROM "
                            f"pg_stat_activity WHERE datname = '{postgres.DATABASES[0]}'")
     assert clients == [[TUNNEL_IP]], clients
+    # What an operator asks the gateway: the tunnel up on the primary, bytes through it.
+    status = saltstack.call_local(path, gateway, "libreswan.status", timeout=SLOW)
+    assert status["tunnels"][TUNNEL] == {"primary": TUNNEL, "backup": f"{TUNNEL}-backup",
+                                         "active": "primary", "up": True}, status
+    moved = [(c["in_bytes"], c["out_bytes"]) for c in status["conns"].values() if c["up"]]
+    assert moved and all(i > 0 and o > 0 for i, o in moved), status
     print("full data path timings (s): "
           + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
