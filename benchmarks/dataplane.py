@@ -3,9 +3,10 @@
 - boot: from starting QEMU until the guest's PID 1 starts the command (kernel,
   initramfs, 9p root), over ``--boots`` guests running ``true``;
 - probe: ``python3 -m lab probe`` in a guest (command time: an ESP SA added);
-- ESP tests: ``pytest tests/dataplane/esp`` in a guest (two lab hosts boot,
-  Libreswan brings up the Child SA, traffic moves its counters), boot and
-  command time, with ``--esp-tests``.
+- ESP tests: ``pytest tests/dataplane/esp`` in a guest (four lab hosts boot,
+  the role's formulas configure vpn-gw1 masterless, ``SELECT 1`` from
+  k8s-node1 through the pooler and the tunnel), boot and command time, with
+  ``--esp-tests``.
 
 Run by hand as root: ``.venv/bin/python benchmarks/dataplane.py [--boots 3]
 [--esp-tests]``. The numbers depend heavily on how busy the machine's cores
