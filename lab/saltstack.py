@@ -44,11 +44,12 @@ WantedBy=multi-user.target
 def master_config(lab, address):
     return {
         "interface": address,
-        "auto_accept": True,  # lab only: minions are created by us a second earlier
         "file_roots": {"base": [str(lab.repo / "salt" / "states"), str(lab.repo / "salt")]},
         "pillar_roots": {"base": []},
         "ext_pillar": [{"git": [{f"main file://{PILLAR_REPO}": [{"env": "base"}]}]}],
         "git_pillar_provider": "gitpython",
+        # A (re)started minion gets the pack's modules at once (docs/role.md).
+        "reactor": [{"salt/minion/*/start": ["salt://reactor/minion_start.sls"]}],
         "log_level_logfile": "info",
     }
 
