@@ -11,6 +11,7 @@ program started, including shells and what they start). Tracing slows that
 round, so its times are not used.
 """
 import argparse
+import collections
 import os
 import re
 import statistics
@@ -22,7 +23,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from lab import DEFAULT, Lab, role  # noqa: E402
 
 TRACE = "/run/vpn-gateway-bench-execve.log"
-EXECVE_OK = re.compile(r"execve(\(| resumed>).*= 0$")
+EXECVE_CALL = re.compile(r'^(\d+) +execve\("([^"]+)"')
+EXECVE_DONE = re.compile(r"^(\d+) .*execve(\(| resumed>).*= 0$")
 
 
 def start_tracing(host):
@@ -41,11 +43,25 @@ def stop_tracing(host, tracer):
     time.sleep(0.5)
     lines = host.run(["cat", TRACE]).stdout.splitlines()
     host.run(["rm", "-f", TRACE])
-    return sum(1 for line in lines if EXECVE_OK.search(line))
+    return programs(lines)
+
+
+def programs(lines):
+    """Counter {program: times started} of successful execve calls in ``strace -f`` output
+    (a call may be split in an "unfinished" and a "resumed" line of the same pid)."""
+    started, calling = collections.Counter(), {}
+    for line in lines:
+        call = EXECVE_CALL.match(line)
+        if call:
+            calling[call.group(1)] = os.path.basename(call.group(2))
+        done = EXECVE_DONE.match(line)
+        if done and done.group(1) in calling:
+            started[calling.pop(done.group(1))] += 1
+    return started
 
 
 def one_round(index, trace=False):
-    """{"first": seconds, "again": seconds, "first_execs": {gw: n}, "again_execs": {...}}"""
+    """{"first": seconds, "again": seconds, "first_execs": {gw: Counter}, "again_execs": ...}"""
     result = {}
     with Lab(DEFAULT.subset(role.HOSTS), name=f"vgwlab-bench{index}", log=None) as lab:
         role.prepare(lab)
@@ -68,6 +84,7 @@ def one_round(index, trace=False):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3, help="untraced rounds (default 3)")
+    parser.add_argument("--top", type=int, default=15, help="programs listed (default 15)")
     args = parser.parse_args()
     timed = [one_round(i) for i in range(args.rounds)]
     traced = one_round(args.rounds, trace=True)
@@ -81,9 +98,15 @@ def main():
     for run, label in (("first", "first converge"), ("again", "no-change re-apply")):
         times = [r[run] for r in timed]
         changed = ", ".join(f"{g} {n}" for g, n in sorted(timed[0][f"{run}_changed"].items()))
-        execs = ", ".join(f"{g} {n}" for g, n in sorted(traced[f"{run}_execs"].items()))
+        execs = ", ".join(f"{g} {sum(c.values())}"
+                          for g, c in sorted(traced[f"{run}_execs"].items()))
         print(f"| {label} | {statistics.median(times):.1f} | {min(times):.1f} | "
               f"{max(times):.1f} | {changed} | {execs} |")
+    gateway = role.GATEWAYS[0]
+    print(f"\nprograms the no-change re-apply starts on {gateway} (most first)\n")
+    print("| program | times |\n| --- | --- |")
+    for program, count in traced["again_execs"][gateway].most_common(args.top):
+        print(f"| {program} | {count} |")
 
 
 if __name__ == "__main__":
