@@ -33,6 +33,9 @@ CACHE = Path(os.environ.get("VPN_GATEWAY_GUEST_CACHE", "/var/cache/vpn-gateway/g
 KERNEL_PACKAGE = "linux-image-amd64"
 QEMU = "qemu-system-x86_64"
 GUEST_DIR = Path(__file__).resolve().parent / "guest"
+# The repo (and its venv) at its own path in the guest, shared on its own: the
+# guest mounts fresh tmpfs on /tmp and /var/tmp, where a CI checkout may live.
+REPO = GUEST_DIR.parent.parent
 # What the initramfs loads to reach the host; their dependencies come along.
 INITRAMFS_MODULES = ("virtio_pci", "9pnet_virtio", "9p", "overlay")
 INITRAMFS_TOOLS = ("sh", "mount", "mkdir", "insmod", "cat", "cut", "echo", "poweroff", "hostname",
@@ -233,14 +236,18 @@ def qemu_argv(kern, initramfs, exchange, memory, cpus):
                 f"multidevs=remap{',readonly=on' if readonly else ''}",
                 "-device", f"virtio-9p-pci,fsdev={tag},mount_tag={tag}"]
 
-    cmdline = f"console=ttyS0 panic=-1 loglevel=4 vgw_pid1={GUEST_DIR / 'pid1.py'}"
+    if any(c.isspace() for c in str(REPO)):
+        raise GuestError(f"the repo path {REPO} has white space: the guest's kernel command "
+                         "line cannot carry it; clone the repo elsewhere")
+    cmdline = (f"console=ttyS0 panic=-1 loglevel=4 vgw_repo={REPO} "
+               f"vgw_pid1={GUEST_DIR / 'pid1.py'}")
     return [
         QEMU, "-nodefaults", "-no-user-config", "-no-reboot", "-display", "none",
         "-accel", "tcg,thread=multi", "-cpu", "max", "-machine", "q35",
         "-m", memory, "-smp", str(cpus), "-nic", "none", "-serial", "stdio",
         "-kernel", str(kern.vmlinux), "-initrd", str(initramfs), "-append", cmdline,
         *share("hostroot", "/", True), *share("kmods", kern.layer, True),
-        *share("exchange", exchange, False),
+        *share("exchange", exchange, False), *share("repo", REPO, True),
     ]
 
 

@@ -51,10 +51,13 @@ def test_the_guest_has_no_network_and_the_host_root_is_read_only(tmp_path):
     fsdevs = [argv[i + 1] for i, a in enumerate(argv) if a == "-fsdev"]
     shares = {dict(kv.split("=", 1) for kv in f.split(",")[1:] if "=" in kv)["id"]: f
               for f in fsdevs}
-    assert set(shares) == {"hostroot", "kmods", "exchange"}
+    assert set(shares) == {"hostroot", "kmods", "exchange", "repo"}
     assert "path=/," in shares["hostroot"] and "readonly=on" in shares["hostroot"]
     assert "readonly=on" in shares["kmods"] and "readonly=on" not in shares["exchange"]
     assert f"path={tmp_path / 'exchange'}," in shares["exchange"]
+    # the repo at its own path, also where the guest's fresh /tmp would hide it
+    assert f"path={qemu.REPO}," in shares["repo"] and "readonly=on" in shares["repo"]
+    assert f"vgw_repo={qemu.REPO} " in argv[argv.index("-append") + 1]
 
 
 def test_pytest_summary_is_read_as_counts():
