@@ -37,6 +37,8 @@ def main(argv=None):
             print(f"lab: {lab.name} left running; stop it with: python -m lab clean {lab.name}")
             return 0
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        # Started in the background by a non-interactive shell, SIGINT arrives ignored.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
             print("lab: running; Ctrl-C tears it down")
             signal.pause()
