@@ -124,7 +124,12 @@ def test_ctrl_c_tears_the_lab_down():
     _wait_running(proc)
     assert any(item.startswith("process") for item in leftovers(name))
     proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=30) == 0
+    try:
+        assert proc.wait(timeout=60) == 0
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail(f"lab up still running 60 s after SIGINT: {proc.communicate()[0]}\n"
+                    f"left: {leftovers(name)}")
     assert leftovers(name) == []
 
 
