@@ -343,10 +343,9 @@ class _Tail:
 
 def pytest(paths, *args, **kwargs):
     """Run pytest on ``paths`` (test files or dirs of this repo) inside a fresh guest."""
-    repo = Path(__file__).resolve().parent.parent
-    python = Path(os.environ.get("VPN_GATEWAY_VENV", repo / ".venv")) / "bin/python"
+    python = Path(os.environ.get("VPN_GATEWAY_VENV", REPO / ".venv")) / "bin/python"
     argv = [str(python), "-m", "pytest", "-p", "no:cacheprovider", *map(str, paths), *args]
-    return run(argv, cwd=repo, **kwargs)
+    return run(argv, cwd=REPO, **kwargs)
 
 
 def pytest_outcomes(output):

@@ -19,6 +19,9 @@ def test_esp_data_plane_in_a_qemu_guest(esp, guest_pytest, capsys):
     with capsys.disabled():
         print(f"\nguest: booted in {result.timings['boot']:.1f}s, "
               f"tests took {result.timings['command']:.1f}s")
+        for line in result.stdout.splitlines():  # what the in-guest tests measured
+            if "full data path" in line:
+                print(f"guest: {line.strip()}")
     assert result.returncode == 0, output
     counts = qemu.pytest_outcomes(result.stdout)
     # Every test ran and passed in the guest: a skip there would mean no ESP after all.

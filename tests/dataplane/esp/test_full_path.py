@@ -60,6 +60,9 @@ def path(lab_factory):
     assert isinstance(returns, dict), returns  # a list: the formulas did not render
     failed = {r["__id__"]: r["comment"] for r in returns.values() if r["result"] is False}
     assert not failed, f"{failed}\n{pluto_log(gateway)}"
+    slowest = sorted(returns.values(), key=lambda r: -r.get("duration", 0))[:5]
+    print("full data path slowest states (s): "
+          + ", ".join(f"{r['__id__']} {r.get('duration', 0) / 1000:.1f}" for r in slowest))
     return lab
 
 
