@@ -128,8 +128,10 @@ def test_ctrl_c_tears_the_lab_down():
         assert proc.wait(timeout=60) == 0
     except subprocess.TimeoutExpired:
         proc.kill()
+        left = leftovers(name)
+        _lab_command("clean", name)  # the failure leaves no lab behind
         pytest.fail(f"lab up still running 60 s after SIGINT: {proc.communicate()[0]}\n"
-                    f"left: {leftovers(name)}")
+                    f"left: {left}")
     assert leftovers(name) == []
 
 
