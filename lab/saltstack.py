@@ -155,20 +155,25 @@ def commit_pillar(lab, path, content, message):
     master.run(["salt-run", "git_pillar.update"], check=True, timeout=120)
 
 
+def local_minion_config(repo, pillar_root):
+    """Minion config for ``salt-call --local`` over ``repo``'s formulas and
+    modules (no sync needed) with pillar from ``pillar_root``."""
+    return {
+        "file_client": "local",
+        "file_roots": {"base": [str(repo / "salt" / "states"), str(repo / "salt")]},
+        "pillar_roots": {"base": [str(pillar_root)]},
+        "module_dirs": [str(repo / "salt" / "_modules")],
+        "states_dirs": [str(repo / "salt" / "_states")],
+        "beacons_dirs": [str(repo / "salt" / "_beacons")],
+    }
+
+
 def masterless(lab, host):
     """Make ``host`` a masterless minion (``salt-call --local``) over this repo's
     formulas, modules and example pillar (pillar/), with its own id; for hosts
     of a lab without a salt-master."""
-    repo = lab.repo
-    host.put("/etc/salt/minion.d/masterless.conf", yaml.safe_dump({
-        "id": host.name,
-        "file_client": "local",
-        "file_roots": {"base": [str(repo / "salt" / "states"), str(repo / "salt")]},
-        "pillar_roots": {"base": [str(repo / "pillar")]},
-        "module_dirs": [str(repo / "salt" / "_modules")],
-        "states_dirs": [str(repo / "salt" / "_states")],
-        "beacons_dirs": [str(repo / "salt" / "_beacons")],
-    }))
+    config = {"id": host.name, **local_minion_config(lab.repo, lab.repo / "pillar")}
+    host.put("/etc/salt/minion.d/masterless.conf", yaml.safe_dump(config))
 
 
 def call_local(lab, host, function, *args, timeout=120):

@@ -19,7 +19,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from lab import DEFAULT, Lab, capabilities  # noqa: E402
+from lab import DEFAULT, Lab, capabilities, saltstack  # noqa: E402
 
 VENV_BIN = Path(sys.executable).parent
 _lab_counter = itertools.count()
@@ -64,12 +64,8 @@ def salt_call_config(tmp_path_factory):
     """A minion config dir for ``salt-call --local`` over this repo's tree."""
     root = tmp_path_factory.mktemp("salt-local")
     config = {
+        **saltstack.local_minion_config(REPO, root / "pillar"),
         "root_dir": str(root),
-        "file_client": "local",
-        "file_roots": {"base": [str(REPO / "salt" / "states"), str(REPO / "salt")]},
-        "pillar_roots": {"base": [str(root / "pillar")]},
-        "module_dirs": [str(REPO / "salt" / "_modules")],
-        "states_dirs": [str(REPO / "salt" / "_states")],
         "log_file": str(root / "minion.log"),
         "log_level_logfile": "debug",
         "cachedir": str(root / "cache"),

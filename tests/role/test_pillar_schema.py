@@ -11,6 +11,8 @@ import pytest
 import yaml
 from repo_modules import load
 
+from lab import peers, saltstack
+
 REPO = Path(__file__).resolve().parents[2]
 SALT_CALL = Path(sys.executable).parent / "salt-call"
 SCHEMA = yaml.safe_load((REPO / "salt/states/vpn_gateway/schema.yaml").read_text())
@@ -32,10 +34,8 @@ def example_minion(tmp_path_factory):
     """salt-call --local over the repo's state tree and its example pillar."""
     root = tmp_path_factory.mktemp("example-pillar")
     (root / "minion").write_text(yaml.safe_dump({
-        "root_dir": str(root), "file_client": "local", "log_file": str(root / "log"),
-        "file_roots": {"base": [str(REPO / "salt/states"), str(REPO / "salt")]},
-        "pillar_roots": {"base": [str(REPO / "pillar")]},
-        "module_dirs": [str(REPO / "salt/_modules")], "states_dirs": [str(REPO / "salt/_states")],
+        **saltstack.local_minion_config(REPO, REPO / "pillar"),
+        "root_dir": str(root), "log_file": str(root / "log"),
     }))
 
     def call(minion_id, *args):
@@ -76,6 +76,4 @@ def test_a_wrong_key_fails_the_role_before_anything_runs(example_minion):
 
 @pytest.mark.unit
 def test_the_labs_remote_gateways_use_the_example_pillars_psk():
-    from lab import peers
-
     assert f"psk: '{peers.EXAMPLE_PSK}'" in (REPO / "pillar/vpn_gateway/tunnel.sls").read_text()
