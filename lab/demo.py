@@ -9,7 +9,6 @@ from . import capabilities, peers, postgres, role, topology
 from .lab import Lab
 
 STATUS_CALLS = ("libreswan.status", "pgbouncer.status")
-POOLER = ("198.18.2.11", 6432, "appdb")  # vpn-gw1's pooler (pillar vpn_gateway:pooler)
 
 
 def summarize(returns):
@@ -21,15 +20,6 @@ def summarize(returns):
         lines.append(f"  {minion}: {len(states)} states, {changed} changed, {len(failed)} failed"
                      + (f" ({', '.join(failed)})" if failed else ""))
     return "\n".join(lines)
-
-
-def select_one(lab):
-    """psql in k8s-node1 -> PgBouncer on vpn-gw1 -> PostgreSQL in remote-db."""
-    host, port, database = POOLER
-    return lab["k8s-node1"].run(
-        ["psql", "-X", "-At", "-h", host, "-p", str(port), "-U", postgres.ROLE, "-d", database,
-         "-c", "SELECT 1"], env={"PGPASSWORD": postgres.PASSWORD, "PGCONNECT_TIMEOUT": "10"},
-        timeout=60)
 
 
 def run(keep=False, name=None):
@@ -53,9 +43,9 @@ def run(keep=False, name=None):
         path = ("through the IPsec tunnel" if esp else
                 f"over the lab's routed path, not the tunnel: {why}; "
                 "docs/dataplane.md runs it through the tunnel in a QEMU guest")
-        print(f"== k8s-node1$ psql -h {POOLER[0]} -p {POOLER[1]} -U {postgres.ROLE} "
-              f"-d {POOLER[2]} -c 'SELECT 1'   ({path})")
-        answer = select_one(lab)
+        print(f"== k8s-node1$ psql -h {role.POOLER[0]} -p {role.POOLER[1]} -U {postgres.ROLE} "
+              f"-d {role.POOLER[2]} -c 'SELECT 1'   ({path})")
+        answer = role.select_one(lab)
         print(f"  {answer.stdout.strip() or answer.stderr.strip()}")
     finally:
         if keep:

@@ -3,13 +3,15 @@ highstate (the Kubernetes API for the k8s part, the role grain, synced
 modules). Shared by the role test, the demo and the role benchmark."""
 import time
 
-from . import kubeapi, saltstack
+from . import kubeapi, postgres, saltstack
+from .lab import SLOWDOWN
 
 HOSTS = ["salt-master", "vpn-gw1", "vpn-gw2", "remote-gw-primary", "remote-gw-backup",
          "remote-db", "k8s-node1"]
 GATEWAYS = ["vpn-gw1", "vpn-gw2"]
 KUBECONFIG = "/etc/vpn-gateway/kubeconfig"  # pillar vpn_gateway:kubernetes:kubeconfig
 KUBERNETES_MINION = "vpn-gw1"  # pillar vpn_gateway:kubernetes:minion
+POOLER = ("198.18.2.11", 6432, "appdb")  # vpn-gw1's pooler as pods reach it (vpn_gateway:pooler)
 
 
 def prepare(lab, timeout=120):
@@ -37,3 +39,13 @@ def highstate(lab, test=False, timeout=900):
             raise RuntimeError(f"{minion}: state.apply did not run: {ret}")
         by_id[minion] = {r["__id__"]: r for r in ret.values()}
     return by_id
+
+
+def select_one(lab):
+    """``SELECT 1`` with psql in k8s-node1 through vpn-gw1's pooler, as a pod would."""
+    host, port, database = POOLER
+    return lab["k8s-node1"].run(
+        ["psql", "-X", "-At", "-h", host, "-p", str(port), "-U", postgres.ROLE, "-d", database,
+         "-c", "SELECT 1"],
+        env={"PGPASSWORD": postgres.PASSWORD, "PGCONNECT_TIMEOUT": str(int(10 * SLOWDOWN))},
+        timeout=60)

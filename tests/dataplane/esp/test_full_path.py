@@ -20,8 +20,7 @@ import time
 import pytest
 from esp_helpers import SLOW, esp_bytes, pluto_log, wait_esp_pair
 
-from lab import peers, postgres, saltstack
-from lab.lab import SLOWDOWN
+from lab import peers, postgres, role, saltstack
 
 pytestmark = [pytest.mark.lab, pytest.mark.esp]
 
@@ -30,8 +29,6 @@ GATEWAY, GATEWAY_WAN, PEER_WAN = "vpn-gw1", "198.18.0.11", "198.18.0.21"
 TUNNEL, TUNNEL_IP = "remote-db", "198.19.10.1"  # vpn_gateway:tunnel of vpn-gw1
 PEER = "remote-gw-primary"
 ROLE_SLS = "vpn_gateway.sysctl,vpn_gateway.ipsec,vpn_gateway.pgbouncer"
-# vpn-gw1's pooler as pods reach it (pillar/vpn_gateway/pooler.sls)
-POOLER, POOLER_PORT, POOLED_DB = "198.18.2.11", 6432, "appdb"
 # On the remote gateway: forward to the database network only what IPsec decrypted.
 ONLY_DECRYPTED = """\
 table inet dataplane {
@@ -49,7 +46,7 @@ def path(lab_factory):
     started = time.monotonic()
     lab = lab_factory(HOSTS)
     timings["lab up"] = time.monotonic() - started
-    lab["remote-gw-primary"].run(["nft", "-f", "-"], input=ONLY_DECRYPTED, check=True)
+    lab[PEER].run(["nft", "-f", "-"], input=ONLY_DECRYPTED, check=True)
     peers.configure(lab)
     postgres.start(lab["remote-db"])
     gateway = lab[GATEWAY]
@@ -66,15 +63,6 @@ def path(lab_factory):
     return lab
 
 
-def select_one(lab):
-    """``SELECT 1`` with psql from k8s-node1 through the pooler, as a pod would."""
-    return lab["k8s-node1"].run(
-        ["psql", "-X", "-At", "-h", POOLER, "-p", str(POOLER_PORT), "-U", postgres.ROLE,
-         "-d", POOLED_DB, "-c", "SELECT 1"],
-        env={"PGPASSWORD": postgres.PASSWORD, "PGCONNECT_TIMEOUT": str(int(30 * SLOWDOWN))},
-        timeout=SLOW)
-
-
 def test_the_formulas_tunnel_has_child_sas_on_both_sides(path):
     wait_esp_pair(path[GATEWAY], GATEWAY_WAN, PEER_WAN)
     wait_esp_pair(path[PEER], PEER_WAN, GATEWAY_WAN)
@@ -86,7 +74,7 @@ def test_select_1_from_k8s_node_through_pooler_and_tunnel(path):
     gateway = path[GATEWAY]
     before = wait_esp_pair(gateway, GATEWAY_WAN, PEER_WAN)
     started = time.monotonic()
-    answer = select_one(path)
+    answer = role.select_one(path)
     timings["SELECT 1"] = time.monotonic() - started
     assert answer.ok and answer.stdout.strip() == "1", f"{answer}\n{pluto_log(gateway)}"
     after = esp_bytes(gateway)
