@@ -1,13 +1,14 @@
-"""Command line: python -m lab {up,clean,leftovers,probe,demo,guest}.
+"""Command line: python -m lab {up,clean,leftovers,probe,demo,guest,images}.
 
 ``up`` starts hosts and keeps them until Ctrl-C (or ``--detach``);
-``clean`` removes everything of a lab (default: every lab on this machine).
+``clean`` removes everything of a lab (default: every lab on this machine);
+``images`` builds the hosts' root filesystems that are missing or stale.
 """
 import argparse
 import signal
 import sys
 
-from . import capabilities, topology
+from . import capabilities, images, topology
 from .lab import PREFIX, Lab, clean, leftovers
 
 
@@ -18,12 +19,21 @@ def main(argv=None):
     up.add_argument("hosts", nargs="*", help=f"a subset of {topology.DEFAULT.names()}")
     up.add_argument("--name", help=f"lab name, {PREFIX}-<tag> (default {PREFIX}-demo)")
     up.add_argument("--detach", action="store_true", help="leave the hosts running and return")
+    up.add_argument("--platform", choices=sorted(images.PLATFORMS), default=None,
+                    help=f"the hosts' Debian (default {images.DEFAULT_PLATFORM})")
+    build = sub.add_parser("images", help="build the lab's images (mmdebstrap) that are "
+                           "missing or stale")
+    build.add_argument("platforms", nargs="*", choices=[[], *sorted(images.PLATFORMS)],
+                       help="default: all")
+    build.add_argument("--rebuild", action="store_true", help="build even when cached")
     for verb in ("clean", "leftovers"):
         p = sub.add_parser(verb, help=f"{verb} a lab (default: every lab)")
         p.add_argument("name", nargs="?", default=PREFIX)
     sub.add_parser("probe", help="can this kernel install an ESP SA?")
     demo = sub.add_parser("demo", help="README command 1: the gateway role on the whole lab")
     demo.add_argument("--keep", action="store_true", help="leave the lab running afterwards")
+    demo.add_argument("--platform", choices=sorted(images.PLATFORMS), default=None,
+                      help=f"the hosts' Debian (default {images.DEFAULT_PLATFORM})")
     guest = sub.add_parser("guest", help="run a command in a fresh QEMU guest with ESP "
                            "(python -m lab guest -- python3 -m lab probe)")
     guest.add_argument("--timeout", type=float, default=1800, help="seconds (default 1800)")
@@ -32,7 +42,7 @@ def main(argv=None):
 
     if args.command == "up":
         topo = topology.DEFAULT.subset(args.hosts) if args.hosts else topology.DEFAULT
-        lab = Lab(topo, name=args.name).start()
+        lab = Lab(topo, name=args.name, platform=args.platform).start()
         if args.detach:
             print(f"lab: {lab.name} left running; stop it with: python -m lab clean {lab.name}")
             return 0
@@ -56,7 +66,11 @@ def main(argv=None):
     elif args.command == "demo":
         from . import demo as demo_job
 
-        demo_job.run(keep=args.keep)
+        demo_job.run(keep=args.keep, platform=args.platform)
+    elif args.command == "images":
+        for platform in args.platforms or sorted(images.PLATFORMS):
+            for kind, path in images.ensure(platform, rebuild=args.rebuild).items():
+                print(f"{platform} {kind}: {path}")
     elif args.command == "guest":
         from . import qemu
 

@@ -22,9 +22,9 @@ def summarize(returns):
     return "\n".join(lines)
 
 
-def run(keep=False, name=None):
+def run(keep=False, name=None, platform=None):
     print("== starting the lab (systemd-nspawn hosts in network namespaces, 198.18.0.0/15)")
-    lab = Lab(topology.DEFAULT, name=name).start()
+    lab = Lab(topology.DEFAULT, name=name, platform=platform).start()
     try:
         print("== remote side, by hand: IPsec on remote-gw-primary/backup, PostgreSQL in "
               "remote-db; a Kubernetes API server for the k8s part")

@@ -1,8 +1,10 @@
 """Real hosts on one machine: systemd-nspawn containers in network namespaces.
 
-Each host boots real systemd from an overlay of this machine's root (so every
-installed package is there) with its own writable /etc, /run and /var (the
-overlay's upper dir, on a tmpfs of the lab's own). Its network namespace is
+Each host boots real systemd from an overlay of a Debian image built from
+Debian's packages (lab/images.py: ``fresh`` for the gateways, which the role
+must install itself, ``provisioned`` for the rest), with its own writable
+/etc, /run and /var (the overlay's upper dir, on a tmpfs of the lab's own).
+The platform (``debian12``, ``debian13``) is the lab's, or a host's own. Its network namespace is
 wired to a fabric namespace that holds one bridge per segment. Everything the
 lab creates carries its name (``vgwlab`` by default): ``clean(name)`` removes
 whatever a killed run left, and ``leftovers(name)`` proves nothing is left.
@@ -15,6 +17,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from . import images
 from . import topology as topo
 
 PREFIX = "vgwlab"
@@ -63,6 +66,7 @@ class LabHost:
         self.machine = self.netns
         self.dir = lab.dir / spec.name
         self.root = self.dir / "root"
+        self.platform = images.PLATFORMS[spec.platform or lab.platform]
         self.nspawn = None  # the systemd-nspawn process
         self.pid = None  # the container's PID 1, as seen from the root namespace
 
@@ -170,16 +174,25 @@ class Lab:
     'vpn-gw1\\n'
     """
 
-    def __init__(self, topology=topo.DEFAULT, name=None, repo=REPO, venv=None, log=print):
+    def __init__(self, topology=topo.DEFAULT, name=None, repo=REPO, venv=None, log=print,
+                 platform=None, repos=()):
         self.name = name or os.environ.get("VGWLAB_NAME", f"{PREFIX}-demo")
         if not re.fullmatch(rf"{PREFIX}-[a-z0-9]+", self.name):
             raise ValueError(f"a lab name is {PREFIX}-<letters and digits> (got {self.name!r}), "
                              "so that clean() finds everything it made")
         self.topology = topology
+        self.platform = platform or images.DEFAULT_PLATFORM
+        if self.platform not in images.PLATFORMS:
+            raise ValueError(f"unknown platform {self.platform!r}; "
+                             f"known: {sorted(images.PLATFORMS)}")
         self.repo = Path(repo).resolve()
         self.venv = Path(venv or os.environ.get("VPN_GATEWAY_VENV", self.repo / ".venv")).resolve()
         self.dir = STATE_ROOT / self.name
         self.hosts = {h.name: LabHost(self, h) for h in topology.hosts}
+        # Every platform's offline apt repository that a host may use (its own,
+        # plus ``repos``: an upgrade test adds the newer platform's).
+        self.platforms = sorted({h.platform.name for h in self.hosts.values()} | set(repos))
+        self.images = {}  # platform -> {kind: path}, filled at start
         self.fabric = f"{self.name}-fabric"
         self.log = log or (lambda *a: None)
         self.timings = {}
@@ -208,6 +221,9 @@ class Lab:
             self.log(f"lab: cleaning what an earlier run of {self.name} left")
             clean(self.name)
         _raise_inotify_limit()
+        for platform in self.platforms:
+            self.images[platform] = images.ensure(platform, log=self.log)
+        self.timings["images"] = time.monotonic() - started
         self.dir.mkdir(parents=True, exist_ok=True)
         sh(["mount", "-t", "tmpfs", "-o", "mode=0700", self.name, str(self.dir)])
         self._wire()
@@ -265,8 +281,9 @@ class Lab:
     def _prepare(self, host):
         for sub in ("upper", "work", "root"):
             (host.dir / sub).mkdir(parents=True)
+        image = self.images[host.platform.name][host.spec.image]
         sh(["mount", "-t", "overlay", host.machine, "-o",
-            f"lowerdir=/,upperdir={host.dir / 'upper'},workdir={host.dir / 'work'}",
+            f"lowerdir={image},upperdir={host.dir / 'upper'},workdir={host.dir / 'work'}",
             str(host.root)])
         host.put("/etc/hostname", f"{host.name}\n")
         hosts = ["127.0.0.1 localhost", f"127.0.1.1 {host.name}"]
@@ -278,13 +295,19 @@ class Lab:
 
     def _boot(self, host):
         log = open(host.dir / "console.log", "w")
-        binds = {self.repo, self.venv}
+        # The repo, the venv and its interpreter's tree (Salt's programs), at their own paths.
+        shared = {self.repo, self.venv, _python_home(self.venv)}
+        binds = [f"--bind-ro={path}" for path in sorted(shared)]
+        binds += [f"--bind-ro={self.images[p]['repo']}:{images.REPO_MOUNT}/{p}"
+                  for p in self.platforms]
+        if Path(KUBECTL).exists():  # not a Debian package: the machine image's own client
+            binds.append(f"--bind-ro={KUBECTL}:/usr/local/bin/kubectl")
         argv = [
             "systemd-nspawn", "--quiet", "--boot", "--register=no", "--keep-unit",
             "--capability=all", "--link-journal=no", "--console=pipe",
             f"--directory={host.root}", f"--machine={host.machine}", f"--hostname={host.name}",
             f"--network-namespace-path=/run/netns/{host.netns}",
-            *(f"--bind-ro={path}" for path in sorted(binds)),
+            *binds,
         ]
         # /proc/sys/net writable (it is the host's own network namespace), so that
         # formulas can set net.* sysctls; the rest of /proc/sys stays read-only.
@@ -308,6 +331,19 @@ class Lab:
         clean(self.name)
         self.timings["stop"] = time.monotonic() - started
         self.log(f"lab: {self.name} torn down in {self.timings['stop']:.1f}s")
+
+
+KUBECTL = "/usr/bin/kubectl"
+
+
+def _python_home(venv):
+    """The installation the venv's interpreter belongs to (pyvenv.cfg's home, less bin/)."""
+    config = (Path(venv) / "pyvenv.cfg").read_text()
+    home = Path(re.search(r"^home\s*=\s*(.+)$", config, re.M).group(1).strip()).parent
+    if home == Path("/usr"):
+        raise LabError(f"the venv {venv} uses this machine's /usr/bin/python3: image hosts cannot "
+                       "bind /usr; make the venv from a Python installed elsewhere (pyenv, /opt)")
+    return home
 
 
 INOTIFY_INSTANCES = Path("/proc/sys/fs/inotify/max_user_instances")

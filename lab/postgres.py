@@ -1,4 +1,5 @@
-"""PostgreSQL 15 with SCRAM auth in the lab's remote-db host (the remote cloud's
+"""PostgreSQL (the platform's: 15 on debian12, 17 on debian13) with SCRAM auth
+in the lab's remote-db host (the remote cloud's
 database): listens on every lab address, accepts SCRAM logins from
 198.18.0.0/15, with the example pillar's pooler user and its databases.
 Used by the demo, the pooler and data-path tests and the pgbench benchmark."""
@@ -9,14 +10,16 @@ DATABASES = ("app", "app2")
 
 def start(db, max_connections=100):
     """Configure and start the cluster in host ``db``; create role ``app`` and its databases."""
-    db.put("/etc/postgresql/15/main/conf.d/lab.conf",
+    version = db.platform.postgresql
+    db.put(f"/etc/postgresql/{version}/main/conf.d/lab.conf",
            f"listen_addresses = '*'\nmax_connections = {max_connections}\n"
            "password_encryption = 'scram-sha-256'\n")
-    hba = db.read("/etc/postgresql/15/main/pg_hba.conf")
+    hba = db.read(f"/etc/postgresql/{version}/main/pg_hba.conf")
     rule = "host all all 198.18.0.0/15 scram-sha-256\n"
     if rule not in hba:
-        db.put("/etc/postgresql/15/main/pg_hba.conf", hba + rule, mode=0o640, owner="postgres")
-    db.run(["systemctl", "start", "postgresql@15-main"], check=True, timeout=60)
+        db.put(f"/etc/postgresql/{version}/main/pg_hba.conf", hba + rule, mode=0o640,
+               owner="postgres")
+    db.run(["systemctl", "start", f"postgresql@{version}-main"], check=True, timeout=60)
     db.wait_port(5432, "198.19.1.10")
     sql(db, f"CREATE ROLE {ROLE} LOGIN PASSWORD '{PASSWORD}'")
     for name in DATABASES:

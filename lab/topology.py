@@ -25,7 +25,10 @@ class Host:
     interface is named after the segment, ``<segment>0``); ``loopback`` holds
     extra /32s on ``lo`` (tunnel endpoints, database endpoints); ``routes``
     are ``(destination, gateway)`` pairs; ``forwarding`` makes it a router.
-    ``salt`` is ``"master"``, ``"minion"`` or None.
+    ``salt`` is ``"master"``, ``"minion"`` or None. ``image`` is the root
+    filesystem it boots (lab/images.py): ``"fresh"`` (nothing of the role: the
+    gateways, which the role must install) or ``"provisioned"``; ``platform``
+    (``debian12``, ``debian13``) overrides the lab's.
     """
 
     name: str
@@ -34,6 +37,8 @@ class Host:
     routes: tuple = ()
     forwarding: bool = False
     salt: str = None
+    image: str = "provisioned"
+    platform: str = None
 
     def address(self, segment):
         return self.addresses[segment]
@@ -129,6 +134,7 @@ DEFAULT = Topology(
             loopback=("198.19.10.1",),
             routes=(("198.19.1.0/24", "198.18.0.21"), ("198.19.0.0/24", "198.18.0.21")),
             salt="minion",
+            image="fresh",
         ),
         Host(
             "vpn-gw2",
@@ -136,6 +142,7 @@ DEFAULT = Topology(
             loopback=("198.19.10.2",),
             routes=(("198.19.1.0/24", "198.18.0.21"), ("198.19.0.0/24", "198.18.0.21")),
             salt="minion",
+            image="fresh",
         ),
         Host(
             "remote-gw-primary",

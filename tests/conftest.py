@@ -1,7 +1,9 @@
 """Fixtures shared by every test tier.
 
 - ``lab_factory(hosts)``: a started lab with those hosts (module scope: torn
-  down after the test module, also on failure). Needs root.
+  down after the test module, also on failure). Needs root. Every test that
+  uses it runs once per platform that ``--platform`` names (``debian12``,
+  ``debian13``, ``all``: the default); ``platform`` is the one in use.
 - ``salt_call(function, *args, **kwargs)``: ``salt-call --local`` with this
   repo's modules, states and SLS tree, JSON result; no lab needed.
 - ``esp``: (supported, reason) of the kernel; ``require_esp`` skips without it.
@@ -19,22 +21,41 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from lab import DEFAULT, Lab, capabilities, saltstack  # noqa: E402
+from lab import DEFAULT, Lab, capabilities, images, saltstack  # noqa: E402
 
 VENV_BIN = Path(sys.executable).parent
 _lab_counter = itertools.count()
 
 
+def pytest_addoption(parser):
+    parser.addoption("--platform", choices=[*sorted(images.PLATFORMS), "all"], default="all",
+                     help="the lab hosts' Debian: debian12, debian13 or all (default)")
+
+
+def pytest_generate_tests(metafunc):
+    """Lab tests run once per platform, module by module (one lab at a time)."""
+    if "lab_factory" in metafunc.fixturenames:
+        chosen = metafunc.config.getoption("--platform")
+        platforms = sorted(images.PLATFORMS) if chosen == "all" else [chosen]
+        metafunc.parametrize("platform", platforms, scope="module")
+
+
 @pytest.fixture(scope="module")
-def lab_factory():
+def platform():
+    return images.DEFAULT_PLATFORM
+
+
+@pytest.fixture(scope="module")
+def lab_factory(platform):
     """Start lab hosts: ``lab = lab_factory(["salt-master", "vpn-gw1"])``."""
     if os.geteuid() != 0:
         pytest.skip("lab tests need root (network namespaces, mounts, systemd-nspawn)")
     started = []
 
-    def start(hosts=None, topology=DEFAULT):
+    def start(hosts=None, topology=DEFAULT, **options):
         name = f"vgwlab-t{os.getpid()}x{next(_lab_counter)}"
-        lab = Lab(topology.subset(hosts) if hosts else topology, name=name)
+        lab = Lab(topology.subset(hosts) if hosts else topology, name=name, platform=platform,
+                  **options)
         started.append(lab)
         return lab.start()
 
