@@ -6,10 +6,11 @@
 """
 import argparse
 import signal
+import subprocess
 import sys
 
 from . import capabilities, images, topology
-from .lab import PREFIX, Lab, clean, leftovers
+from .lab import HOST_PATH, PREFIX, Lab, clean, leftovers, running_pid
 
 
 def main(argv=None):
@@ -29,6 +30,11 @@ def main(argv=None):
     for verb in ("clean", "leftovers"):
         p = sub.add_parser(verb, help=f"{verb} a lab (default: every lab)")
         p.add_argument("name", nargs="?", default=PREFIX)
+    run = sub.add_parser("run", help="run a command in a host of a running lab "
+                         "(python -m lab run vgwlab-demo vpn-gw1 -- salt-call libreswan.status)")
+    run.add_argument("name")
+    run.add_argument("host")
+    run.add_argument("host_argv", nargs=argparse.REMAINDER, metavar="-- CMD...")
     sub.add_parser("probe", help="can this kernel install an ESP SA?")
     demo = sub.add_parser("demo", help="README command 1: the gateway role on the whole lab")
     demo.add_argument("--keep", action="store_true", help="leave the lab running afterwards")
@@ -59,6 +65,12 @@ def main(argv=None):
     elif args.command == "clean":
         clean(args.name)
         print("\n".join(leftovers(args.name)) or "lab: nothing left")
+    elif args.command == "run":
+        command = args.host_argv[1:] if args.host_argv[:1] == ["--"] else args.host_argv
+        argv = ["nsenter", "-t", str(running_pid(args.name, args.host)), "-a", "--wdns=/", "--",
+                "/usr/bin/env", "-i", f"PATH={HOST_PATH}", "LANG=C.UTF-8", "HOME=/root",
+                *(command or ["/bin/bash", "-l"])]
+        return subprocess.call(argv)
     elif args.command == "leftovers":
         left = leftovers(args.name)
         print("\n".join(left) or "lab: nothing left")

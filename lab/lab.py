@@ -379,6 +379,20 @@ def _is_namespace_init(pid):
     return len(nspids) >= 2 and nspids[-1] == "1"
 
 
+def running_pid(lab_name, host_name):
+    """PID 1 of host ``host_name`` of the running lab ``lab_name`` (for ``python -m lab run``)."""
+    machine = f"--machine={lab_name}-{host_name}".encode()
+    for pid in _nspawn_processes(lab_name):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        inits = [c for c in _children(pid) if _is_namespace_init(c)]
+        if machine in argv and inits:
+            return inits[0]
+    raise LabError(f"no running host {host_name} in lab {lab_name} (python -m lab leftovers)")
+
+
 def _nspawn_processes(name):
     """PIDs of systemd-nspawn processes that run a machine of lab ``name``."""
     found = []
