@@ -61,8 +61,8 @@ FRESH_PACKAGES = ("systemd", "systemd-sysv", "dbus", "iproute2", "ca-certificate
 # a unit test keeps the two equal).
 ROLE_PACKAGES = ("libreswan", "pgbouncer", "firewalld", "logrotate", "postgresql-client",
                  "tcpdump", "nmap", "traceroute")
-# What the lab's other hosts run.
-PROVISIONED_PACKAGES = FRESH_PACKAGES + (
+# What the lab's other hosts run, on top of the fresh image's packages.
+PROVISIONED_PACKAGES = (
     "libreswan", "nftables", "postgresql", "postgresql-client", "pgbouncer", "git",
     "busybox-static", "firewalld", "tcpdump", "nmap", "traceroute", "logrotate")
 # Units the packages enable; on an image host each is started by the host's part.
@@ -108,7 +108,7 @@ def _local_source(platform):
 
 def recipe(platform, kind, source_lines):
     """What an image is built from: its key is the hash of this."""
-    packages = PROVISIONED_PACKAGES if kind == "provisioned" else FRESH_PACKAGES
+    packages = FRESH_PACKAGES + (PROVISIONED_PACKAGES if kind == "provisioned" else ())
     return {"version": RECIPE_VERSION, "suite": platform.suite, "sources": source_lines,
             "kind": kind, "packages": sorted(packages),
             "role": sorted(ROLE_PACKAGES) if kind != "provisioned" else [],
@@ -199,7 +199,8 @@ def _build_provisioned(platform, source_lines, final, log):
     staging = _staging(final)
     hooks = [f'chroot "$1" systemctl disable --quiet {" ".join(PACKAGED_UNITS)} || true',
              f'mkdir -p "$1"{REPO_MOUNT}/{platform.name}']
-    _mmdebstrap(platform, source_lines, staging, PROVISIONED_PACKAGES, hooks, log)
+    _mmdebstrap(platform, source_lines, staging, FRESH_PACKAGES + PROVISIONED_PACKAGES, hooks,
+                log)
     _swap(staging, final)
 
 

@@ -34,7 +34,7 @@ def pytest_addoption(parser):
 
 def pytest_generate_tests(metafunc):
     """Lab tests run once per platform, module by module (one lab at a time)."""
-    if "lab_factory" in metafunc.fixturenames:
+    if "platform" in metafunc.fixturenames:
         chosen = metafunc.config.getoption("--platform")
         platforms = sorted(images.PLATFORMS) if chosen == "all" else [chosen]
         metafunc.parametrize("platform", platforms, scope="module")

@@ -1,6 +1,7 @@
 """The lab: real hosts that boot, talk over the lab fabric, run Salt, and leave
 nothing behind — after a clean stop, a Ctrl-C, a failed start or a kill -9."""
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from lab import DEFAULT, Lab, leftovers, saltstack
+from lab import DEFAULT, Lab, images, leftovers, saltstack
 
 pytestmark = pytest.mark.lab
 REPO = Path(__file__).resolve().parents[2]
@@ -38,10 +39,10 @@ def state_changes(returns):
             for m, ret in returns.items()}
 
 
-def test_gateways_answer_the_master_and_apply_a_state_then_nothing_is_left():
+def test_gateways_answer_the_master_and_apply_a_state_then_nothing_is_left(platform):
     before = root_listeners()
     name = f"vgwlab-f{os.getpid()}"
-    with Lab(DEFAULT.subset(HOSTS), name=name) as lab:
+    with Lab(DEFAULT.subset(HOSTS), name=name, platform=platform) as lab:
         print(f"lab start {lab.timings['start']:.1f}s (boot {lab.timings['boot']:.1f}s)")
         # every host is its own machine: hostname, private /etc
         for host in HOSTS:
@@ -50,8 +51,23 @@ def test_gateways_answer_the_master_and_apply_a_state_then_nothing_is_left():
         assert lab["vpn-gw2"].run(["test", "-e", "/etc/vpn-gateway-lab-marker"]).returncode == 1
         assert not Path("/etc/vpn-gateway-lab-marker").exists()
         # the fabric carries traffic between segments' hosts, and only lab addresses
-        assert lab["vpn-gw1"].run(["busybox", "ping", "-c1", "-W2", "198.18.0.21"]).ok
+        assert lab["remote-gw-primary"].run(["busybox", "ping", "-c1", "-W2", "198.18.0.11"]).ok
         assert not lab["remote-gw-primary"].run(["busybox", "ping", "-c1", "-W1", "198.18.1.2"]).ok
+
+        # a gateway is a fresh host of its platform: none of the role's packages,
+        # and its only apt source is the platform's offline repository
+        gw = lab["vpn-gw1"]
+        release = gw.read("/etc/os-release")
+        assert f"VERSION_CODENAME={images.PLATFORMS[platform].suite}" in release
+        installed = gw.run(["dpkg-query", "-W", "-f", "${Package} ${Status}\n"],
+                           check=True).stdout
+        assert not {line.split()[0] for line in installed.splitlines()
+                    if line.endswith(" installed")} & set(images.ROLE_PACKAGES)
+        sources = gw.run(["sh", "-c", "cat /etc/apt/sources.list /etc/apt/sources.list.d/* "
+                          "2>/dev/null"]).stdout
+        assert re.findall(r"URIs: (\S+)", sources) == [f"file:{images.REPO_MOUNT}/{platform}"], \
+            sources
+        assert gw.run(["test", "-s", f"{images.REPO_MOUNT}/{platform}/Packages"]).ok
 
         assert saltstack.salt(lab, "vpn-gw*", "test.ping") == {"vpn-gw1": True, "vpn-gw2": True}
 
