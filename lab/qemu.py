@@ -23,6 +23,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import zlib
 from pathlib import Path
@@ -346,6 +347,45 @@ def pytest(paths, *args, **kwargs):
     python = Path(os.environ.get("VPN_GATEWAY_VENV", REPO / ".venv")) / "bin/python"
     argv = [str(python), "-m", "pytest", "-p", "no:cacheprovider", *map(str, paths), *args]
     return run(argv, cwd=REPO, **kwargs)
+
+
+class GuestRuns:
+    """pytest on the ESP tests in fresh guests, one per platform, one guest at a
+    time (each takes both cores' worth of vCPUs and 4 GiB), in a background
+    thread: ``GuestRuns.started(platforms).result(platform)``."""
+
+    ESP_TESTS = "tests/dataplane/esp"
+    _current = None
+
+    def __init__(self, platforms, timeout=1500):
+        self.platforms, self.timeout, self.results = list(platforms), timeout, {}
+        self.thread = threading.Thread(target=self._run_all, daemon=True, name="qemu-guests")
+
+    @classmethod
+    def started(cls, platforms):
+        """The runs for ``platforms``, started now unless an earlier call started them."""
+        current = cls._current
+        if current is None or not set(platforms) <= set(current.platforms):
+            current = cls._current = cls(platforms)
+            current.thread.start()
+        return current
+
+    def _run_all(self):
+        for platform in self.platforms:
+            try:
+                self.results[platform] = pytest([self.ESP_TESTS], "-rA", f"--platform={platform}",
+                                                timeout=self.timeout)
+            except Exception as exc:  # noqa: BLE001 - raised by result() in the test
+                self.results[platform] = exc
+
+    def result(self, platform):
+        self.thread.join(self.timeout * len(self.platforms))
+        outcome = self.results.get(platform)
+        if isinstance(outcome, Exception):
+            raise outcome
+        if outcome is None:
+            raise GuestError(f"guest ({platform}): no result after {self.timeout}s per guest")
+        return outcome
 
 
 def pytest_outcomes(output):

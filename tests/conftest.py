@@ -40,6 +40,24 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("platform", platforms, scope="module")
 
 
+def pytest_collection_modifyitems(config, items):
+    """The in-guest tests (marker ``guest``) go last: their guests run in the
+    background meanwhile (pytest_collection_finish)."""
+    items.sort(key=lambda item: item.get_closest_marker("guest") is not None)
+
+
+def pytest_collection_finish(session):
+    platforms = [item.callspec.params["platform"] for item in session.items
+                 if item.get_closest_marker("guest") and hasattr(item, "callspec")]
+    if session.config.option.collectonly or os.geteuid() != 0:
+        return
+    if platforms and not capabilities.esp_support()[0]:
+        from lab import qemu
+
+        if qemu.available()[0]:
+            qemu.GuestRuns.started(platforms)
+
+
 @pytest.fixture(scope="module")
 def platform():
     return images.DEFAULT_PLATFORM

@@ -1,22 +1,23 @@
-"""Fixtures of the data-plane tests: run test paths inside a fresh QEMU guest."""
+"""Fixtures of the data-plane tests: the ESP tests run inside fresh QEMU guests.
+
+A guest run takes minutes of TCG, so tests/conftest.py starts the guests in the
+background as soon as collection ends (lab.qemu.GuestRuns), while the host
+labs run, and moves tests/dataplane/test_in_guest.py to the end of the
+session, where it only collects each platform's result.
+"""
 import pytest
 
 from lab import qemu
 
 
-@pytest.fixture(scope="module")
-def guest_pytest(esp):
-    """``guest_pytest(paths, *pytest_args)``: pytest on ``paths`` in a fresh QEMU guest.
+@pytest.fixture
+def guest_result(esp, platform):
+    """The in-guest pytest run (a GuestResult) of tests/dataplane/esp for ``platform``.
 
-    Returns a GuestResult (returncode, stdout, stderr, timings). Skips, naming
-    both reasons, when neither this kernel nor QEMU can provide ESP.
+    Skips, naming both reasons, when neither this kernel nor QEMU can provide ESP.
     """
     supported, kernel_reason = esp
     usable, guest_reason = qemu.available()
     if not usable:
         pytest.skip(f"no ESP here: {kernel_reason}; and no guest: {guest_reason}")
-
-    def run(paths, *args, timeout=1500):
-        return qemu.pytest(paths, "-rA", *args, timeout=timeout)
-
-    return run
+    return qemu.GuestRuns.started([platform]).result(platform)

@@ -1,27 +1,25 @@
-"""The ESP data-plane tests (tests/dataplane/esp) in a QEMU guest, when this
-kernel cannot install an ESP SA itself (FACTS: CONFIG_INET_ESP is off here)."""
-from pathlib import Path
-
+"""The ESP data-plane tests (tests/dataplane/esp) in a QEMU guest, once per
+platform, when this kernel cannot install an ESP SA itself (FACTS:
+CONFIG_INET_ESP is off here). The guests run in the background while the rest
+of the suite runs (tests/conftest.py); this test collects each result."""
 import pytest
 
 from lab import qemu
 
-ESP_TESTS = Path(__file__).resolve().parent / "esp"
-
-pytestmark = pytest.mark.lab
+pytestmark = [pytest.mark.lab, pytest.mark.guest]
 
 
-def test_esp_data_plane_in_a_qemu_guest(esp, guest_pytest, capsys):
+def test_esp_data_plane_in_a_qemu_guest(esp, guest_result, platform, capsys):
     if esp[0]:
         pytest.skip("this kernel has ESP: tests/dataplane/esp runs directly, not in a guest")
-    result = guest_pytest([ESP_TESTS])
+    result = guest_result
     output = f"{result.stdout}\n{result.stderr}"
     with capsys.disabled():
-        print(f"\nguest: booted in {result.timings['boot']:.1f}s, "
+        print(f"\nguest ({platform}): booted in {result.timings['boot']:.1f}s, "
               f"tests took {result.timings['command']:.1f}s")
         for line in result.stdout.splitlines():  # what the in-guest tests measured
             if "full data path" in line:
-                print(f"guest: {line.strip()}")
+                print(f"guest ({platform}): {line.strip()}")
     assert result.returncode == 0, output
     counts = qemu.pytest_outcomes(result.stdout)
     # Every test ran and passed in the guest: a skip there would mean no ESP after all.
