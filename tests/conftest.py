@@ -37,6 +37,9 @@ def pytest_generate_tests(metafunc):
     if "platform" in metafunc.fixturenames:
         chosen = metafunc.config.getoption("--platform")
         platforms = sorted(images.PLATFORMS) if chosen == "all" else [chosen]
+        only = metafunc.definition.get_closest_marker("platforms")  # a test for some only
+        if only:
+            platforms = [p for p in platforms if p in only.args]
         metafunc.parametrize("platform", platforms, scope="module")
 
 
