@@ -30,6 +30,7 @@ def prepare(lab, timeout=120):
 def highstate(lab, test=False, timeout=900):
     """``salt 'vpn-gw*' state.apply [test=True]`` -> {minion: {state id: return}}.
 
+    Each return gains ``__state__``, its state module (``pkg``, ``libreswan``...).
     A minion whose return is not a dict (a render error) raises."""
     returns = saltstack.salt(lab, "vpn-gw*", "state.apply", *(["test=True"] if test else []),
                              timeout=timeout)
@@ -37,7 +38,8 @@ def highstate(lab, test=False, timeout=900):
     for minion, ret in returns.items():
         if not isinstance(ret, dict):
             raise RuntimeError(f"{minion}: state.apply did not run: {ret}")
-        by_id[minion] = {r["__id__"]: r for r in ret.values()}
+        by_id[minion] = {r["__id__"]: {**r, "__state__": key.split("_|-")[0]}
+                         for key, r in ret.items()}
     return by_id
 
 

@@ -11,6 +11,8 @@ from lab.role import GATEWAYS
 pytestmark = pytest.mark.lab
 
 NEW_NODE = "198.18.2.38"
+# The pack's own states (salt/_states): their test=True changes are compared whole.
+PACK_STATES = {"libreswan", "pgbouncer", "firewalld", "k8s"}
 
 
 @pytest.fixture(scope="module")
@@ -40,11 +42,28 @@ def changed(returns):
             for m, states in returns.items()}
 
 
+def pack_changes(returns):
+    """{minion: {state id: changes}} of the pack's own states that change (or would)."""
+    return {m: {i: r["changes"] for i, r in states.items()
+                if r["__state__"] in PACK_STATES and (r["changes"] or r["result"] is None)}
+            for m, states in returns.items()}
+
+
 def test_test_mode_predicts_the_first_run_and_the_second_run_changes_nothing(lab):
-    prediction = predicted(highstate(lab, test=True))
+    # The gateways are fresh hosts: test=True must render and predict before
+    # any of the role's packages is installed, and touch nothing.
+    for gateway in GATEWAYS:
+        assert not lab[gateway].run(["dpkg-query", "-W", "libreswan"]).ok
+    dry = highstate(lab, test=True)
+    prediction = predicted(dry)
     assert all(prediction.values()), prediction
+    for gateway in GATEWAYS:
+        assert not lab[gateway].run(["dpkg-query", "-W", "libreswan"]).ok
+        assert "libreswan_package" in prediction[gateway]
     first = highstate(lab)
     assert changed(first) == prediction
+    # exactly: each of the pack's states changed what test=True said it would
+    assert pack_changes(first) == pack_changes(dry)
     second = highstate(lab)
     assert changed(second) == {g: [] for g in GATEWAYS}
     assert predicted(highstate(lab, test=True)) == {g: [] for g in GATEWAYS}
