@@ -1,7 +1,11 @@
 """The remote cloud's IPsec gateways, configured by hand (an independent peer:
 nothing here is rendered by the pack's code), matching the example pillar's
 tunnel (pillar/vpn_gateway/tunnel.sls). They answer (auto=add) and never
-initiate, so the gateway decides which peer carries the tunnel."""
+initiate, so the gateway decides which peer carries the tunnel. They run the
+platform's Libreswan (4.10 on debian12, 5.2 on debian13), written in each
+version's own idiom: 4.x ``ikev2=insist`` and ``leftsubnets={a b c}``, 5.x
+``keyexchange=ikev2`` and ``leftsubnet=a,b,c`` (one conn, several selectors)."""
+import re
 
 # The example pillar's lab-only PSK (vpn_gateway:tunnel:psk); a unit test keeps them equal.
 EXAMPLE_PSK = "lab-only-psk-not-secret-0123456789abcdef"
@@ -13,19 +17,32 @@ CONN = """\
 conn {gateway}
 \ttype=tunnel
 \tauthby=secret
-\tikev2=insist
+\t{ikev2}
 \tike=aes256-sha1;modp2048
 \tphase2alg=aes256-sha1
 \tpfs=no
 \tleft={me}
 \tleftid=@{remote}
-\tleftsubnets={{{subnets}}}
+\t{subnets}
 \tright={gateway_address}
 \trightid=@{gateway}
 \trightsubnet={tunnel_ip}/32
 \tnarrowing=yes
 \tauto=add
 """
+
+
+def major(host):
+    """The Libreswan major version a lab host runs (``ipsec --version``)."""
+    text = host.run(["ipsec", "--version"], check=True).stdout
+    return int(re.search(r"Libreswan\s+\D*(\d+)\.", text).group(1))
+
+
+def idiom(major_version, side, subnets):
+    """The lines that differ between 4.x and 5.x: the IKEv2 keyword and a list of subnets."""
+    if major_version >= 5:
+        return {"ikev2": "keyexchange=ikev2", "subnets": f"{side}subnet={','.join(subnets)}"}
+    return {"ikev2": "ikev2=insist", "subnets": f"{side}subnets={{{' '.join(subnets)}}}"}
 
 
 def configure(lab, psk=EXAMPLE_PSK):
@@ -35,11 +52,12 @@ def configure(lab, psk=EXAMPLE_PSK):
         if name not in lab.hosts:
             continue
         remote = lab[name]
+        lines = idiom(major(remote), "left", DATABASE_SUBNETS)
         for gateway in gateways:
             remote.put(f"/etc/ipsec.d/{gateway.name}.conf", CONN.format(
                 gateway=gateway.name, remote=name, me=remote.address("wan"),
-                subnets=" ".join(DATABASE_SUBNETS), gateway_address=gateway.address("wan"),
-                tunnel_ip=gateway.spec.loopback[0]))
+                gateway_address=gateway.address("wan"), tunnel_ip=gateway.spec.loopback[0],
+                **lines))
             remote.put(f"/etc/ipsec.d/{gateway.name}.secrets",
                        f'@{name} @{gateway.name} : PSK "{psk}"\n', mode=0o600)
         remote.run(["systemctl", "start", "ipsec"], check=True, timeout=120)

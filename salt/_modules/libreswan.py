@@ -23,8 +23,13 @@ import shutil
 import tempfile
 import time
 
+from salt.exceptions import CommandExecutionError
+
 __virtualname__ = "libreswan"
 
+PACKAGE = "libreswan"
+NOT_INSTALLED = ("libreswan is not installed (no ipsec command, so no pluto): install the "
+                 "libreswan package (pkg.installed: libreswan, or apply vpn_gateway.ipsec)")
 CONF_DIR = "/etc/ipsec.d"
 IPSEC_CONF = "/etc/ipsec.conf"
 BACKUP_SUFFIX = "-backup"
@@ -466,6 +471,9 @@ def _parse_status(status_text, traffic_text="", now=None):
             ike["age"] = max(0, entry["ike_life"] - ike["replace_in"])
         elif ike:
             ike["age"] = None
+        for sa in entry["child_sas"]:
+            if sa["ike_sa"] is None and ike:  # 5.x names no parent on a Child SA's line
+                sa["ike_sa"] = ike["serial"]
         children = [sa for sa in entry["child_sas"] if sa["established"]]
         entry["ike_established"] = bool(ike and ike["established"])
         entry["child_established"] = bool(children)
@@ -530,6 +538,7 @@ def _failure_reason(log_lines, conn):
 
 
 def _parse_version(text):
+    """``ipsec --version`` (``Libreswan 5.2``, ``Libreswan U5.1/K6.1...``) as a dict."""
     match = re.search(r"Libreswan\s+\D*(\d+)\.(\d+)(?:\.(\d+))?", text or "")
     if not match:
         return None
@@ -537,23 +546,96 @@ def _parse_version(text):
             "minor": int(match.group(2))}
 
 
+def _parse_package_version(text):
+    """A package manager's version (``5.2-2.2``, ``1:4.10-2+deb12u1``, ``5.2-6.el10``)
+    as ``_parse_version``'s dict; None when empty or not a version."""
+    match = re.match(r"^(?:\d+:)?(\d+)\.(\d+)(?:\.(\d+))?(?=$|[-+~_.])", (text or "").strip())
+    if not match:
+        return None
+    return {"version": ".".join(g for g in match.groups() if g), "major": int(match.group(1)),
+            "minor": int(match.group(2))}
+
+
+def _parse_algparse(text):
+    """``ipsec algparse -v2 'ike=...'`` output (4.x and 5.x print the same): the
+    proposals it understood and its ERROR lines, without the echoed command line."""
+    proposals, errors = [], []
+    for line in (text or "").splitlines():
+        line = line.strip()
+        if not line or line.startswith("algparse "):
+            continue
+        if line.startswith("ERROR"):
+            errors.append(line.removeprefix("ERROR:").strip())
+        else:
+            proposals.append(line)
+    return {"proposals": proposals, "errors": errors}
+
+
+def _parse_configsetup(text):
+    """``ipsec addconn --configsetup`` (``export key='value'`` lines, what pluto
+    will use: ipsec.conf's config setup over the compiled defaults) as a dict."""
+    values = {}
+    for line in (text or "").splitlines():
+        match = re.match(r"^(?:export\s+)?(\w+)='([^']*)'$", line.strip())
+        if match:
+            values[match.group(1)] = match.group(2)
+    return values
+
+
 # -- Salt side ---------------------------------------------------------------------
 def __virtual__():
-    if shutil.which("ipsec") or os.path.exists("/usr/sbin/ipsec"):
-        return __virtualname__
-    return (False, "libreswan: the ipsec command is missing; install the libreswan package "
-                   "(pkg.installed: libreswan, or apply vpn_gateway.ipsec)")
+    # Always: the role must render and test=True predict on a host without libreswan;
+    # the functions that need pluto say that it is missing (NOT_INSTALLED).
+    return __virtualname__
+
+
+def _ipsec_path():
+    return shutil.which("ipsec") or next(
+        (p for p in ("/usr/sbin/ipsec", "/sbin/ipsec") if os.path.exists(p)), None)
+
+
+def installed():
+    """
+    True when the ipsec command (the libreswan package) is installed.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'vpn-gw*' libreswan.installed
+    """
+    return _ipsec_path() is not None
 
 
 def _ipsec(*args):
-    """Run ``ipsec ARGS`` (never with a secret in argv); return cmd.run_all's dict."""
-    return __salt__["cmd.run_all"](["ipsec", *args], python_shell=False, ignore_retcode=True,
+    """Run ``ipsec ARGS`` (never with a secret in argv); return cmd.run_all's dict.
+    Raises CommandExecutionError (NOT_INSTALLED) without libreswan."""
+    path = _ipsec_path()
+    if path is None:
+        raise CommandExecutionError(NOT_INSTALLED)
+    return __salt__["cmd.run_all"]([path, *args], python_shell=False, ignore_retcode=True,
                                    env={"LC_ALL": "C"})
+
+
+def _candidate():
+    """The Libreswan version the package manager would install (no refresh: a
+    pkg state of the same run refreshes first), or None."""
+    try:
+        text = __salt__["pkg.latest_version"](PACKAGE, refresh=False)
+    except (CommandExecutionError, KeyError):
+        return None
+    info = _parse_package_version(text if isinstance(text, str) else "")
+    if info:
+        info.update(installed=False, package_version=text)
+    return info
 
 
 def version():
     """
-    The installed Libreswan version.
+    The installed Libreswan version: ``{"version": "5.2", "major": 5, "minor": 2,
+    "installed": true}``. Without libreswan, the version the package manager
+    would install (``"installed": false``, ``package_version``), which is what
+    test=True renders for; None if neither is known.
 
     CLI Example:
 
@@ -561,15 +643,89 @@ def version():
 
         salt 'vpn-gw*' libreswan.version
     """
-    if "libreswan.version" not in __context__:
+    path = _ipsec_path()
+    if path is None:
+        return _candidate()
+    key = (path, os.stat(path).st_mtime)  # an upgrade in place changes the version
+    cached = __context__.get("libreswan.version")
+    if not cached or cached[0] != key:
         result = _ipsec("--version")
-        __context__["libreswan.version"] = _parse_version(result["stdout"] + result["stderr"])
-    return __context__["libreswan.version"]
+        info = _parse_version(result["stdout"] + result["stderr"])
+        if info:
+            info["installed"] = True
+        cached = __context__["libreswan.version"] = (key, info)
+    return cached[1]
 
 
 def _major():
     info = version()
-    return info["major"] if info else 4
+    if not info:
+        raise CommandExecutionError(
+            f"cannot tell which Libreswan to render for: no ipsec command and no installable "
+            f"{PACKAGE} package known to the package manager (refresh it: pkg.refresh_db)")
+    return info["major"]
+
+
+def nss_dir():
+    """
+    The NSS database directory pluto uses: ``nssdir`` of ``ipsec addconn
+    --configsetup`` (ipsec.conf's config setup over Libreswan's compiled
+    default; /var/lib/ipsec/nss on Debian 12/13 and EL9/10).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'vpn-gw*' libreswan.nss_dir
+    """
+    result = _ipsec("addconn", "--configsetup")
+    found = _parse_configsetup(result["stdout"]).get("nssdir")
+    if result["retcode"] != 0 or not found:
+        raise CommandExecutionError("ipsec addconn --configsetup named no nssdir: "
+                                    + (result["stderr"] or result["stdout"]).strip()[-500:])
+    return found
+
+
+def nss_initialized():
+    """
+    True when pluto's NSS database exists (``cert9.db`` and ``key4.db`` in
+    ``nss_dir``); False without libreswan. Read-only: the guard of the
+    formula's ``ipsec initnss``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'vpn-gw*' libreswan.nss_initialized
+    """
+    if not installed():
+        return False
+    directory = nss_dir()
+    paths = [os.path.join(directory, name) for name in ("cert9.db", "key4.db")]
+    return all(os.path.isfile(path) and os.path.getsize(path) > 0 for path in paths)
+
+
+def init_nss():
+    """
+    Create pluto's NSS database in ``nss_dir`` if it is missing (``ipsec
+    checknss --nssdir DIR``: what ipsec.service runs before pluto, a no-op
+    when the database exists). Returns ``{"nss_dir", "created"}``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'vpn-gw*' libreswan.init_nss
+    """
+    directory = nss_dir()
+    if nss_initialized():
+        return {"nss_dir": directory, "created": False}
+    result = _ipsec("checknss", "--nssdir", directory)
+    if result["retcode"] != 0 or not nss_initialized():
+        raise CommandExecutionError(f"ipsec checknss --nssdir {directory} failed (exit "
+                                    f"{result['retcode']}): "
+                                    + (result["stderr"] or result["stdout"]).strip()[-500:])
+    return {"nss_dir": directory, "created": True}
 
 
 def _pluto_log(lines=400):
@@ -590,7 +746,8 @@ def status():
     ``child_sas`` (state, in/out bytes, age), ``in_bytes``/``out_bytes``,
     ``up`` and, when down, ``reason`` (from the states, else pluto's log).
     ``tunnels``: per tunnel which of primary/backup is ``active``.
-    ``summary``: tunnels up and down.
+    ``summary``: tunnels up and down. ``running``: pluto answers;
+    ``installed``: libreswan is installed (if not, ``error`` says so).
 
     CLI Example:
 
@@ -601,12 +758,18 @@ def status():
     return _status(reasons=True)
 
 
+def _not_running(error, installed_=True):
+    return {"running": False, "installed": installed_, "error": error,
+            "conns": {}, "tunnels": {},
+            "summary": {"conns_loaded": 0, "tunnels": 0, "up": 0, "down": 0}}
+
+
 def _status(reasons):
+    if not installed():
+        return _not_running(NOT_INSTALLED, installed_=False)
     result = _ipsec("whack", "--status")
     if result["retcode"] != 0:
-        return {"running": False, "error": (result["stderr"] or result["stdout"]).strip(),
-                "conns": {}, "tunnels": {},
-                "summary": {"conns_loaded": 0, "tunnels": 0, "up": 0, "down": 0}}
+        return _not_running((result["stderr"] or result["stdout"]).strip())
     traffic = _ipsec("whack", "--trafficstatus")
     parsed = _parse_status(result["stdout"], traffic["stdout"])
     down = [name for name, conn in parsed["conns"].items() if not conn["up"]]
@@ -617,6 +780,7 @@ def _status(reasons):
             if logged:
                 parsed["conns"][name]["reason"] = logged
     parsed["running"] = True
+    parsed["installed"] = True
     return parsed
 
 
@@ -655,9 +819,12 @@ def check_config(path):
         errors += [f"conn {name}: {e}" for e in _check_settings(settings)]
         for key, kind in (("ike", "ike"), ("phase2alg", "esp")):
             if key in settings:
-                parsed = _ipsec("algparse", "-v2", f"{kind}={settings[key]}")
-                if parsed["retcode"] != 0:
-                    errors.append(f"conn {name}: {key}: {parsed['stdout'].strip()}")
+                result = _ipsec("algparse", "-v2", f"{kind}={settings[key]}")
+                parsed = _parse_algparse(result["stdout"] + result["stderr"])
+                if result["retcode"] != 0 or parsed["errors"]:
+                    errors.append(f"conn {name}: {key}: "
+                                  + ("; ".join(parsed["errors"])
+                                     or f"algparse exited {result['retcode']}"))
     with tempfile.TemporaryDirectory(prefix="libreswan-check-") as scratch:
         config = os.path.join(scratch, "ipsec.conf")
         with open(config, "w", encoding="utf-8") as handle:
@@ -689,7 +856,13 @@ def up(name, wait=10):
         salt 'vpn-gw1' libreswan.up remote-db
         salt 'vpn-gw1' libreswan.up remote-db-backup wait=20
     """
-    result = _ipsec("whack", "--name", name, "--initiate", "--asynchronous")
+    before = _status(reasons=False)["conns"].get(name)
+    negotiating = before and before["ike_sa"] and not before["ike_sa"]["established"]
+    # An IKE SA still negotiating is retried by pluto itself; a second initiate of a
+    # narrowing template makes a second instance, and Libreswan 5.2's pluto aborts
+    # (ASSERTION FAILED ... still in use) when that conn is then terminated.
+    result = {"retcode": 0} if negotiating else _ipsec(
+        "whack", "--name", name, "--initiate", "--asynchronous")
     deadline = time.monotonic() + float(wait)
     while True:
         conn = _status(reasons=True)["conns"].get(name)
@@ -824,9 +997,12 @@ def plan_conn(name, psk_pillar, backup_psk_pillar=None, source="conn", **spec):
     try:
         conn = _validate(name, spec, _psks(psk_pillar, backup_psk_pillar), source,
                          {"primary": psk_pillar, "backup": backup_psk_pillar or psk_pillar})
+        major = _major()
     except ConnError as exc:
         return {"name": name, "errors": [f"{key}: {message}" for key, message in exc.errors]}
-    new_conf = _render_conf(conn, _major())
+    except CommandExecutionError as exc:
+        return {"name": name, "errors": [str(exc)]}
+    new_conf = _render_conf(conn, major)
     old_conf = _read(conf_path)
     secrets_same = _read(secrets_path) == _render_secrets(
         conn, _psks(psk_pillar, backup_psk_pillar))
@@ -848,6 +1024,7 @@ def plan_conn(name, psk_pillar, backup_psk_pillar=None, source="conn", **spec):
         "stale_loaded": [name + BACKUP_SUFFIX] if not conn["backup"]
         and name + BACKUP_SUFFIX in loaded else [],
         "conn": conn,
+        "major": major,
     }
 
 
@@ -915,14 +1092,17 @@ def apply_conn(name, psk_pillar, backup_psk_pillar=None, source="conn", **spec):
     plan = plan_conn(name, psk_pillar, backup_psk_pillar, source, **spec)
     if plan["errors"]:
         return {"result": False, "changes": {}, "comment": "\n".join(plan["errors"])}
+    if not installed():
+        return {"result": False, "changes": {}, "comment": NOT_INSTALLED}
     conn = plan["conn"]
+    major = plan["major"]
     conf_path, secrets_path = _paths(name)
     changes = {}
     if plan["conf_changed"]:
         with tempfile.TemporaryDirectory(prefix="libreswan-") as scratch:
             candidate = os.path.join(scratch, f"{name}.conf")
             with open(candidate, "w", encoding="utf-8") as handle:
-                handle.write(_render_conf(conn, _major()))
+                handle.write(_render_conf(conn, major))
             checked = check_config(candidate)
         if not checked["valid"]:
             return {"result": False, "changes": {},
@@ -937,7 +1117,7 @@ def apply_conn(name, psk_pillar, backup_psk_pillar=None, source="conn", **spec):
         changes["psk"] = "changed"
     to_load = list(plan["not_loaded"])
     if plan["conf_changed"]:
-        _write_atomic(conf_path, _render_conf(conn, _major()), 0o644)
+        _write_atomic(conf_path, _render_conf(conn, major), 0o644)
         changes["diff"] = plan["diff"]
         to_load = conns
     for stale in plan["stale_loaded"]:

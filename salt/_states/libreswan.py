@@ -13,6 +13,8 @@
         - remote_subnets: [198.19.1.10/32, 198.19.1.11/32]
 """
 
+from salt.exceptions import CommandExecutionError
+
 __virtualname__ = "libreswan"
 
 
@@ -64,6 +66,42 @@ def conn_present(name, psk_pillar, backup_psk_pillar=None, source=None, **spec):
         return ret
     ret.update(__salt__["libreswan.apply_conn"](name, psk_pillar, backup_psk_pillar, source,
                                                 **spec))
+    return ret
+
+
+def nss_initialized(name="libreswan"):
+    """
+    Pluto's NSS database exists where this Libreswan puts it (``libreswan.nss_dir``:
+    ipsec.conf's ``nssdir`` or the compiled default), created with ``ipsec
+    checknss`` when missing. test=True on a host without libreswan predicts
+    the creation (the directory is only known once libreswan is installed).
+    The changes are ``{"nss": "initialized"}`` in both modes.
+    """
+    ret = {"name": name, "result": True, "changes": {}, "comment": ""}
+    if not __salt__["libreswan.installed"]():
+        if __opts__["test"]:
+            ret.update(result=None, changes={"nss": "initialized"},
+                       comment="libreswan is not installed yet: its NSS database would be "
+                               "initialized in its default directory")
+        else:
+            ret.update(result=False, comment="libreswan is not installed: install the "
+                                             "libreswan package first (pkg.installed)")
+        return ret
+    directory = __salt__["libreswan.nss_dir"]()
+    if __salt__["libreswan.nss_initialized"]():
+        ret["comment"] = f"NSS database in {directory}"
+        return ret
+    if __opts__["test"]:
+        ret.update(result=None, changes={"nss": "initialized"},
+                   comment=f"NSS database would be initialized in {directory}")
+        return ret
+    try:
+        created = __salt__["libreswan.init_nss"]()
+    except CommandExecutionError as exc:
+        ret.update(result=False, comment=str(exc))
+        return ret
+    ret.update(changes={"nss": "initialized"} if created["created"] else {},
+               comment=f"NSS database initialized in {created['nss_dir']}")
     return ret
 
 

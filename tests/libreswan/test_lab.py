@@ -1,6 +1,9 @@
 """Libreswan in the lab: vpn-gw1 configured by vpn_gateway.ipsec from the
 salt-master, against remote gateways whose Libreswan config is written here by
-hand (an independent peer, not rendered by our code).
+hand (an independent peer, not rendered by our code). vpn-gw1 boots the fresh
+image: libreswan comes from the formula's pkg.installed (the platform's offline
+repository), so test=True first predicts on a host without it. Each platform
+runs its own Libreswan (debian12: 4.10, debian13: 5.2) on both sides.
 
 The tests run in file order on one lab; each leaves the tunnel up on the
 primary with the pillar's PSK, as the next expects. The PSK of a run is random
@@ -31,7 +34,7 @@ SIDE_CONF = """\
 conn gw1-side
 \ttype=tunnel
 \tauthby=secret
-\tikev2=insist
+\t{ikev2}
 \tike=aes256-sha1;modp2048
 \tphase2alg=aes256-sha1
 \tleft=198.18.0.22
@@ -63,7 +66,8 @@ def prepare(lab):
     """Hand-written peers (lab/peers.py), the test's pillar committed, modules on the minion."""
     peers.configure(lab, psk=PSK)
     backup = lab["remote-gw-backup"]
-    backup.put("/etc/ipsec.d/side.conf", SIDE_CONF)
+    backup.put("/etc/ipsec.d/side.conf", SIDE_CONF.format(
+        ikev2=peers.idiom(peers.major(backup), "left", [])["ikev2"]))
     backup.put("/etc/ipsec.d/side.secrets", peer_secret("remote-gw-backup", PSK), mode=0o600)
     backup.run(["ipsec", "auto", "--add", "gw1-side"], check=True)
     backup.run(["ipsec", "whack", "--rereadsecrets"], check=True)
@@ -139,20 +143,49 @@ def wait_ike(lab, conn=TUNNEL):
     raise AssertionError(f"{conn}: no IKE SA: {status(lab)['conns'].get(conn)}")
 
 
+def platform_major(lab):
+    """The Libreswan major of this platform, from a remote peer (same image suite)."""
+    return peers.major(lab["remote-gw-primary"])
+
+
+def rendered_subnets(major):
+    """How NAME.conf lists the database subnets: 4.x one Child SA each, 5.x one conn."""
+    subnets = DB_SUBNETS.split()
+    return (f"rightsubnet={','.join(subnets)}" if major >= 5
+            else f"rightsubnets={{{' '.join(subnets)}}}")
+
+
 def test_formula_predicts_applies_and_settles(lab):
     gw = lab[GW]
-    predicted = tunnel_state(apply(lab, test=True))
+    major = platform_major(lab)
+    assert not gw.run(["sh", "-c", "command -v ipsec"]).ok, "the gateway is not fresh"
+    predictions = apply(lab, test=True)
+    assert all(ret["result"] is not False for ret in predictions.values()), predictions
+    predicted = tunnel_state(predictions)
     assert predicted["result"] is None
     assert set(predicted["changes"]) == {"diff", "psk", "loaded"}
     assert predicted["changes"]["psk"] == "changed"
-    assert "+\trightsubnets={%s}" % DB_SUBNETS in predicted["changes"]["diff"]
+    # Rendered for the version apt will install, not the (absent) installed one.
+    assert f"+\t{rendered_subnets(major)}\n" in predicted["changes"]["diff"]
+    assert ("+\tkeyexchange=ikev2\n" if major >= 5 else "+\tikev2=insist\n") \
+        in predicted["changes"]["diff"]
     assert not gw.run(["test", "-e", CONF]).ok, "test=True wrote the conf"
+    assert not gw.run(["sh", "-c", "command -v ipsec"]).ok, "test=True installed libreswan"
 
     returns = apply(lab)
     assert all(ret["result"] for ret in returns.values()), returns
+    # test=True named exactly the states the first run changed, with the same
+    # changes for the pack's own libreswan states.
+    assert sorted(k for k, r in predictions.items() if r["result"] is None) == \
+        sorted(k for k, r in returns.items() if r["changes"])
+    for key, ret in returns.items():
+        if key.startswith("libreswan_|-"):
+            assert ret["changes"] == predictions[key]["changes"], key
     applied = tunnel_state(returns)
-    assert applied["changes"]["diff"] == predicted["changes"]["diff"]
+    assert applied["changes"] == predicted["changes"]
     assert applied["changes"]["loaded"] == [TUNNEL, f"{TUNNEL}-backup"]
+    installed = LIBRESWAN._parse_version(gw.run(["ipsec", "--version"]).stdout)
+    assert installed["major"] == major, installed
     assert gw.run(["stat", "-c", "%a %U %G", SECRETS]).stdout.split() == ["600", "root", "root"]
     for key, value in (("net.ipv4.ip_forward", "1"), ("net.ipv4.conf.all.rp_filter", "0"),
                        ("net.ipv4.conf.default.send_redirects", "0"),
@@ -160,7 +193,10 @@ def test_formula_predicts_applies_and_settles(lab):
         assert gw.run(["sysctl", "-n", key]).stdout.strip() == value
         assert f"{key} = {value}" in gw.read("/etc/sysctl.d/60-vpn-gateway.conf")
     assert gw.run(["systemctl", "is-enabled", "ipsec"]).stdout.strip() == "enabled"
-    assert gw.run(["test", "-s", "/var/lib/ipsec/nss/cert9.db"]).ok
+    # The NSS database where this Libreswan looks for it (config setup or compiled default).
+    setup = LIBRESWAN._parse_configsetup(gw.run(["ipsec", "addconn", "--configsetup"]).stdout)
+    assert gw.run(["test", "-s", f"{setup['nssdir']}/cert9.db"]).ok, setup
+    assert saltstack.salt(lab, GW, "libreswan.nss_dir")[GW] == setup["nssdir"]
 
     before = fingerprint(lab)
     for test in (True, False):

@@ -112,3 +112,65 @@ def test_version(libreswan):
     assert libreswan._parse_version("Libreswan 4.10\n")["major"] == 4
     assert libreswan._parse_version("Libreswan U5.1/K6.1.0-13-amd64")["version"] == "5.1"
     assert libreswan._parse_version("strongSwan 5.9") is None
+
+
+# -- Libreswan 5.2, captured in the debian13 lab (tests/fixtures/libreswan/README.md) --------
+def test_5_2_real_status_one_conn_line_per_selector(libreswan, fixture_text):
+    """5.2 prints the connection line once per remote selector, without ``000 ``
+    and without ``/0xN`` sub-conns: a 4.x-only parser (first line, prefixes)
+    would see one remote subnet or none."""
+    text = fixture_text("5.2-ike-up-child-pending.status")
+    assert text and not any(line.startswith("000 ") for line in text.splitlines())
+    parsed = libreswan._parse_status(text, "")
+    conn = parsed["conns"]["remote-db"]
+    assert conn["subconns"] == [] and conn["template"] is True
+    assert conn["instances"] == ['"remote-db"[1]']
+    assert conn["local"] == {"address": "198.18.0.11", "id": "@vpn-gw1",
+                             "subnets": ["198.19.10.1/32"]}
+    assert conn["remote"] == {"address": "198.18.0.21", "id": "@remote-gw-primary",
+                              "subnets": ["198.19.1.10/32", "198.19.1.11/32", "198.19.1.12/32"]}
+    assert (conn["ike_life"], conn["ipsec_life"]) == (3600, 3600)
+    assert conn["ike_sa"]["state"] == "ESTABLISHED_IKE_SA" and conn["ike_sa"]["serial"] == 1
+    assert conn["ike_sa"]["age"] == 3600 - 3557
+    [child] = conn["child_sas"]
+    # 5.2's Child SA line names no parent: the conn's IKE SA is its parent.
+    assert (child["serial"], child["state"], child["ike_sa"]) == (2, "NEW_CHILD_I1", 1)
+    assert conn["ike_established"] and not conn["up"]
+    assert conn["reason"].startswith("Child SA #2 in NEW_CHILD_I1")
+    backup = parsed["conns"]["remote-db-backup"]
+    assert backup["remote"]["subnets"] == conn["remote"]["subnets"]
+    assert backup["ike_sa"] is None and backup["reason"] == "no IKE SA"
+    assert parsed["tunnels"]["remote-db"]["active"] == "primary"
+    assert parsed["summary"] == {"conns_loaded": 2, "tunnels": 1, "up": 0, "down": 1}
+
+
+def test_5_2_showstates_alone(libreswan, fixture_text):
+    parsed = libreswan._parse_status(fixture_text("5.2-ike-up-child-pending.showstates"))
+    conn = parsed["conns"]["remote-db"]
+    assert conn["ike_sa"]["serial"] == 1 and conn["ike_established"]
+    assert [c["serial"] for c in conn["child_sas"]] == [2]
+
+
+@pytest.mark.parametrize("version", ["4.10", "5.2"])
+def test_algparse_output(libreswan, fixture_text, version):
+    blocks = fixture_text(f"{version}-algparse.txt").split("algparse -v2 ")[1:]
+    parsed = [libreswan._parse_algparse("algparse -v2 " + block) for block in blocks]
+    assert "key length 999 invalid" in parsed[0]["errors"][0]
+    assert parsed[1]["errors"] == ["IKE DH algorithm 'modp1024' is not supported"]
+    assert parsed[2] == {"proposals": ["AES_CBC_256-HMAC_SHA1-MODP2048"], "errors": []}
+    assert parsed[3] == {"proposals": ["AES_CBC_256-HMAC_SHA1_96"], "errors": []}
+
+
+@pytest.mark.parametrize("version", ["4.10", "5.2"])
+def test_configsetup_names_the_nss_directory(libreswan, fixture_text, version):
+    setup = libreswan._parse_configsetup(fixture_text(f"{version}-configsetup.txt"))
+    assert setup["nssdir"] == "/var/lib/ipsec/nss"
+    assert setup["ipsecdir"] == "/etc/ipsec.d"
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("5.2-2.2", (5, 2)), ("4.10-2+deb12u1", (4, 10)), ("1:4.10-2", (4, 10)),
+    ("5.2-6.el10", (5, 2)), ("4.15.1-1", (4, 15)), ("", None), ("latest", None)])
+def test_package_version(libreswan, text, expected):
+    info = libreswan._parse_package_version(text)
+    assert (info and (info["major"], info["minor"])) == expected

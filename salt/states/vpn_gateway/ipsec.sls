@@ -1,6 +1,9 @@
-{#- Libreswan on the gateway: package, kernel settings, NSS database (once),
-    ipsec.service, and the tunnel from pillar vpn_gateway:tunnel. The PSK is
-    read by the state from its pillar key, never passed as an argument. #}
+{#- Libreswan on the gateway: package, kernel settings, NSS database (once, in
+    the directory this Libreswan uses: libreswan.nss_dir asks the installed
+    tools, so no path is written here), ipsec.service, and the tunnel from
+    pillar vpn_gateway:tunnel. The PSK is read by the state from its pillar
+    key, never passed as an argument. The libreswan states load without the
+    package, so test=True on a fresh host predicts each of them. #}
 {%- from "vpn_gateway/map.jinja" import gateway with context %}
 {%- set tunnel = salt['pillar.get']('vpn_gateway:tunnel', {}) %}
 {%- set settings = ['local', 'peers', 'remote_subnets', 'ike', 'phase2alg', 'pfs', 'ikelifetime',
@@ -14,9 +17,7 @@ libreswan_package:
     - name: {{ gateway.ipsec.package }}
 
 libreswan_nss_db:
-  cmd.run:
-    - name: ipsec initnss --nssdir {{ gateway.ipsec.nss_dir }}
-    - creates: {{ gateway.ipsec.nss_dir }}/cert9.db
+  libreswan.nss_initialized:
     - require:
       - pkg: libreswan_package
 
@@ -25,7 +26,7 @@ libreswan_service:
     - name: {{ gateway.ipsec.service }}
     - enable: true
     - require:
-      - cmd: libreswan_nss_db
+      - libreswan: libreswan_nss_db
       - sls: vpn_gateway.sysctl
 
 {%- if tunnel %}
