@@ -32,6 +32,7 @@ import socket
 import subprocess
 import tempfile
 from dataclasses import dataclass
+from xml.etree import ElementTree
 
 try:
     from salt.exceptions import CommandExecutionError, SaltInvocationError
@@ -74,10 +75,9 @@ ELEMENTS = ("service", "port", "protocol", "source-port", "icmp-block", "icmp-ty
 
 
 def __virtual__():
-    if not shutil.which("busctl"):
-        return (False, "firewalld_rich needs busctl (Debian package systemd) to talk to firewalld")
-    if not (shutil.which("firewalld") or os.path.exists("/usr/sbin/firewalld")):
-        return (False, "firewalld_rich needs firewalld: apt-get install firewalld")
+    # Loads without firewalld: on a fresh host the formula installs it in the
+    # same run, and test=True must predict the rules before that (firewalld's
+    # permanent configuration, or none yet). What needs the daemon says so.
     return __virtualname__
 
 
@@ -160,9 +160,17 @@ def _render_element(element):
 # -- value normalisation ---------------------------------------------------------
 
 
+# The IP protocols a gateway's rules name, as /etc/protocols (netbase) spells them:
+# the rules render the same on a host without netbase (Debian 12's minbase has none).
+KNOWN_PROTOCOLS = {"icmp": 1, "igmp": 2, "ipencap": 4, "tcp": 6, "udp": 17, "dccp": 33,
+                   "ipv6": 41, "gre": 47, "esp": 50, "ah": 51, "ipv6-icmp": 58, "ospf": 89,
+                   "pim": 103, "vrrp": 112, "l2tp": 115, "sctp": 132, "udplite": 136}
+
+
 def _protocols(path="/etc/protocols"):
-    """{name or alias: number} and {number: name} from /etc/protocols."""
-    by_name, by_number = {}, {}
+    """{name or alias: number} and {number: name}: KNOWN_PROTOCOLS, then /etc/protocols."""
+    by_name = dict(KNOWN_PROTOCOLS)
+    by_number = {number: name for name, number in KNOWN_PROTOCOLS.items()}
     try:
         with open(path, encoding="utf-8") as handle:
             for line in handle:
@@ -783,6 +791,8 @@ def _from_pillar(key, function, *args):
 
 def _busctl(path, method, signature=None, *args, interface=""):
     """Call a firewalld D-Bus method; its unwrapped return values (a list)."""
+    if not shutil.which("busctl"):
+        raise CommandExecutionError("talking to firewalld needs busctl (Debian package systemd)")
     argv = ["busctl", "--json=short", f"--timeout={BUSCTL_TIMEOUT}", "call", DBUS_NAME, path,
             DBUS_NAME + interface, method]
     if signature:
@@ -834,6 +844,111 @@ class _Zone:
         else:
             _busctl(self.config_path, "update2", "a{sv}", 1, *_rules_signature(rules),
                     interface=".config.zone")
+
+
+def _running():
+    """Whether firewalld holds its name on the system bus (it does once its unit is
+    active: the unit is Type=dbus)."""
+    if not shutil.which("busctl"):
+        return False
+    proc = subprocess.run(["busctl", "--json=short", "call", "org.freedesktop.DBus",
+                           "/org/freedesktop/DBus", "org.freedesktop.DBus", "NameHasOwner", "s",
+                           DBUS_NAME], capture_output=True, text=True, timeout=60, check=False)
+    return not proc.returncode and json.loads(proc.stdout)["data"] == [True]
+
+
+# -- firewalld not running: what it will load when it starts ----------------------------
+
+FIREWALLD_CONF = "/etc/firewalld/firewalld.conf"
+SERVICE_DIRS = ("/etc/firewalld/services", "/usr/lib/firewalld/services")  # first wins
+
+
+class _OfflineZone:
+    """A zone as firewalld will hold it at runtime and in permanent configuration
+    once it starts, for ``test=True`` while it does not run (the formula installs
+    or starts it earlier in the same run): its permanent configuration, read with
+    ``firewall-offline-cmd`` (firewalld's own reader of its files, which changes
+    nothing when it only lists); or, firewalld not installed yet, an empty zone:
+    a freshly installed firewalld holds no rich rules. Never written."""
+
+    def __init__(self, name=None):
+        if not shutil.which("firewall-offline-cmd"):
+            self.source = "firewalld is not installed yet: an empty zone"
+            self.name = name or _default_zone()
+            self.runtime, rules = {}, []
+        else:
+            self.source = "firewalld is not running: its permanent configuration"
+            self.name = name or _default_zone()
+            self.runtime, rules = _parse_listing(_offline_cmd(f"--zone={self.name}",
+                                                              "--list-all"))
+        self.rules = {"runtime": list(rules), "permanent": list(rules)}
+
+
+def _default_zone(path=FIREWALLD_CONF):
+    """firewalld.conf's DefaultZone (firewalld's own default: public)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            for line in handle:
+                key, _, value = line.strip().partition("=")
+                if key.strip() == "DefaultZone" and value.strip():
+                    return value.strip()
+    except OSError:
+        pass
+    return "public"
+
+
+def _offline_cmd(*args):
+    proc = subprocess.run(["firewall-offline-cmd", *args], capture_output=True, text=True,
+                          timeout=120, check=False)
+    if proc.returncode:
+        reason = (proc.stderr.strip() or proc.stdout.strip() or "no message").splitlines()[-1]
+        if "INVALID_ZONE" in reason:
+            raise RuleError(f"zone {args[0].partition('=')[2]!r} does not exist in firewalld: "
+                            "create it or name another (firewall-offline-cmd --get-zones)")
+        raise CommandExecutionError(f"firewall-offline-cmd {' '.join(args)}: {reason}")
+    return proc.stdout
+
+
+def _parse_listing(text):
+    """({target, services, ports}, [rich rule]) from ``--list-all`` output: two-space
+    indented ``key: value`` lines, rich rules tab-indented after ``rich rules:``."""
+    settings, rules = {}, []
+    for line in text.splitlines():
+        if line.startswith("\t"):
+            if line.strip():
+                rules.append(line.strip())
+            continue
+        key, colon, value = line.strip().partition(":")
+        if not colon or not line.startswith(" "):
+            continue
+        if key == "target":
+            settings["target"] = value.strip()
+        elif key == "services":
+            settings["services"] = value.split()
+        elif key == "ports":
+            settings["ports"] = [tuple(p.split("/", 1)) for p in value.split() if "/" in p]
+    return settings, rules
+
+
+def _offline_services():
+    """Service names firewalld will know (None: not installed, any name goes)."""
+    if not shutil.which("firewall-offline-cmd"):
+        return None
+    return {name[:-4] for folder in SERVICE_DIRS if os.path.isdir(folder)
+            for name in os.listdir(folder) if name.endswith(".xml")}
+
+
+def _offline_service_ports(names):
+    ports = {}
+    for name in names:
+        for folder in SERVICE_DIRS:
+            try:
+                root = ElementTree.parse(os.path.join(folder, f"{name}.xml")).getroot()
+            except (OSError, ElementTree.ParseError):
+                continue
+            ports[name] = [(p.get("port"), p.get("protocol")) for p in root.iter("port")]
+            break
+    return ports
 
 
 def _services():
@@ -951,7 +1066,11 @@ def apply_rich_rules(zone=None, present=None, absent=None, prune_owned=False,
         Refuse the change (before anything changes) if it would block, or stop
         allowing, SSH from these networks or the master's ports 4505/4506.
     test
-        Only say what would change.
+        Only say what would change; touches nothing. While firewalld does not
+        run, predicts what the first real run (after the formula installs or
+        starts it) will change: against its permanent configuration, or an
+        empty zone when it is not installed yet (``predicted_from`` says which;
+        service names are then not checked).
 
     Returns the changes per configuration (``runtime``/``permanent``: ``add``
     and ``remove``); raises on bad input or when firewalld does not end up as
@@ -964,20 +1083,24 @@ def apply_rich_rules(zone=None, present=None, absent=None, prune_owned=False,
         salt '*' firewalld.apply_rich_rules public \
             present='["rule family=ipv4 source address=198.18.0.21 protocol value=esp accept"]'
     """
-    services = _services()
+    live = not test or _running()
+    services = _services() if live else _offline_services()
     present = [_to_rule(item, services) for item in present or []]
     absent = [_to_rule(item, services) for item in absent or []]
-    found = _Zone(zone)
+    found = _Zone(zone) if live else _OfflineZone(zone)
     owned = _read_owned().get(found.name, [])
     plan = _plan_zone(found.rules, present, absent, owned, prune_owned)
     flows = _guard_flows(management_networks, salt_master)
     if flows:
         after = _parsed(plan["rules"]["runtime"])
         services_used = {r.element[1] for r in after if r.element[:1] == ("service",)}
+        service_ports = _service_ports if live else _offline_service_ports
         _check_guard(_parsed(found.rules["runtime"]), after, found.runtime, flows,
-                     _service_ports(services_used | set(found.runtime.get("services", []))))
+                     service_ports(services_used | set(found.runtime.get("services", []))))
     result = {"zone": found.name, "test": bool(test), "owned": plan["owned"],
               **{side: plan[side] for side in ("runtime", "permanent")}}
+    if not live:
+        result["predicted_from"] = found.source
     if test or not _has_changes(plan):
         return result
     for side in ("permanent", "runtime"):

@@ -24,16 +24,23 @@ A schema node is a mapping:
 
 ``keys`` lists the known keys of a dict (others are refused); ``values`` is
 the schema of every value of a dict whose keys are names chosen by the user.
+
+``firewall_rules`` derives the gateway's firewalld rich rules from pillar. It is
+pure and lives here, not in the ``firewalld`` module: on a fresh host firewalld
+is not installed yet and Salt core's ``firewalld`` module does not load, but the
+role must render (and ``test=True`` predict) before the formula installs it.
 """
+import importlib.util
 import ipaddress
 import json
+import os
 
 import salt.utils.yaml
 from salt.exceptions import CommandExecutionError
 
 __virtualname__ = "vpn_gateway"
 # The execution functions; validate() and the rest are pure helpers.
-__load__ = ["check_pillar", "render_reference"]
+__load__ = ["check_pillar", "render_reference", "firewall_rules"]
 SCHEMA_URL = "salt://vpn_gateway/schema.yaml"
 
 
@@ -188,3 +195,43 @@ def render_reference(schema=None):
     ]
     lines += [f"| `{k}` | {t} | {d} | {e} | {doc} |" for k, t, d, e, doc in rows]
     return "\n".join(lines) + "\n"
+
+
+def _firewalld_rules_code():
+    """The pure rule helpers of ``firewalld_rich.py`` (beside this file wherever the
+    pack's modules are: synced extmods, the repo, the installed package), loaded as
+    plain Python: no Salt loader, no firewalld needed."""
+    global _FIREWALLD_RICH
+    if _FIREWALLD_RICH is None:
+        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "firewalld_rich.py")
+        spec = importlib.util.spec_from_file_location("vpn_gateway_firewalld_rules", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        _FIREWALLD_RICH = module
+    return _FIREWALLD_RICH
+
+
+_FIREWALLD_RICH = None
+
+
+def firewall_rules(peers, nodes, pooler_port, node_exporter_port=None, salt_master=None):
+    """
+    The gateway's firewalld rich rules (normal form) from pillar values: IKE
+    udp 500, NAT-T udp 4500 and ESP from each remote gateway; the pooler port
+    and the node exporter port from each Kubernetes node; the salt-master's
+    packets from its ports 4505/4506. Pure: needs neither firewalld nor Salt's
+    firewalld module (``vpn_gateway.firewall`` renders with it on a fresh host).
+    Bad pillar raises with the key at fault.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' vpn_gateway.firewall_rules \\
+            '{"primary": {"address": "198.18.0.21"}}' '["198.18.2.31"]' 6432 9100 198.18.1.2
+    """
+    rules = _firewalld_rules_code()
+    try:
+        return rules._gateway_rules(peers, nodes, pooler_port, node_exporter_port, salt_master)
+    except rules.RuleError as exc:
+        raise CommandExecutionError(str(exc)) from None

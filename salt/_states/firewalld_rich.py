@@ -102,11 +102,6 @@ def rich_rules_managed(name, rules=None, prune_owned=False, management_networks=
         networks or the salt-master's ports 4505/4506.
     """
     ret = {"name": name, "changes": {}, "result": True, "comment": ""}
-    if __opts__["test"] and not __salt__["service.status"]("firewalld"):
-        # an earlier state in this run starts it; nothing to compare with yet
-        return {**ret, "result": None,
-                "comment": f"firewalld is not running: {len(rules or [])} rich rules will be "
-                           f"compared and applied to zone {name} once it runs"}
     try:
         applied = __salt__["firewalld.apply_rich_rules"](
             zone=name, present=rules or [], prune_owned=prune_owned,
@@ -154,8 +149,10 @@ def _report(ret, applied, what):
     counts = ", ".join(f"{side} +{len(applied[side]['add'])} -{len(applied[side]['remove'])}"
                        for side in changes)
     if applied["test"]:
+        source = f" (predicted from what it will load: {applied['predicted_from']})" \
+            if applied.get("predicted_from") else ""
         return {**ret, "result": None, "changes": changes,
-                "comment": f"{what}: zone {zone} would change: {counts}"}
+                "comment": f"{what}: zone {zone} would change: {counts}{source}"}
     return {**ret, "changes": changes,
             "comment": f"{what}: zone {zone} changed: {counts} (no reload)"}
 

@@ -9,6 +9,7 @@ import time
 import pytest
 
 from lab import saltstack
+from repo_modules import load
 
 pytestmark = pytest.mark.lab
 
@@ -173,17 +174,22 @@ def as_set(changes, side, op):
 # -- the formula ---------------------------------------------------------------------------
 
 
-def test_first_run_starts_firewalld_and_the_master_keeps_reaching_the_minion(lab):
+def test_first_run_installs_firewalld_as_predicted_and_the_master_keeps_reaching_the_minion(lab):
     gw = lab[GW]
-    assert gw.run(["systemctl", "is-active", "firewalld"]).stdout.strip() != "active"
+    installed = ["dpkg-query", "-W", "-f=${Status}", "firewalld"]
+    assert "ok installed" not in gw.run(installed).stdout  # a fresh gateway
     assert tcp_open(lab, "outsider", GW_K8S, POOLER)  # no firewall yet
-    predicted = apply_formula(lab, test=True)[RULE_STATE]
-    assert predicted["result"] is None and "firewalld is not running" in predicted["comment"]
-    assert gw.run(["systemctl", "is-active", "firewalld"]).stdout.strip() != "active"
+    predicted = apply_formula(lab, test=True)
+    assert all(r["result"] is not False for r in predicted.values()), predicted
+    rules = predicted[RULE_STATE]
+    assert rules["result"] is None and "firewalld is not installed yet" in rules["comment"], rules
+    assert "ok installed" not in gw.run(installed).stdout  # test=True touched nothing
+    assert gw.run(["test", "-e", "/var/lib/vpn-gateway/firewalld-rich-rules.json"]).returncode
 
     ret = apply_formula(lab)  # the return itself travels through the new firewall
     assert all(r["result"] is True for r in ret.values()), ret
     changes = ret[RULE_STATE]["changes"]
+    assert changes == rules["changes"]  # predicted exactly, order included
     assert as_set(changes, "runtime", "add") == as_set(changes, "permanent", "add") == derived()
     assert held(lab) == held(lab, permanent=True) == derived()
     assert salt(lab, "test.ping") is True
@@ -191,6 +197,38 @@ def test_first_run_starts_firewalld_and_the_master_keeps_reaching_the_minion(lab
         again = apply_formula(lab, test=test)
         assert all(r["result"] is True for r in again.values()), again
         assert changes_of(again) == {}
+
+
+# Rules in other spellings; each must come out of firewalld's own parser in the
+# host (python3-firewall, firewalld 1.3 or 2.3) exactly as our normal form.
+SPELLED = [
+    "rule priority=-5 family=ipv4 source NOT ipset=peers log prefix=x limit value=1/m drop",
+    "rule family=ipv6 source address=2001:db8::/64 service name=ssh reject "
+    "type=icmp6-adm-prohibited",
+    "rule family=ipv4 destination address=198.19.10.1 port port=6432 protocol=tcp accept "
+    "limit value=100/s",
+    "rule family=ipv4 source address=198.18.1.0/24 port port=22 protocol=tcp log level=INFO "
+    "prefix='ssh ' limit value=3/minute accept limit value=10/second",
+    "rule family=ipv4 destination NOT address=198.18.0.0/24 source-port port=1000-2000 "
+    "protocol=udp reject",
+    "rule family=ipv4 source address=198.18.0.1 audit limit value=2/h accept",
+]
+FIREWALLD_PRINTS = """\
+import json, sys
+from firewall.core.rich import Rich_Rule
+print(json.dumps([str(Rich_Rule(rule_str=r)) for r in json.load(sys.stdin)]))
+"""
+
+
+def test_firewalld_in_the_host_prints_our_normal_form_unchanged(lab):
+    fr = load("salt/_modules/firewalld_rich.py")
+    ours = sorted(derived()) + [fr._parse_rule(text).render() for text in SPELLED]
+    lab[GW].put("/root/firewalld_prints.py", FIREWALLD_PRINTS)
+    lab[GW].put("/root/rules.json", json.dumps(ours))
+    out = lab[GW].run("/usr/bin/python3 /root/firewalld_prints.py < /root/rules.json",
+                      check=True).stdout
+    assert json.loads(out) == ours
+    assert [fr._parse_rule(text).render() for text in json.loads(out)] == ours
 
 
 def test_test_mode_predicts_exactly_and_touches_nothing(lab):

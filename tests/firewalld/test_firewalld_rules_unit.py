@@ -310,3 +310,22 @@ def test_bad_pillar_names_its_key(fr, peers, nodes, port, key):
     with pytest.raises(fr.RuleError) as caught:
         fr._gateway_rules(peers, nodes, port)
     assert str(caught.value).startswith(key)
+
+
+# -- the formula renders where firewalld's Salt modules do not load ----------------------------
+
+
+def test_the_formula_renders_without_firewalld_modules(salt_call_without_firewalld):
+    """A fresh host has no firewalld: Salt core's firewalld module does not load, and
+    the render must not need it (nor this pack's firewalld module) to derive the rules."""
+    pillar = {"vpn_gateway": {"tunnel": {"peers": PEERS},
+                              "kubernetes": {"nodes": ["198.18.2.31"]},
+                              "pooler": {"listen_port": 6432},
+                              "firewall": {"salt_master": "198.18.1.2"}}}
+    code, rendered = salt_call_without_firewalld("state.show_sls", "vpn_gateway.firewall",
+                                                 pillar=pillar)
+    assert code == 0 and isinstance(rendered, dict), rendered
+    rules = rendered["firewalld-gateway-rules"]["firewalld"]
+    declared = next(arg["rules"] for arg in rules if isinstance(arg, dict) and "rules" in arg)
+    assert ESP_PRIMARY in declared and len(declared) == 3 * 2 + 2 + 1, declared
+    assert "rich_rules_managed" in rules

@@ -8,7 +8,7 @@
 {%- from "vpn_gateway/map.jinja" import gateway with context %}
 {%- set fw = salt['pillar.get']('vpn_gateway:firewall', {}) %}
 {%- set master = fw.get('salt_master') or salt['config.get']('master') %}
-{%- set rules = salt['firewalld.vpn_gateway_rules'](
+{%- set rules = salt['vpn_gateway.firewall_rules'](
       salt['pillar.get']('vpn_gateway:tunnel:peers', {}),
       salt['pillar.get']('vpn_gateway:kubernetes:nodes', []),
       salt['pillar.get']('vpn_gateway:pooler:listen_port', 6432),
