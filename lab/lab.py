@@ -17,7 +17,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from . import images
+from . import images, kubeapi
 from . import topology as topo
 
 PREFIX = "vgwlab"
@@ -300,8 +300,8 @@ class Lab:
         binds = [f"--bind-ro={path}" for path in sorted(shared)]
         binds += [f"--bind-ro={self.images[p]['repo']}:{images.REPO_MOUNT}/{p}"
                   for p in self.platforms]
-        if Path(KUBECTL).exists():  # not a Debian package: the machine image's own client
-            binds.append(f"--bind-ro={KUBECTL}:/usr/local/bin/kubectl")
+        if kubeapi.KUBECTL.exists():  # no Debian package: the machine image's own client
+            binds.append(f"--bind-ro={kubeapi.KUBECTL}:/usr/local/bin/kubectl")
         argv = [
             "systemd-nspawn", "--quiet", "--boot", "--register=no", "--keep-unit",
             "--capability=all", "--link-journal=no", "--console=pipe",
@@ -331,9 +331,6 @@ class Lab:
         clean(self.name)
         self.timings["stop"] = time.monotonic() - started
         self.log(f"lab: {self.name} torn down in {self.timings['stop']:.1f}s")
-
-
-KUBECTL = "/usr/bin/kubectl"
 
 
 def _python_home(venv):

@@ -18,7 +18,7 @@ from kubernetes import config as k8s_config
 
 from fake_apiserver import READONLY_TOKEN, FakeApiServer
 
-KUBECTL = "/usr/bin/kubectl"
+from lab.kubeapi import KUBECTL, KUBECTL_MISSING
 
 
 class Cluster:
@@ -56,7 +56,9 @@ class Cluster:
         return str(path)
 
     def kubectl(self, *args, input=None, check=True):
-        argv = [KUBECTL, f"--kubeconfig={self.kubeconfig}", *args]
+        if not KUBECTL.exists():
+            pytest.skip(KUBECTL_MISSING)
+        argv = [str(KUBECTL), f"--kubeconfig={self.kubeconfig}", *args]
         if self.context:
             argv.insert(2, f"--context={self.context}")
         proc = subprocess.run(argv, input=input, capture_output=True, text=True, timeout=60)

@@ -37,6 +37,8 @@ def apply(lab, test=False):
 
 
 def objects(lab):
+    if not kubeapi.KUBECTL.exists():
+        pytest.skip(kubeapi.KUBECTL_MISSING)
     listed = kubectl(lab, "get", "services,endpointslices", "-n", "databases", "-o", "json")
     return json.loads(listed)["items"]
 
