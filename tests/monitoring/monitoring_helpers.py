@@ -59,7 +59,8 @@ def established(gw):
     """Which peers vpn-gw1 has an established IKE SA with (the oracle: whack itself)."""
     text = gw.run(["ipsec", "whack", "--status"]).stdout
     return {"backup" if m.group(1).endswith("-backup") else "primary"
-            for m in re.finditer(r'#\d+: "([^"/]+)[^ ]* \S+ STATE_V2_ESTABLISHED_IKE_SA', text)}
+            for m in re.finditer(
+                r'#\d+: "([^"/]+)[^ ]* \S+ (?:STATE_V2_)?ESTABLISHED_IKE_SA', text)}
 
 
 def alerts(lab):

@@ -36,7 +36,7 @@ def highstate(lab):
 def tunnel_established(gw):
     """The oracle is pluto itself: an established IKE SA to the primary peer."""
     status = gw.run(["ipsec", "whack", "--status"]).stdout
-    return re.search(r'"remote-db"[^\n]* STATE_V2_ESTABLISHED_IKE_SA', status) is not None
+    return re.search(r'"remote-db"[^\n]* (?:STATE_V2_)?ESTABLISHED_IKE_SA', status) is not None
 
 
 def wait_for(predicate, timeout=90):
