@@ -243,6 +243,25 @@ def test_test_mode_predicts_exactly_and_touches_nothing(lab):
     assert zone(lab) == before
 
 
+def test_stopped_firewalld_test_mode_predicts_from_its_permanent_configuration(lab):
+    gw = lab[GW]
+    ike = 'rule family="ipv4" source address="198.18.0.22" port port="500" protocol="udp" accept'
+    gw.run(["systemctl", "stop", "firewalld"], check=True)
+    gw.run(["firewall-offline-cmd", "--zone=public", f"--remove-rich-rule={ike}"], check=True)
+    files = "find /etc/firewalld /var/lib/vpn-gateway -type f -exec md5sum {} + | sort"
+    before = gw.run(files, check=True).stdout
+    rules = apply_formula(lab, test=True)[RULE_STATE]
+    assert rules["result"] is None and "its permanent configuration" in rules["comment"], rules
+    assert rules["changes"] == {"runtime": {"add": [ike]}, "permanent": {"add": [ike]}}
+    assert gw.run(files, check=True).stdout == before  # test=True touched nothing
+    assert gw.run(["systemctl", "is-active", "firewalld"]).stdout.strip() != "active"
+
+    ret = apply_formula(lab)  # starts firewalld, which loads its permanent configuration
+    assert all(r["result"] is True for r in ret.values()), ret
+    assert ret[RULE_STATE]["changes"] == rules["changes"]
+    assert held(lab) == held(lab, permanent=True) == derived()
+
+
 def test_core_firewalld_module_and_states_still_work_beside_ours(lab):
     # core's firewalld.service and firewalld.present, and ours, in one state run
     high = {"core-service": {"firewalld": ["service", {"name": "vgw-probe"},

@@ -329,3 +329,50 @@ def test_the_formula_renders_without_firewalld_modules(salt_call_without_firewal
     declared = next(arg["rules"] for arg in rules if isinstance(arg, dict) and "rules" in arg)
     assert ESP_PRIMARY in declared and len(declared) == 3 * 2 + 2 + 1, declared
     assert "rich_rules_managed" in rules
+
+
+# -- firewalld not running: what it will load --------------------------------------------------
+
+
+LISTING = """\
+public (default)
+  target: default
+  icmp-block-inversion: no
+  interfaces:
+  sources:
+  services: dhcpv6-client ssh
+  ports: 7002/tcp 1000-2000/udp
+  protocols:
+  forward: yes
+  masquerade: no
+  forward-ports:
+  source-ports:
+  icmp-blocks:
+  rich rules:
+\trule family="ipv4" source address="198.18.0.21" protocol value="esp" accept
+\trule family="ipv4" source address="198.18.2.99/32" port port="09100" protocol="tcp" drop
+"""
+
+
+def test_a_zone_listing_is_read_as_firewalld_will_load_it(fr):
+    settings, rules = fr._parse_listing(LISTING)
+    assert settings == {"target": "default", "services": ["dhcpv6-client", "ssh"],
+                        "ports": [("7002", "tcp"), ("1000-2000", "udp")]}
+    assert rules == [ESP_PRIMARY, 'rule family="ipv4" source address="198.18.2.99/32" '
+                                  'port port="09100" protocol="tcp" drop']
+
+
+def test_the_default_zone_comes_from_firewalld_conf(fr, tmp_path):
+    conf = tmp_path / "firewalld.conf"
+    assert fr._default_zone(str(conf)) == "public"  # not installed: firewalld's default
+    conf.write_text("# comment\nDefaultZone=internal\nCleanupOnExit=yes\n")
+    assert fr._default_zone(str(conf)) == "internal"
+
+
+def test_protocol_names_do_not_need_netbase(fr):
+    # Debian 12's minbase has no /etc/protocols: the rules must render the same
+    by_name, by_number = fr._protocols("/nonexistent/protocols")
+    assert by_name["esp"] == 50 and by_number[50] == "esp" and by_number[51] == "ah"
+    full = fr._protocols()
+    assert all(full[1][number] == name for name, number in fr.KNOWN_PROTOCOLS.items()
+               if number in full[1] and Path("/etc/protocols").exists())
