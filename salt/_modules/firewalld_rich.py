@@ -1128,7 +1128,8 @@ def vpn_gateway_rules(peers, nodes, pooler_port, node_exporter_port=None, salt_m
     Return the gateway's rich rules (normal form) derived from pillar values:
     IKE udp 500, NAT-T udp 4500 and ESP from each remote gateway; the pooler
     port and the node exporter port from each Kubernetes node; the
-    salt-master's packets from its ports 4505/4506.
+    salt-master's packets from its ports 4505/4506. The formula calls the same
+    pure code as ``vpn_gateway.firewall_rules``, which renders without firewalld.
 
     CLI Example:
 
