@@ -11,9 +11,20 @@ schema below (errors name the pillar key) and by starting a scratch PgBouncer
 on the candidate with a private Unix socket only, whose ERROR/WARNING lines
 (unknown settings, HBA lines it would skip) reject it.
 
+The module loads without PgBouncer or psql installed, so that ``test=True``
+on a fresh host can predict the pooler's changes: its pure helpers work
+anywhere, and what needs the binaries fails when called (``running`` is then
+False), naming the package to install.
+
+The [pgbouncer] settings are checked against one table per PgBouncer version
+(1.18, 1.24): the installed binary's version, else the version the host's
+package manager would install (so a dry run on a fresh host checks against the
+PgBouncer it is going to get).
+
 Minion config (or pillar) keys: ``pgbouncer.config`` (the ini path, default
 ``/etc/pgbouncer/pgbouncer.ini``), ``pgbouncer.user`` / ``pgbouncer.group``
-(the service's account, default ``pgbouncer``), ``pgbouncer.service``.
+(the service's account, default ``pgbouncer``), ``pgbouncer.service``,
+``pgbouncer.package``.
 """
 import base64
 import csv
@@ -43,14 +54,19 @@ DEFAULTS = {
     "user": "pgbouncer",
     "group": "pgbouncer",
     "service": "pgbouncer",
+    "package": "pgbouncer",
 }
+# Where the binaries are looked up (the minion's own PATH may lack the sbin directories).
+TOOL_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# The first line of every pgbouncer.ini this module writes.
+HEADER = "; Managed by Salt (pgbouncer states): edits here are replaced."
 
 INT, BOOL, TIME, TEXT = "an integer", "a boolean", "a number of seconds", "a string"
 SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 POOL_MODES = ("session", "transaction", "statement")
 
 # The [pgbouncer] settings of PgBouncer 1.18 (SHOW CONFIG), by type; a tuple is an enum.
-SETTINGS = {
+SETTINGS_1_18 = {
     **dict.fromkeys((
         "listen_port", "listen_backlog", "max_client_conn", "default_pool_size", "min_pool_size",
         "reserve_pool_size", "max_db_connections", "max_user_connections", "pkt_buf",
@@ -80,11 +96,24 @@ SETTINGS = {
     "client_tls_sslmode": SSLMODES,
     "server_tls_sslmode": SSLMODES,
 }
+# PgBouncer 1.24 (Debian 13, EL10): 1.18's settings plus these (SHOW CONFIG of 1.24.1).
+SETTINGS_1_24 = {
+    **SETTINGS_1_18,
+    **dict.fromkeys((
+        "max_prepared_statements", "max_db_client_connections", "max_user_client_connections",
+        "peer_id"), INT),
+    "cancel_wait_timeout": TIME,
+    **dict.fromkeys(("auth_dbname", "auth_ident_file", "track_extra_parameters"), TEXT),
+}
+# One table per version; a version between two uses the older one's table, a newer one the
+# newest table (the scratch PgBouncer run still catches what a table does not know).
+SETTINGS_BY_VERSION = {(1, 18): SETTINGS_1_18, (1, 24): SETTINGS_1_24}
+SETTINGS = SETTINGS_1_18  # the oldest table: what every supported version takes
 # Settings PgBouncer reads only at start (SHOW CONFIG changeable=no); used when it is not running.
 RESTART_SETTINGS = frozenset((
     "listen_addr", "listen_port", "unix_socket_dir", "unix_socket_mode", "unix_socket_group",
     "pidfile", "user", "listen_backlog", "pkt_buf", "so_reuseport", "disable_pqexec", "job_name",
-    "resolv_conf"))
+    "resolv_conf", "track_extra_parameters"))
 # PgBouncer's own defaults for the settings the cross-checks read.
 SETTING_DEFAULTS = {"default_pool_size": 20, "max_db_connections": 0, "min_pool_size": 0,
                     "listen_port": 6432}
@@ -111,11 +140,74 @@ TEXT_COLUMNS = frozenset((
 
 
 def __virtual__():
-    missing = [tool for tool in ("pgbouncer", "psql") if not shutil.which(tool)]
-    if missing:
-        return (False, f"pgbouncer module: {' and '.join(missing)} not found; install the "
-                       "pgbouncer and postgresql-client packages (psql reaches the admin console)")
+    # Loads everywhere: a host without PgBouncer must still render the formula and predict
+    # its changes (test=True); functions that need the binaries say what to install.
     return __virtualname__
+
+
+def _tool(name):
+    """The path of ``pgbouncer`` or ``psql``; CommandExecutionError naming the package."""
+    path = shutil.which(name, path=TOOL_PATH)
+    if path is None:
+        package = {"psql": "a PostgreSQL client (Debian: postgresql-client; EL: postgresql), "
+                           "psql reaches the admin console"}.get(name, "pgbouncer")
+        raise CommandExecutionError(f"{name} is not installed; install {package} "
+                                    "(vpn_gateway.pgbouncer does)")
+    return path
+
+
+def _parse_version(text):
+    match = re.search(r"(?:^|[^\d.])(\d+)\.(\d+)", text or "")
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def version():
+    """PgBouncer's version as ``"1.24"``: the installed binary's (``pgbouncer --version``),
+    else the one the package manager would install (``pkg.latest_version``, no refresh),
+    else None.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' pgbouncer.version
+    """
+    found = _version()
+    return None if found is None else f"{found[0]}.{found[1]}"
+
+
+def _version():
+    binary = shutil.which("pgbouncer", path=TOOL_PATH)
+    if binary:
+        proc = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10,
+                              check=False)
+        found = _parse_version(proc.stdout)
+        if found:
+            return found
+    salt_functions = globals().get("__salt__") or {}
+    if "pkg.latest_version" in salt_functions:
+        package = _option("package")
+        for candidate in (salt_functions["pkg.version"](package),
+                          salt_functions["pkg.latest_version"](package, refresh=False)):
+            # Debian's "1.24.1-1+deb13u2"; an epoch ("2:1.24...") comes first.
+            found = _parse_version(str(candidate or "").split(":")[-1])
+            if found:
+                return found
+    return None
+
+
+def settings_table(version=None):
+    """{setting: type} for PgBouncer ``version`` (``"1.24"``, a tuple, or None: the host's,
+    see ``version``; unknown: the newest table)."""
+    if isinstance(version, str):
+        version = _parse_version(version)
+    elif version is None:
+        version = _version()
+    if version is None:
+        return max(SETTINGS_BY_VERSION.items())
+    known = [v for v in SETTINGS_BY_VERSION if v <= tuple(version)]
+    chosen = max(known) if known else min(SETTINGS_BY_VERSION)
+    return chosen, SETTINGS_BY_VERSION[chosen]
 
 
 # -- pure helpers: ini, connect strings, auth file, validation, SCRAM -------------------------
@@ -142,7 +234,7 @@ def _parse_ini(text):
 
 def _render_ini(sections):
     """{section: {key: value}} -> pgbouncer.ini text, keys sorted so output is stable."""
-    lines = ["; Managed by Salt (pgbouncer states): edits here are replaced."]
+    lines = [HEADER]
     for section in ("databases", "users", "pgbouncer"):
         lines.append(f"\n[{section}]")
         lines += [f"{key} = {value}" for key, value in sorted(sections.get(section, {}).items())]
@@ -250,8 +342,11 @@ def _text(value, key):
     return value
 
 
-def render_setting(key, value, where="settings"):
+def render_setting(key, value, where="settings", version=None):
     """One [pgbouncer] setting -> its text in the ini; SaltInvocationError names ``where:key``.
+
+    version
+        PgBouncer's version whose settings apply (``"1.24"``); default: the host's.
 
     CLI Example:
 
@@ -259,10 +354,15 @@ def render_setting(key, value, where="settings"):
 
         salt '*' pgbouncer.render_setting server_lifetime 1800
     """
+    return _render_setting(key, value, where, settings_table(version))
+
+
+def _render_setting(key, value, where, table):
     name = f"{where}:{key}"
-    kind = SETTINGS.get(key)
+    (major, minor), known = table
+    kind = known.get(key)
     if kind is None:
-        raise _invalid(name, "is not a PgBouncer 1.18 setting",
+        raise _invalid(name, f"is not a PgBouncer {major}.{minor} setting",
                        "remove it or fix its spelling (SHOW CONFIG lists the settings)")
     if isinstance(kind, tuple):
         if value not in kind:
@@ -293,8 +393,11 @@ def render_setting(key, value, where="settings"):
     return text
 
 
-def render_settings(settings, where="settings"):
+def render_settings(settings, where="settings", version=None):
     """Validate a [pgbouncer] section (a dict) -> {key: text}; cross-checks the pool sizes.
+
+    version
+        PgBouncer's version whose settings apply (``"1.24"``); default: the host's.
 
     CLI Example:
 
@@ -304,7 +407,8 @@ def render_settings(settings, where="settings"):
     """
     if not isinstance(settings, dict):
         raise _invalid(where, "is not a mapping", "give settings as key: value pairs")
-    rendered = {key: render_setting(key, value, where) for key, value in settings.items()}
+    table = settings_table(version)
+    rendered = {key: _render_setting(key, value, where, table) for key, value in settings.items()}
 
     def number(key):
         return int(rendered.get(key, SETTING_DEFAULTS[key]))
@@ -350,7 +454,8 @@ def render_database(name, entry, where="databases"):
         if field in DATABASE_INTS:
             rendered[field] = _integer(value, name_of, *((1, 65535) if field == "port" else ()))
         elif field == "pool_mode":
-            rendered[field] = render_setting("pool_mode", value, key)
+            rendered[field] = _render_setting("pool_mode", value, key,
+                                              ((1, 18), {"pool_mode": POOL_MODES}))
         elif field in ("dbname", "user", "auth_user"):
             rendered[field] = _check_name(value, name_of)
         elif field == "host":
@@ -493,7 +598,7 @@ def same_setting(key, wanted, shown):
     """
     if key == "unix_socket_mode":  # written in octal, shown in decimal
         return int(wanted, 8) == int(shown)
-    if SETTINGS.get(key) == TIME:
+    if SETTINGS_1_24.get(key) == TIME:
         return float(wanted) == float(shown)
     return wanted == shown
 
@@ -582,8 +687,8 @@ def console(command, timeout=30):
         salt '*' pgbouncer.console 'SHOW LISTS'
     """
     socket_dir, port = _console_address()
-    argv = ["psql", "-X", "-q", "--csv", "-v", "ON_ERROR_STOP=1", "-h", socket_dir, "-p", port,
-            "-U", "pgbouncer", "-d", "pgbouncer", "-c", command]
+    argv = [_tool("psql"), "-X", "-q", "--csv", "-v", "ON_ERROR_STOP=1", "-h", socket_dir,
+            "-p", port, "-U", "pgbouncer", "-d", "pgbouncer", "-c", command]
     try:
         proc = _run_as_service_user(argv, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -707,6 +812,8 @@ def running():
 
         salt '*' pgbouncer.running
     """
+    if not (shutil.which("psql", path=TOOL_PATH) and _account_exists()):
+        return False  # nothing to ask it with (a host the formula has not set up yet)
     try:
         console("SHOW VERSION", timeout=10)
     except CommandExecutionError:
@@ -773,6 +880,7 @@ def check_config(sections, hba=None, timeout=10):
         salt '*' pgbouncer.check_config "$(salt-call --out=json pgbouncer.read_config)"
     """
     uid, gid = _account()
+    _tool("pgbouncer")
     with tempfile.TemporaryDirectory(prefix="pgbouncer-check-") as scratch:
         os.chown(scratch, uid, gid)
         settings = dict(sections.get("pgbouncer", {}))
@@ -786,7 +894,7 @@ def check_config(sections, hba=None, timeout=10):
             settings["auth_file"] = _scratch_file(scratch, "users", "", uid, gid)
         ini = _scratch_file(scratch, "pgbouncer.ini",
                             _render_ini({**sections, "pgbouncer": settings}), uid, gid)
-        proc = subprocess.Popen(["pgbouncer", ini], user=uid, group=gid, extra_groups=[],
+        proc = subprocess.Popen([_tool("pgbouncer"), ini], user=uid, group=gid, extra_groups=[],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + timeout
         try:
@@ -850,8 +958,11 @@ def validate_config(sections, hba=None):
         salt '*' pgbouncer.validate_config "$(salt-call --out=json pgbouncer.read_config)"
     """
     text = render_config(sections)
-    if __opts__.get("test") and not _account_exists():
-        return text  # a dry run before the formula made the account: the schema check only
+    if __opts__.get("test") and not (_account_exists()
+                                     and shutil.which("pgbouncer", path=TOOL_PATH)):
+        # A dry run before the formula installed PgBouncer or made its account: the schema
+        # check only (the real run checks with PgBouncer before it writes anything).
+        return text
     problems = check_config(_parse_ini(text), hba=hba)
     hba_lines = [p for p in problems if re.search(r"hba line \d+", p)]
     if hba_lines:
@@ -997,3 +1108,66 @@ def remove_user(name):
     if users.pop(name, None) is None:
         return False
     return write_file(auth_file_path(), render_auth_file(users), owner=_option("user"))
+
+
+# -- the package's own instance -----------------------------------------------------------------
+
+def service_instance(service=None):
+    """The main process of the PgBouncer unit (minion option ``pgbouncer.service``):
+    ``{"running": bool, "pid": int, "user": name, "ours": bool}``; ``ours`` is whether it runs
+    under the managed account (``pgbouncer.user``). Debian's package starts its own instance
+    as ``postgres`` when it is installed.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' pgbouncer.service_instance
+    """
+    service = service or _option("service")
+    systemctl = shutil.which("systemctl", path=TOOL_PATH)
+    if systemctl is None:
+        return {"running": False, "pid": 0, "user": None, "ours": False}
+    proc = subprocess.run([systemctl, "show", "--property=MainPID", "--value", service],
+                          capture_output=True, text=True, timeout=30, check=False)
+    pid = int(proc.stdout.strip() or 0) if proc.stdout.strip().isdigit() else 0
+    try:
+        user = pwd.getpwuid(os.stat(f"/proc/{pid}").st_uid).pw_name if pid else None
+    except (FileNotFoundError, KeyError):
+        pid, user = 0, None
+    return {"running": bool(pid), "pid": pid, "user": user,
+            "ours": bool(pid) and user == _option("user")}
+
+
+def config_managed():
+    """Whether the managed pgbouncer.ini exists and was written by this module (its header);
+    False for a missing file and for the package's own default.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' pgbouncer.config_managed
+    """
+    try:
+        with open(config_path(), encoding="utf-8") as handle:
+            return handle.readline().rstrip("\n") == HEADER
+    except FileNotFoundError:
+        return False
+
+
+def retire_packaged_config():
+    """Move a pgbouncer.ini this module did not write (the package's default) to
+    ``<path>.packaged``; the path it went to, or None when there was none.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' pgbouncer.retire_packaged_config
+    """
+    path = config_path()
+    if not os.path.exists(path) or config_managed():
+        return None
+    os.replace(path, f"{path}.packaged")
+    return f"{path}.packaged"

@@ -1,5 +1,6 @@
 """
-PgBouncer states: the [pgbouncer] settings, [databases] pools and auth file users.
+PgBouncer states: the package's own instance retired, the [pgbouncer] settings,
+[databases] pools and auth file users.
 
 Each state validates its input and the whole resulting config (schema, then a
 scratch PgBouncer) before anything on the host changes, applies it with RELOAD
@@ -41,6 +42,84 @@ def _apply(ret, changes, label, steps, done):
         return ret
     ret.update(changes=changes, comment=done)
     return ret
+
+
+PACKAGED_STOPPED = {"old": "running: the package's own instance", "new": "stopped"}
+
+
+def packaged_instance_absent(name="pgbouncer", package="pgbouncer", starts_on_install=None,
+                             pillar_key=None):
+    """Take the PgBouncer unit and pgbouncer.ini over from the package: stop an instance of
+    unit ``name`` that does not run under the managed account (Debian's package starts its
+    own as ``postgres`` on 127.0.0.1:6432 when installed), and move a pgbouncer.ini this
+    module did not write (the package's default) to ``pgbouncer.ini.packaged``. The managed
+    unit has the same name and overrides the package's (``/etc/systemd/system``), so the
+    package's enablement and its restarts on upgrade apply to the managed instance.
+
+    name
+        The unit (the package's and the formula's).
+    package
+        The package; when it is not installed yet, ``test=True`` predicts what its install
+        brings: a default pgbouncer.ini, and on Debian a started instance.
+    starts_on_install
+        Whether the package starts its own instance when installed (default: true on the
+        Debian family, false elsewhere).
+
+    .. code-block:: yaml
+
+        pgbouncer-packaged-instance:
+          pgbouncer.packaged_instance_absent:
+            - require:
+              - pkg: pgbouncer-package
+    """
+    ret = _ret(name)
+    if starts_on_install is None:
+        starts_on_install = __grains__.get("os_family") == "Debian"
+    try:
+        installed = bool(__salt__["pkg.version"](package))
+        instance = __salt__["pgbouncer.service_instance"](name)
+        config = __salt__["pgbouncer.config_path"]()
+        foreign_config = (not __salt__["pgbouncer.config_managed"]()
+                          and __salt__["file.file_exists"](config))
+    except (SaltInvocationError, CommandExecutionError) as exc:
+        return _fail(ret, exc, pillar_key)
+    changes = {}
+    if not installed and __opts__["test"]:
+        # What installing the package brings: a default pgbouncer.ini (Debian and EL ship
+        # one) and, on Debian, its own started instance.
+        stop = starts_on_install
+        foreign_config = not __salt__["pgbouncer.config_managed"]()
+    else:
+        stop = instance["running"] and not instance["ours"]
+    if stop:
+        changes["service"] = dict(PACKAGED_STOPPED)
+    if foreign_config:
+        changes["config"] = {"old": config, "new": f"{config}.packaged"}
+    if not changes:
+        ret["comment"] = "no instance or config of the package's own"
+        return ret
+    if __opts__["test"]:
+        ret.update(result=None, changes=changes, comment=(
+            "the package's own " + " and ".join(
+                (["instance would be stopped"] if stop else [])
+                + (["pgbouncer.ini would be moved aside"] if foreign_config else []))
+            + ("" if installed else f" (predicted: {package} is not installed yet)")))
+        return ret
+
+    def steps():
+        if stop:
+            if __salt__["service.stop"](name) is not True:
+                raise CommandExecutionError(f"systemctl stop {name} failed (see its journal)")
+            if __salt__["pgbouncer.service_instance"](name)["running"]:
+                raise CommandExecutionError(f"{name} still runs after systemctl stop")
+        if foreign_config:
+            __salt__["pgbouncer.retire_packaged_config"]()
+
+    return _apply(ret, changes, "the package's own instance", steps,
+                  "took PgBouncer over from the package: "
+                  + ", ".join((["its instance stopped"] if stop else [])
+                              + ([f"its pgbouncer.ini moved to {config}.packaged"]
+                                 if foreign_config else [])))
 
 
 def _running_config():
@@ -85,7 +164,7 @@ def settings(name, settings, hba=None, restart=False, pillar_key=None):
             ret["comment"] = "PgBouncer settings are in place"
             return ret
         live = _running_config()
-        _check_listen(wanted, live)
+        _check_listen(wanted, live, __opts__["test"])
         sections = {**current, "pgbouncer": wanted}
         __salt__["pgbouncer.validate_config"](sections, hba=hba_text)
     except (SaltInvocationError, CommandExecutionError) as exc:
@@ -138,13 +217,20 @@ def _read_hba(wanted):
         return None
 
 
-def _check_listen(wanted, live):
-    """Refuse a listen address:port another process holds (unless it is PgBouncer's own)."""
+def _check_listen(wanted, live, test=False):
+    """Refuse a listen address:port another process holds (unless it is PgBouncer's own).
+
+    In a dry run the package's own instance may hold it still: packaged_instance_absent
+    stops it before this state applies (the real run checks again)."""
     port = wanted.get("listen_port", "6432")
     addr = wanted.get("listen_addr", "")
     if live and (live["listen_port"]["value"], live["listen_addr"]["value"]) == (port, addr):
         return
     busy = __salt__["pgbouncer.port_in_use"](addr, port) if addr else None
+    if busy and test:
+        instance = __salt__["pgbouncer.service_instance"]()
+        if instance["running"] and not instance["ours"]:
+            return
     if busy:
         raise SaltInvocationError(f"settings:listen_port: {port} is already in use on {busy}; "
                                   "stop what holds it or choose another port")

@@ -1,5 +1,7 @@
-"""The pgbouncer formula and states on real hosts: PostgreSQL 15 (SCRAM) in remote-db, the
-formula on vpn-gw1 (pooling over the routed lab path; the tunnel where the kernel has ESP),
+"""The pgbouncer formula and states on real hosts: the platform's PostgreSQL (15 on debian12,
+17 on debian13; SCRAM) in remote-db, the formula on a fresh vpn-gw1 (it installs PgBouncer
+1.18/1.24 and the client from the offline repository, and takes over the instance Debian's
+package starts; pooling over the routed lab path, the tunnel where the kernel has ESP),
 clients in k8s-node1. Tests run in file order and share one lab."""
 import hashlib
 import json
@@ -71,26 +73,68 @@ def python_in(host, script, timeout=60):
     return json.loads(result.stdout)
 
 
-def test_formula_predicts_applies_and_converges(lab):
-    predicted = apply(lab, test=True)
-    assert not failed(predicted)
-    assert {"pgbouncer-settings", "pgbouncer-user-app", "pgbouncer-pool-appdb",
-            "pgbouncer-service"} <= set(changed(predicted)) | {
-        sid for sid, ret in predicted.items() if ret["result"] is None}
-    assert predicted["pgbouncer-pool-appdb"]["changes"]["appdb"]["new"]["host"] == "198.19.1.10"
-    assert lab["vpn-gw1"].run(["systemctl", "is-active", "pgbouncer"]).stdout.strip() != "active"
+def apply_raw(lab, test=False):
+    """The pooler formula on vpn-gw1 -> {state id: (state module, return)}."""
+    args = ["vpn_gateway.pgbouncer"] + (["test=True"] if test else [])
+    raw = saltstack.salt(lab, "vpn-gw1", "state.apply", *args, timeout=600)["vpn-gw1"]
+    assert isinstance(raw, dict), raw
+    assert not any(secret in json.dumps(raw) for secret in SECRETS)
+    return {key.split("_|-")[1]: (key.split("_|-")[0], value) for key, value in raw.items()}
 
-    applied = apply(lab)
-    assert not failed(applied)
-    assert set(changed(predicted)) <= set(changed(applied))
-    assert applied["pgbouncer-pool-appdb"]["changes"] == predicted["pgbouncer-pool-appdb"][
-        "changes"]
-    assert applied["pgbouncer-user-app"]["changes"] == {
-        "app": {"password": "set", "stored": "plain"}}
+
+def test_fresh_gateway_predicted_first_run_converges_second_changes_nothing(lab, platform):
+    """vpn-gw1 boots without PgBouncer or a PostgreSQL client. test=True names exactly the
+    states the first run changes, and the pack's own states' changes exactly; the first run
+    installs the package (whose postinst starts Debian's own instance), takes it over and
+    converges; the second changes nothing."""
+    gw = lab["vpn-gw1"]
+    assert not gw.run(["dpkg-query", "-W", "pgbouncer"]).ok  # a fresh host
+    predicted = apply_raw(lab, test=True)
+    assert not {sid: r["comment"] for sid, (_, r) in predicted.items() if r["result"] is False}
+    # A dry run installs and starts nothing.
+    assert not gw.run(["dpkg-query", "-W", "pgbouncer"]).ok
+    assert gw.run(["pgrep", "-x", "pgbouncer"]).stdout == ""
+    predicted_ids = sorted(sid for sid, (_, r) in predicted.items() if r["result"] is None)
+    own = {sid for sid, (module, _) in predicted.items() if module == "pgbouncer"}
+    assert {"pgbouncer-packaged-instance", "pgbouncer-settings", "pgbouncer-user-app",
+            "pgbouncer-pool-appdb", "pgbouncer-service", "pgbouncer-package",
+            "pgbouncer-client-package"} <= set(predicted_ids)
+
+    first = apply_raw(lab)
+    assert not {sid: r["comment"] for sid, (_, r) in first.items() if r["result"] is False}
+    assert sorted(sid for sid, (_, r) in first.items() if r["changes"]) == predicted_ids
+    assert {sid: first[sid][1]["changes"] for sid in own} == {
+        sid: predicted[sid][1]["changes"] for sid in own}
+    # Debian's package started its own instance (User=postgres) on install: taken over.
+    assert first["pgbouncer-packaged-instance"][1]["changes"]["service"]["new"] == "stopped"
+    assert gw.run(["test", "-f", "/etc/pgbouncer/pgbouncer.ini.packaged"]).ok
+    assert gw.run(["ps", "-o", "user=", "-C", "pgbouncer"]).stdout.split() == ["pgbouncer"]
+    version = saltstack.salt(lab, "vpn-gw1", "pgbouncer.version")["vpn-gw1"]
+    assert version == {"debian12": "1.18", "debian13": "1.24"}[platform]
     for test in (True, False):
-        again = apply(lab, test=test)
-        assert not failed(again) and not changed(again), changed(again)
-        assert all(ret["result"] is True for ret in again.values())
+        again = apply_raw(lab, test=test)
+        assert {sid: r["changes"] for sid, (_, r) in again.items() if r["changes"]} == {}
+        assert all(r["result"] is True for _, r in again.values())
+
+
+def test_pgbouncer_1_24_takes_max_prepared_statements(lab, platform):
+    if platform != "debian13":
+        refused = apply(lab, pillar={"settings": {"max_prepared_statements": 100}})
+        assert failed(refused)["pgbouncer-settings"].startswith(
+            "vpn_gateway:pooler:settings:max_prepared_statements: is not a PgBouncer 1.18 "
+            "setting")
+        return
+    pillar = {"settings": {"max_prepared_statements": 100}}  # merged into the example
+    predicted = apply(lab, test=True, pillar=pillar)
+    assert changed(predicted) == {"pgbouncer-settings": {
+        "settings": {"max_prepared_statements": {"old": None, "new": "100"}},
+        "apply": "reload"}}
+    assert changed(apply(lab, pillar=pillar)) == changed(predicted)
+    config = {row["key"]: row["value"] for row in saltstack.salt(
+        lab, "vpn-gw1", "pgbouncer.show", "config")["vpn-gw1"]}
+    assert config["max_prepared_statements"] == "100"
+    assert changed(apply(lab))["pgbouncer-settings"]["settings"] == {
+        "max_prepared_statements": {"old": "100", "new": None}}
 
 
 def test_formula_files_unit_and_service(lab):

@@ -22,7 +22,8 @@ MINION = "vpn-gw1"  # renders every sub-state, the Kubernetes objects included
 
 # What EL9/EL10 ship (docs/role.md, "RedHat family").
 NSS_DIR = "/var/lib/ipsec/nss"
-PGBOUNCER = {"package": "pgbouncer", "service": "pgbouncer", "binary": "/usr/bin/pgbouncer",
+PGBOUNCER = {"package": "pgbouncer", "client_package": "postgresql", "service": "pgbouncer",
+             "binary": "/usr/bin/pgbouncer",
              "conf_dir": "/etc/pgbouncer", "user": "pgbouncer", "group": "pgbouncer",
              "log_dir": "/var/log/pgbouncer", "run_dir": "/run/pgbouncer"}
 TOOLS = ["postgresql", "tcpdump", "nmap", "traceroute"]
@@ -96,6 +97,7 @@ def test_libreswan_uses_the_el_package_service_and_nss_directory(rendered):
 def test_pgbouncer_uses_the_el_package_account_and_paths(rendered):
     pgb = PGBOUNCER
     assert args(rendered, "pgbouncer-package")[1]["name"] == pgb["package"]
+    assert args(rendered, "pgbouncer-client-package")[1]["name"] == pgb["client_package"]
     assert args(rendered, "pgbouncer-group")[1]["name"] == pgb["group"]
     _, user = args(rendered, "pgbouncer-user")
     assert (user["name"], user["gid"]) == (pgb["user"], pgb["group"])

@@ -1,4 +1,6 @@
-{#- PgBouncer on the gateway: package, account, directories, a hardened unit, and
+{#- PgBouncer on the gateway: package and the PostgreSQL client (psql reaches the admin
+    console), the package's own instance taken over (Debian starts one on install; the
+    formula's unit has the same name), account, directories, a hardened unit, and
     pgbouncer.ini / auth file / HBA rules from pillar vpn_gateway:pooler through the
     pgbouncer states (validated, applied with RELOAD; a restart only with pooler:restart). #}
 {%- from "vpn_gateway/map.jinja" import gateway with context %}
@@ -18,6 +20,21 @@
 pgbouncer-package:
   pkg.installed:
     - name: {{ pgb.package }}
+
+pgbouncer-client-package:
+  pkg.installed:
+    - name: {{ pgb.client_package }}
+
+{#- Debian's package enables and starts its own instance (User=postgres, 127.0.0.1:6432)
+    and ships a default pgbouncer.ini: stop it and move that file aside before ours takes
+    the port (docs/pgbouncer.md, "The package's own instance"). #}
+pgbouncer-packaged-instance:
+  pgbouncer.packaged_instance_absent:
+    - name: {{ pgb.service }}
+    - package: {{ pgb.package }}
+    - pillar_key: vpn_gateway:pooler
+    - require:
+      - pkg: pgbouncer-package
 
 pgbouncer-group:
   group.present:
@@ -89,6 +106,8 @@ pgbouncer-settings:
     - pillar_key: vpn_gateway:pooler
     - require:
       - pkg: pgbouncer-package
+      - pkg: pgbouncer-client-package
+      - pgbouncer: pgbouncer-packaged-instance
       - file: pgbouncer-auth-file
 
 {%- for name, user in pooler.get('users', {}).items() %}
