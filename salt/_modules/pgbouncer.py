@@ -812,8 +812,12 @@ def running():
 
         salt '*' pgbouncer.running
     """
-    if not (shutil.which("psql", path=TOOL_PATH) and _account_exists()):
-        return False  # nothing to ask it with (a host the formula has not set up yet)
+    if not _account_exists():
+        return False  # a host the formula has not set up yet: nothing of ours runs
+    if not shutil.which("psql", path=TOOL_PATH):
+        if service_instance()["ours"]:
+            _tool("psql")  # it runs, but cannot be asked: say what to install
+        return False
     try:
         console("SHOW VERSION", timeout=10)
     except CommandExecutionError:

@@ -157,3 +157,13 @@ def test_takeover_fails_when_the_instance_does_not_stop():
     host.stop = lambda name: False
     ret = run_state(host, test=False)
     assert ret["result"] is False and "systemctl stop pgbouncer failed" in ret["comment"]
+
+
+def test_running_without_psql_is_an_error_when_our_instance_runs(pgb, monkeypatch):
+    without_binaries(pgb, monkeypatch)
+    monkeypatch.setattr(pgb, "_account_exists", lambda: True)
+    monkeypatch.setattr(pgb, "service_instance", lambda service=None: {"ours": False})
+    assert pgb.running() is False  # nothing of ours to ask
+    monkeypatch.setattr(pgb, "service_instance", lambda service=None: {"ours": True})
+    with pytest.raises(CommandExecutionError, match="psql is not installed"):
+        pgb.running()

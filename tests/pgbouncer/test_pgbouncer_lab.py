@@ -90,7 +90,8 @@ def test_fresh_gateway_predicted_first_run_converges_second_changes_nothing(lab,
     gw = lab["vpn-gw1"]
     assert not gw.run(["dpkg-query", "-W", "pgbouncer"]).ok  # a fresh host
     predicted = apply_raw(lab, test=True)
-    assert not {sid: r["comment"] for sid, (_, r) in predicted.items() if r["result"] is False}
+    failures = {sid: r["comment"] for sid, (_, r) in predicted.items() if r["result"] is False}
+    assert not failures, failures
     # A dry run installs and starts nothing.
     assert not gw.run(["dpkg-query", "-W", "pgbouncer"]).ok
     assert gw.run(["pgrep", "-x", "pgbouncer"]).stdout == ""
@@ -101,7 +102,8 @@ def test_fresh_gateway_predicted_first_run_converges_second_changes_nothing(lab,
             "pgbouncer-client-package"} <= set(predicted_ids)
 
     first = apply_raw(lab)
-    assert not {sid: r["comment"] for sid, (_, r) in first.items() if r["result"] is False}
+    failures = {sid: r["comment"] for sid, (_, r) in first.items() if r["result"] is False}
+    assert not failures, failures
     assert sorted(sid for sid, (_, r) in first.items() if r["changes"]) == predicted_ids
     assert {sid: first[sid][1]["changes"] for sid in own} == {
         sid: predicted[sid][1]["changes"] for sid in own}
@@ -109,6 +111,8 @@ def test_fresh_gateway_predicted_first_run_converges_second_changes_nothing(lab,
     assert first["pgbouncer-packaged-instance"][1]["changes"]["service"]["new"] == "stopped"
     assert gw.run(["test", "-f", "/etc/pgbouncer/pgbouncer.ini.packaged"]).ok
     assert gw.run(["ps", "-o", "user=", "-C", "pgbouncer"]).stdout.split() == ["pgbouncer"]
+    # The formula's own PostgreSQL client reaches the console (the tools formula did not run).
+    assert saltstack.salt(lab, "vpn-gw1", "pgbouncer.running")["vpn-gw1"] is True
     version = saltstack.salt(lab, "vpn-gw1", "pgbouncer.version")["vpn-gw1"]
     assert version == {"debian12": "1.18", "debian13": "1.24"}[platform]
     for test in (True, False):
