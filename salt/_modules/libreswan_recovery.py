@@ -266,6 +266,44 @@ def _tunnel_names(settings, status, name):
     return sorted(n for n in names if not n.endswith(BACKUP_SUFFIX))
 
 
+def _declared(pillar):
+    """The tunnels ``pillar`` (this minion's ``vpn_gateway`` pillar) declares:
+    ``tunnel:name`` (default remote-db, as vpn_gateway.ipsec) when there is a
+    tunnel section, and ``monitoring:tunnels``; each with its ``-backup`` conn.
+    Pillar only: not grains or minion config, which the minion itself controls."""
+    pillar = pillar if isinstance(pillar, dict) else {}
+    tunnel, monitoring = pillar.get("tunnel"), pillar.get("monitoring")
+    names = []
+    if isinstance(tunnel, dict):
+        names.append(tunnel.get("name", "remote-db"))
+    if isinstance(monitoring, dict) and isinstance(monitoring.get("tunnels"), list):
+        names += monitoring["tunnels"]
+    names = [n for n in names if isinstance(n, str) and NAME_RE.fullmatch(n)]
+    return set(names) | {n + BACKUP_SUFFIX for n in names}
+
+
+def _acting_on(name, declared, status=None, settings=None):
+    """The tunnels ``ensure_up``/``failback`` may act on: ``name`` only when it
+    is declared (a CommandExecutionError that says why otherwise); without a
+    name, the declared ones among the watched tunnels."""
+    if name is not None:
+        shown = repr(name) if len(repr(name)) <= 60 else repr(name)[:57] + "..."
+        if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+            raise CommandExecutionError(f"name={shown}: not a conn name (a letter, then up to 39 "
+                                        "letters, digits, '-' or '_'); nothing done")
+        if name not in declared:
+            raise CommandExecutionError(
+                f"name={shown}: not a tunnel this minion's pillar declares "
+                f"(vpn_gateway:tunnel:name, vpn_gateway:monitoring:tunnels, each with "
+                f"{BACKUP_SUFFIX}: {', '.join(sorted(declared)) or 'none'}); refusing to act on it")
+        return [name]
+    return [t for t in _tunnel_names(settings, status, None) if t in declared]
+
+
+def _declared_here():
+    return _declared(json.loads(json.dumps(__pillar__.get("vpn_gateway", {}) or {})))
+
+
 def health(name=None):
     """
     Health of each tunnel (or of ``name``): ``state`` up / failover / down,
@@ -554,7 +592,10 @@ def ensure_up(name=None, force=False):
     and backoff (``force=True`` ignores them), waits while a state run is in
     progress, sends a webhook alert on recovery and on giving up, and keeps
     the EndpointSlice ``ready`` in step when ``endpoint_ready`` is enabled.
-    A tunnel that is up is left alone.
+    A tunnel that is up is left alone. Only tunnels this minion's pillar
+    declares (``vpn_gateway:tunnel:name``, ``vpn_gateway:monitoring:tunnels``
+    and their ``-backup`` conns) are acted on: another ``name`` is refused
+    with an error (the reactor passes names that come from minions' events).
 
     CLI Example:
 
@@ -563,9 +604,11 @@ def ensure_up(name=None, force=False):
         salt 'vpn-gw*' libreswan.ensure_up
         salt 'vpn-gw1' libreswan.ensure_up remote-db force=True
     """
+    declared = _declared_here()
     settings = monitoring_settings()
     results = {}
-    for tunnel in _tunnel_names(settings, _status(), name):
+    status = None if name is not None else _status()
+    for tunnel in _acting_on(name, declared, status, settings):
         with _locked(settings, tunnel) as mine:
             results[tunnel] = _ensure_one(settings, tunnel, force) if mine else {
                 "name": tunnel, "result": False, "deferred": "a recovery is already running"}
@@ -614,7 +657,8 @@ def failback(name=None):
     the backup peer carries it: with ``failback: auto``, once it has been on
     the backup for ``failback_after`` seconds (and at most once per that
     period), switch to the primary, verify, and return to the backup at once
-    if the primary does not come up. ``failback: never`` leaves it.
+    if the primary does not come up. ``failback: never`` leaves it. Only
+    tunnels this minion's pillar declares are acted on, as in ``ensure_up``.
 
     CLI Example:
 
@@ -622,9 +666,11 @@ def failback(name=None):
 
         salt 'vpn-gw1' libreswan.failback remote-db
     """
+    declared = _declared_here()
     settings = monitoring_settings()
     results = {}
-    for tunnel in _tunnel_names(settings, _status(), name):
+    status = None if name is not None else _status()
+    for tunnel in _acting_on(name, declared, status, settings):
         with _locked(settings, tunnel) as mine:
             results[tunnel] = _failback_one(settings, tunnel) if mine else {
                 "name": tunnel, "result": False, "deferred": "a recovery is already running"}

@@ -6,19 +6,44 @@
     down and up: libreswan.ensure_up on that minion (the ladder when down, within the
     retry budget; when up it only brings the EndpointSlice's ready back);
     failover: libreswan.failback (the pillar's failback policy decides).
-    The minion checks the tunnel name; the reactor only forwards. #}
-{%- set tunnel = data.get('tunnel', '') %}
+
+    Every byte of the tag and of data comes from a minion, which may be hostile
+    (docs/monitoring.md, "The reactor and hostile minions"). So nothing from the
+    event becomes a YAML key, a function name or a glob: the state ids and
+    functions below are literal; the event is acted on only when the tag has
+    exactly the beacon's shape, its minion id is a plain name (no glob or
+    separator: the target is that one minion, tgt_type list), it agrees with
+    data['id'], the tunnel is a conn name (the pattern libreswan.py validates
+    conn names with) equal to the tag's, and the state is one of three words
+    equal to the tag's. The tunnel reaches the minion only as an argument, and
+    the minion acts only on tunnels its own pillar declares. Anything else
+    renders nothing but a warning in the master's log. #}
+{%- set conn_name = '^[A-Za-z][A-Za-z0-9_-]{0,39}\\Z' %}
+{%- set minion_id = '^[A-Za-z0-9][A-Za-z0-9._-]{0,252}\\Z' %}
+{%- set parts = tag.split('/') if tag is string else [] %}
+{%- set tunnel = data.get('tunnel') %}
 {%- set state = data.get('state') %}
-{%- if state in ('down', 'up') %}
-libreswan_ensure_up_{{ tunnel }}:
+{%- set valid = parts | length == 6
+      and parts[0] == 'salt' and parts[1] == 'beacon' and parts[3] == 'libreswan'
+      and parts[2] is match(minion_id)
+      and data.get('id', parts[2]) == parts[2]
+      and tunnel is string and tunnel is match(conn_name) and parts[4] == tunnel
+      and state in ('down', 'up', 'failover') and parts[5] == state %}
+{%- if not valid %}
+{%-   do salt['log.warning']('libreswan reactor: event refused, not a libreswan beacon '
+                             'event: tag ' ~ (tag | json)) %}
+{%- elif state in ('down', 'up') %}
+libreswan_ensure_up:
   local.libreswan.ensure_up:
-    - tgt: {{ data['id'] | json }}
+    - tgt: {{ [parts[2]] | json }}
+    - tgt_type: list
     - args:
       - name: {{ tunnel | json }}
-{%- elif state == 'failover' %}
-libreswan_failback_{{ tunnel }}:
+{%- else %}
+libreswan_failback:
   local.libreswan.failback:
-    - tgt: {{ data['id'] | json }}
+    - tgt: {{ [parts[2]] | json }}
+    - tgt_type: list
     - args:
       - name: {{ tunnel | json }}
 {%- endif %}
