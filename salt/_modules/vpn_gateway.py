@@ -23,7 +23,18 @@ A schema node is a mapping:
       items: {type: ip}
 
 ``keys`` lists the known keys of a dict (others are refused); ``values`` is
-the schema of every value of a dict whose keys are names chosen by the user.
+the schema of every value of a dict whose keys are names chosen by the user;
+``secret: true`` makes a node of another type a secret (a kubeconfig).
+
+Errors never print a value found under a secret path, whatever its shape: a
+node that is a secret, or holds one anywhere below it (``tunnel`` holds
+``psk``; ``pooler:users:<name>`` holds ``password``), is described by its
+kind only (``got a string (not shown: ...)``), so a password written straight
+under the user name, or a webhook URL in place of the monitoring section,
+stays out of the job cache and the logs. Under such a node a key whose value
+is empty is not named either: that is the shape of a secret written as a key
+(``app: {s3cret}``). Elsewhere a mapping or a list is described by its kind,
+only a scalar is shown.
 
 ``firewall_rules`` derives the gateway's firewalld rich rules from pillar. It is
 pure and lives here, not in the ``firewalld`` module: on a fresh host firewalld
@@ -80,37 +91,79 @@ TYPES = {
 }
 
 
-def _shown(node, value):
-    return "(secret, not shown)" if node.get("type") == "secret" else repr(value)
+def _is_secret(node):
+    return node.get("type") == "secret" or node.get("secret") is True
 
 
-def validate(schema, data, path):
+def _holds_secret(node):
+    """True when ``node`` is a secret or has one anywhere below it."""
+    children = list((node.get("keys") or {}).values())
+    children += [node[k] for k in ("values", "items") if isinstance(node.get(k), dict)]
+    return _is_secret(node) or any(_holds_secret(child) for child in children)
+
+
+def _kind(value):
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if value is None:
+        return "nothing (null)"
+    return {str: "a string", bool: "a boolean", int: "an integer",
+            float: "a number"}.get(type(value), f"a {type(value).__name__}")
+
+
+def _shown(node, value, secret=False):
+    """How an error shows ``value`` found at ``node`` (``secret``: below a
+    secret node): never a secret's value."""
+    if secret or _is_secret(node):
+        return "(secret, not shown)"
+    if _holds_secret(node):
+        return f"{_kind(value)} (not shown: this key holds secrets)"
+    if isinstance(value, (dict, list)):
+        return _kind(value)
+    return repr(value)
+
+
+def _named(node, key, value, secret=False):
+    """``key`` as an error shows it, in a mapping at ``node``."""
+    if secret or (value is None and _holds_secret(node)):
+        return "<a key with an empty value, not shown: it may be a secret>"
+    return str(key)
+
+
+def validate(schema, data, path, secret=False):
     """Errors (a list of strings, empty when valid) of ``data`` against ``schema``.
 
     ``path`` is the pillar key of ``data``, e.g. ``vpn_gateway``; each error
     starts with the full key of what is wrong and says what would be right.
+    ``secret``: ``data`` lies below a secret node (none of it is shown).
     """
+    secret = secret or _is_secret(schema)
     kind = schema.get("type", "dict")
     if kind not in TYPES:
         raise ValueError(f"schema for {path}: unknown type {kind!r}")
     check, wanted = TYPES[kind]
     if not check(data):
-        return [f"pillar key {path}: expected {wanted}, got {_shown(schema, data)}"]
+        return [f"pillar key {path}: expected {wanted}, got {_shown(schema, data, secret)}"]
     if "choices" in schema and data not in schema["choices"]:
-        return [f"pillar key {path}: {_shown(schema, data)} is not one of {schema['choices']}"]
+        return [f"pillar key {path}: {_shown(schema, data, secret)} is not one of "
+                f"{schema['choices']}"]
     errors = []
     if kind == "list" and "items" in schema:
         for index, item in enumerate(data):
-            errors += validate(schema["items"], item, f"{path}:{index}")
+            errors += validate(schema["items"], item, f"{path}:{index}", secret)
     if kind == "dict":
         known = schema.get("keys")
         for key, value in data.items():
             if known is not None and key in known:
-                errors += validate(known[key], value, f"{path}:{key}")
+                errors += validate(known[key], value, f"{path}:{key}", secret)
             elif "values" in schema:
-                errors += validate(schema["values"], value, f"{path}:{key}")
+                errors += validate(schema["values"], value,
+                                   f"{path}:{_named(schema, key, value, secret)}", secret)
             elif known is not None:
-                errors.append(f"pillar key {path}:{key}: unknown key; known keys under {path}: "
+                errors.append(f"pillar key {path}:{_named(schema, key, value, secret)}: "
+                              f"unknown key; known keys under {path}: "
                               f"{', '.join(sorted(known))} (see docs/pillar.md)")
         for key, node in (known or {}).items():
             if node.get("required") and key not in data:
@@ -160,7 +213,8 @@ def _reference_rows(node, path, rows):
     meaning = node.get("doc", "")
     if "choices" in node:
         meaning += f" One of: {', '.join(map(str, node['choices']))}."
-    rows.append((path, node.get("type", "dict"), default.replace("|", "\\|"),
+    kind = node.get("type", "dict") + (", secret" if node.get("secret") is True else "")
+    rows.append((path, kind, default.replace("|", "\\|"),
                  str(example).replace("|", "\\|"), meaning.strip()))
     for key, child in (node.get("keys") or {}).items():
         _reference_rows(child, f"{path}:{key}", rows)
