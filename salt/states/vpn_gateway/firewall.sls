@@ -18,12 +18,20 @@ firewalld-package:
   pkg.installed:
     - name: {{ gateway.firewall.package }}
 
+{#- Debian's firewalld package enables and starts the service when it installs it:
+    until the package is there, test=True cannot know better than "would be started",
+    so the state only runs once it is installed (the real run, after firewalld-package). #}
 firewalld-service:
   service.running:
     - name: {{ gateway.firewall.service }}
     - enable: True
     - require:
       - pkg: firewalld-package
+{%- if gateway.firewall.started_by_package %}
+    - onlyif:
+      - fun: pkg.version
+        args: [{{ gateway.firewall.package | json }}]
+{%- endif %}
 
 firewalld-gateway-rules:
   firewalld.rich_rules_managed:

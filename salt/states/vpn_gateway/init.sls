@@ -19,6 +19,12 @@ include:
   - vpn_gateway.tools
 
 extend:
+  # Debian's pgbouncer depends on logrotate: installing logrotate first keeps the
+  # monitoring formula's own install a real change, as test=True predicts it.
+  vpn_gateway_logrotate_package:
+    pkg:
+      - require_in:
+        - pkg: pgbouncer-package
   pgbouncer-service:
     service:
       - require:
