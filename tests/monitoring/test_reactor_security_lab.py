@@ -138,3 +138,10 @@ def test_crafted_events_run_nothing_and_a_well_formed_one_still_recovers(lab):
     log = lab["salt-master"].read("/var/log/salt/master")
     assert log.count("libreswan reactor: event refused") >= 4, log[-3000:]
     print(f"reactor security: {time.monotonic() - started:.0f}s")
+
+
+def test_a_starting_minion_is_still_synced_by_its_own_id(lab):
+    """minion_start.sls takes only a plain id, as that one minion: the boot-time syncs."""
+    synced = [j["Target"] for j in jobs(lab).values() if j["Function"] == "saltutil.sync_all"
+              and j["Target-type"] == "list"]
+    assert ["vpn-gw1"] in synced and ["vpn-gw2"] in synced, synced

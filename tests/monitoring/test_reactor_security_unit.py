@@ -182,3 +182,12 @@ def test_ensure_up_and_failback_refuse_before_touching_anything(function, monkey
         getattr(module, function)("other-db")
     assert touched == []
     assert not os.path.exists("/tmp/pwned")
+
+
+def test_the_minion_start_reactor_targets_one_plain_minion_id(reactor):
+    start = [str(REPO / "salt/reactor/minion_start.sls")]
+    (chunk,) = reactor.reactions("salt/minion/vpn-gw1/start", {"id": "vpn-gw1"}, start)
+    assert (chunk["fun"], chunk["tgt"], chunk["tgt_type"]) == (
+        "saltutil.sync_all", ["vpn-gw1"], "list")
+    for crafted in ("*", "vpn-gw*", "vpn-gw1,vpn-gw2", "G@os:Debian", "vpn-gw1\n", ["*"], None):
+        assert reactor.reactions("salt/minion/x/start", {"id": crafted}, start) == []
