@@ -286,6 +286,9 @@ class Lab:
             f"lowerdir={image},upperdir={host.dir / 'upper'},workdir={host.dir / 'work'}",
             str(host.root)])
         host.put("/etc/hostname", f"{host.name}\n")
+        if SLOWDOWN > 1:  # under TCG (the QEMU guest) units start ten times slower
+            host.put("/etc/systemd/system.conf.d/vgw-lab-slowdown.conf",
+                     f"[Manager]\nDefaultTimeoutStartSec={int(90 * SLOWDOWN)}s\n")
         hosts = ["127.0.0.1 localhost", f"127.0.1.1 {host.name}"]
         for other in self.hosts.values():
             for seg, addr in other.spec.addresses.items():
