@@ -29,6 +29,8 @@ def start(lab, host="salt-master", segment="mgmt", namespaces=("databases",)):
     """Start the API server in ``host``; create ``namespaces``; return the admin
     kubeconfig (text) that clients in other hosts can use."""
     server = lab[host]
+    if server.run(["systemctl", "is-active", "--quiet", "vgw-fake-apiserver"]).ok:
+        return server.read(SERVER_KUBECONFIG)  # started already (role.prepare run again)
     server.run(["systemd-run", "--unit=vgw-fake-apiserver", str(lab.venv / "bin" / "python"),
                 str(lab.repo / "tests" / "k8s" / "fake_apiserver.py"), "--listen",
                 server.spec.address(segment), "--kubeconfig", SERVER_KUBECONFIG], check=True)
