@@ -34,8 +34,12 @@ vpn_gateway:
       stats_users: pooler_stats
       # psycopg/JDBC send it at startup; PgBouncer would refuse the client otherwise.
       ignore_startup_parameters: extra_float_digits
+    # The admin database 'pgbouncer' (SHUTDOWN, PAUSE, KILL for admin_users) is closed to the
+    # pods' network: the pack reaches the console over the Unix socket (peer). The
+    # settings check refuses a rule that opens it to a network.
     hba:
       - host all all 127.0.0.1/32 scram-sha-256
+      - host pgbouncer all 198.18.2.0/24 reject
       - host all all 198.18.2.0/24 scram-sha-256
     users:
       app:

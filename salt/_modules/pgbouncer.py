@@ -41,6 +41,7 @@ import shutil
 import socket
 import stringprep
 import subprocess
+import sys
 import tempfile
 import time
 import unicodedata
@@ -286,7 +287,7 @@ def render_auth_file(users):
         salt '*' pgbouncer.render_auth_file '{"app": "SCRAM-SHA-256$4096:..."}'
     """
     for name, secret in users.items():
-        check_user(name, secret, "users")
+        _check_user(name, secret, "users")
     return "".join(f'"{name}" "{secret}"\n' for name, secret in sorted(users.items()))
 
 
@@ -297,16 +298,54 @@ def _check_name(value, key, what="name"):
     return value
 
 
-def check_user(name, secret, key="users"):
+def _password(password_pillar=None, password_file=None, key="password"):
+    """The plaintext from a pillar key, a file or stdin: never an argument, so it stays out of
+    ``ps``, the job cache and logs. Errors name ``key``, never the value or the pillar key
+    given (a password passed there by mistake would otherwise be echoed)."""
+    if (password_pillar is None) == (password_file is None):
+        raise _invalid(key, "give exactly one of password_pillar (a pillar key) or "
+                       "password_file (a 0600 file, or '-' for stdin)",
+                       "plaintext passwords are not accepted as arguments")
+    if password_file is not None:
+        if password_file == "-":
+            text = sys.stdin.readline()
+        else:
+            try:
+                mode = os.stat(password_file).st_mode
+            except OSError as exc:
+                raise _invalid(key, f"password_file cannot be read ({exc.strerror})",
+                               "give a readable file")
+            if mode & 0o077:
+                raise _invalid(key, "password_file is readable or writable by group or others",
+                               "chmod 0600 it")
+            with open(password_file, encoding="utf-8") as handle:
+                text = handle.readline()
+        secret = text[:-1] if text.endswith("\n") else text
+        return secret[:-1] if secret.endswith("\r") else secret
+    # Salt 3008 masks pillar.get's answer ("**********") unless asked not to.
+    secret = __salt__["pillar.get"](password_pillar, None, unmask=True)
+    if secret is None:
+        raise _invalid(key, "the pillar key given as password_pillar is not set",
+                       "set the password there")
+    return secret
+
+
+def check_user(name, password_pillar=None, key="users", password_file=None):
     """Raise SaltInvocationError (naming ``key:name``, never the secret) unless the user name
-    and its password or verifier are fit for the auth file.
+    and its password (from the pillar key ``password_pillar``, or ``password_file``: a 0600
+    file, ``-`` for stdin with salt-call) are fit for the auth file.
 
     CLI Example:
 
     .. code-block:: bash
 
-        salt '*' pgbouncer.check_user app 's3cret'
+        salt '*' pgbouncer.check_user app vpn_gateway:pooler:users:app:password
     """
+    _check_user(name, _password(password_pillar, password_file, f"{key}:{name}:password"), key)
+    return True
+
+
+def _check_user(name, secret, key="users"):
     _check_name(name, f"{key}:{name}", "user name")
     if not isinstance(secret, str) or not secret:
         raise _invalid(f"{key}:{name}:password", "is empty or not a string",
@@ -537,11 +576,15 @@ def _saslprep(password):
     return normal
 
 
-def scram_verifier(password, salt=None, iterations=4096):
-    """A SCRAM-SHA-256 verifier as PostgreSQL stores it in pg_authid.rolpassword.
+def scram_verifier(password_pillar=None, salt=None, iterations=4096, password_file=None):
+    """A SCRAM-SHA-256 verifier as PostgreSQL stores it in pg_authid.rolpassword, made from
+    a password that never appears as an argument.
 
-    password
-        The plaintext (never logged).
+    password_pillar
+        A pillar key holding the plaintext.
+    password_file
+        A file (mode 0600) whose first line is the plaintext, or ``-`` for stdin: with
+        ``salt-call`` nothing of the password reaches argv, the job cache or a log.
     salt
         The salt as base64 text; a random 16-byte salt when not given.
     iterations
@@ -551,8 +594,15 @@ def scram_verifier(password, salt=None, iterations=4096):
 
     .. code-block:: bash
 
-        salt '*' pgbouncer.scram_verifier 's3cret' salt='c2FsdHNhbHRzYWx0c2FsdA=='
+        salt '*' pgbouncer.scram_verifier vpn_gateway:pooler:users:app:password
+        read -rs PW && printf '%s\\n' "$PW" | salt-call --out=newline_values_only \\
+            pgbouncer.scram_verifier password_file=- salt='c2FsdHNhbHRzYWx0c2FsdA=='
     """
+    return _scram_verifier(_password(password_pillar, password_file), salt, iterations)
+
+
+def _scram_verifier(password, salt=None, iterations=4096):
+    """The verifier for a plaintext (internal: the plaintext is never a public argument)."""
     raw_salt = secrets.token_bytes(16) if salt is None else base64.b64decode(salt, validate=True)
     salted = hashlib.pbkdf2_hmac("sha256", _saslprep(password).encode(), raw_salt, int(iterations))
     client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
@@ -570,7 +620,7 @@ def _verifier_matches(verifier, password):
     match = VERIFIER_RE.fullmatch(verifier or "")
     if not match:
         return False
-    return hmac.compare_digest(scram_verifier(password, match.group(2), int(match.group(1))),
+    return hmac.compare_digest(_scram_verifier(password, match.group(2), int(match.group(1))),
                                verifier)
 
 
@@ -951,6 +1001,69 @@ def render_config(sections):
                        "users": sections.get("users", {}), "pgbouncer": settings})
 
 
+_LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+_EVERYWHERE = (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0"))
+
+
+def _hba_rule(fields):
+    """(databases, networks, method, address text) of a host* HBA line, or None when it is
+    no host line or its address is no IP network (PgBouncer itself checks the syntax)."""
+    if len(fields) < 5 or fields[0] not in ("host", "hostssl", "hostnossl"):
+        return None
+    address, rest = fields[3], fields[4:]
+    try:
+        if address == "all":
+            networks = _EVERYWHERE
+        elif "/" in address:
+            networks = (ipaddress.ip_network(address, strict=False),)
+        elif len(rest) >= 2:  # address and netmask as two fields
+            networks = (ipaddress.ip_network(f"{address}/{rest[0]}", strict=False),)
+            address, rest = f"{address} {rest[0]}", rest[1:]
+        else:
+            return None
+    except ValueError:
+        return None
+    return fields[1].split(","), networks, rest[0], address
+
+
+def check_hba(hba):
+    """Raise SaltInvocationError naming ``hba:N`` when a rule opens PgBouncer's admin
+    database ``pgbouncer`` (SHOW, and SHUTDOWN, PAUSE, KILL for admin_users) to anything but
+    loopback: the pack reaches the console over the Unix socket, pods never need it.
+    A ``reject`` rule for ``pgbouncer`` earlier in the list closes its network.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' pgbouncer.check_hba '["host pgbouncer all 198.18.2.0/24 reject",
+            "host all all 198.18.2.0/24 scram-sha-256"]'
+    """
+    lines = hba.splitlines() if isinstance(hba, str) else list(hba or [])
+    closed = []
+    for index, line in enumerate(lines):
+        rule = _hba_rule(str(line).split("#", 1)[0].split())
+        if rule is None:
+            continue
+        databases, networks, method, address = rule
+        if "pgbouncer" not in databases and "all" not in databases:
+            continue
+        if method == "reject":
+            closed.extend(networks)
+            continue
+        open_networks = [net for net in networks if not any(
+            net.version == other.version and net.subnet_of(other)
+            for other in (*_LOOPBACK, *closed))]
+        if open_networks:
+            raise _invalid(
+                f"hba:{index}", f"admits {address} to PgBouncer's admin database 'pgbouncer' "
+                f"({method}): its admin_users can SHUTDOWN, PAUSE and KILL from there",
+                f"put 'host pgbouncer all {address} reject' before it (the pack uses the Unix "
+                "socket), or name the application databases instead of "
+                f"'{'all' if 'all' in databases else 'pgbouncer'}'")
+    return True
+
+
 def validate_config(sections, hba=None):
     """Schema check, then a scratch PgBouncer run; raises SaltInvocationError naming what is
     wrong, returns the rendered ini text when PgBouncer takes it.
@@ -962,6 +1075,8 @@ def validate_config(sections, hba=None):
         salt '*' pgbouncer.validate_config "$(salt-call --out=json pgbouncer.read_config)"
     """
     text = render_config(sections)
+    if hba is not None:
+        check_hba(hba)
     if __opts__.get("test") and not (_account_exists()
                                      and shutil.which("pgbouncer", path=TOOL_PATH)):
         # A dry run before the formula installed PgBouncer or made its account: the schema
@@ -1064,36 +1179,52 @@ def _auth_entries():
     return _parse_auth_file(_read(path)) if path else {}
 
 
-def user_matches(name, password, stored="plain", salt=None, iterations=4096):
-    """Whether the auth file holds ``name`` with this password: as plaintext, or as a verifier
-    made from it (with exactly ``salt`` and ``iterations`` when a salt is given). Never returns
-    or logs the secret.
+def user_matches(name, password_pillar=None, stored="plain", salt=None, iterations=4096,
+                 password_file=None):
+    """Whether the auth file holds ``name`` with the password at the pillar key
+    ``password_pillar`` (or in ``password_file``): as plaintext, or as a verifier made from it
+    (with exactly ``salt`` and ``iterations`` when a salt is given). Never returns or logs the
+    secret.
 
     CLI Example:
 
     .. code-block:: bash
 
-        salt '*' pgbouncer.user_matches app 's3cret' stored=scram-sha-256
+        salt '*' pgbouncer.user_matches app vpn_gateway:pooler:users:app:password \\
+            stored=scram-sha-256
     """
+    password = _password(password_pillar, password_file, f"users:{name}:password")
     current = _auth_entries().get(name)
     if current is None:
         return False
     if stored == "plain":
         return hmac.compare_digest(current, password)
     if salt is not None:
-        return hmac.compare_digest(current, scram_verifier(password, salt, iterations))
+        return hmac.compare_digest(current, _scram_verifier(password, salt, iterations))
     return _verifier_matches(current, password)
 
 
-def set_user(name, secret):
-    """Write one auth file entry (plaintext or verifier), 0640 owned by the service account.
+def set_user(name, password_pillar=None, stored="plain", salt=None, iterations=4096,
+             password_file=None):
+    """Write one auth file entry, 0640 owned by the service account: the password at the
+    pillar key ``password_pillar`` (or in ``password_file``), as plaintext (``stored=plain``)
+    or as a SCRAM-SHA-256 verifier (``stored=scram-sha-256``; ``salt``/``iterations`` as in
+    scram_verifier). An entry that already matches is kept as it is.
 
     CLI Example:
 
     .. code-block:: bash
 
-        salt '*' pgbouncer.set_user app 'SCRAM-SHA-256$4096:...'
+        salt '*' pgbouncer.set_user app vpn_gateway:pooler:users:app:password \\
+            stored=scram-sha-256
     """
+    key = f"users:{name}:password"
+    password = _password(password_pillar, password_file, key)
+    if stored not in ("plain", "scram-sha-256"):
+        raise _invalid(f"users:{name}:stored", f"{stored!r} is not plain or scram-sha-256",
+                       "use plain or scram-sha-256")
+    _check_user(name, password, "users")
+    secret = password if stored == "plain" else _scram_verifier(password, salt, iterations)
     users = _auth_entries()
     users[name] = secret
     return write_file(auth_file_path(), render_auth_file(users), owner=_option("user"))

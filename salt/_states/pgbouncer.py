@@ -156,6 +156,8 @@ def settings(name, settings, hba=None, restart=False, pillar_key=None):
         current = __salt__["pgbouncer.read_config"]()
         wanted = __salt__["pgbouncer.render_settings"](settings)
         hba_text = None if hba is None else "".join(f"{rule}\n" for rule in hba)
+        if hba_text is not None:  # also when nothing changes: an open console is reported
+            __salt__["pgbouncer.check_hba"](hba_text)
         old = current["pgbouncer"]
         diff = {key: {"old": old.get(key), "new": wanted.get(key)}
                 for key in sorted(set(old) | set(wanted)) if old.get(key) != wanted.get(key)}
@@ -348,13 +350,15 @@ def pool_absent(name, pillar_key=None):
     return _apply(ret, changes, f"pool {name}", steps, f"pool {name} removed")
 
 
-def user_present(name, password=None, password_pillar=None, stored="plain", salt=None,
-                 iterations=4096, pillar_key=None):
+def user_present(name, password_pillar=None, stored="plain", salt=None, iterations=4096,
+                 pillar_key=None, password_file=None):
     """An auth file entry: the plaintext, or a SCRAM-SHA-256 verifier made from it.
 
     password_pillar
-        A pillar key holding the password (preferred: the secret then never passes through
-        the rendered SLS).
+        The pillar key holding the password. The plaintext is never an argument: it would
+        land in the rendered SLS, the job cache and logs.
+    password_file
+        Instead of a pillar key: a file (mode 0600) whose first line is the password.
     stored
         ``plain`` or ``scram-sha-256``. A verifier lets PgBouncer log in to the server only
         when the server holds the identical verifier: give the server's ``salt`` (base64) and
@@ -369,19 +373,13 @@ def user_present(name, password=None, password_pillar=None, stored="plain", salt
     """
     ret = _ret(name)
     key = f"users:{name}"
+    source = {"password_pillar": password_pillar, "password_file": password_file}
     try:
-        if password_pillar:
-            # Salt 3008 masks pillar.get's answer ("**********") unless asked not to.
-            password = __salt__["pillar.get"](password_pillar, None, unmask=True)
-            if password is None:
-                raise SaltInvocationError(f"{password_pillar}: is not set; set the password "
-                                          "there")
-        __salt__["pgbouncer.check_user"](name, password, "users")
+        __salt__["pgbouncer.check_user"](name, key="users", **source)
         if stored not in ("plain", "scram-sha-256"):
             raise SaltInvocationError(f"{key}:stored: {stored!r} is not plain or scram-sha-256")
-        in_place = __salt__["pgbouncer.user_matches"](name, password, stored, salt, iterations)
-        secret = password if stored == "plain" else __salt__["pgbouncer.scram_verifier"](
-            password, salt, iterations)
+        in_place = __salt__["pgbouncer.user_matches"](name, stored=stored, salt=salt,
+                                                      iterations=iterations, **source)
         exists = name in __salt__["pgbouncer.read_auth_file"]()
     except (SaltInvocationError, CommandExecutionError) as exc:
         return _fail(ret, exc, pillar_key)
@@ -395,10 +393,12 @@ def user_present(name, password=None, password_pillar=None, stored="plain", salt
         return ret
 
     def steps():
-        __salt__["pgbouncer.set_user"](name, secret)
+        __salt__["pgbouncer.set_user"](name, stored=stored, salt=salt, iterations=iterations,
+                                       **source)
         if __salt__["pgbouncer.running"]():
             __salt__["pgbouncer.reload"]()
-        if not __salt__["pgbouncer.user_matches"](name, password, stored, salt, iterations):
+        if not __salt__["pgbouncer.user_matches"](name, stored=stored, salt=salt,
+                                                  iterations=iterations, **source):
             raise CommandExecutionError("the auth file does not hold it after writing")
 
     return _apply(ret, changes, f"user {name}", steps,

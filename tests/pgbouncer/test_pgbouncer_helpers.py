@@ -1,10 +1,11 @@
 """Pure helpers of salt/_modules/pgbouncer.py: ini, connect strings, auth file, validation,
 SCRAM verifiers, console CSV. No host changes."""
 import base64
+import re
 import socket
 
 import pytest
-from repo_modules import load
+from repo_modules import REPO, load
 from salt.exceptions import SaltInvocationError
 
 pytestmark = pytest.mark.unit
@@ -43,19 +44,19 @@ def test_connect_string_quotes_values_with_spaces():
 
 
 def test_auth_file_round_trip():
-    users = {"app": "s3cret", "stats": pgb.scram_verifier("x", base64.b64encode(b"1" * 16))}
+    users = {"app": "s3cret", "stats": pgb._scram_verifier("x", base64.b64encode(b"1" * 16))}
     assert pgb._parse_auth_file(pgb.render_auth_file(users)) == users
 
 
 @pytest.mark.parametrize("password", ['pa"ss', "pa'ss", "pa\nss", "pa\rss", "back\\slash"])
 def test_passwords_the_auth_file_cannot_hold_are_refused_without_echo(password):
-    message = refused(r"users:app:password", pgb.check_user, "app", password, "users")
+    message = refused(r"users:app:password", pgb._check_user, "app", password, "users")
     assert password not in message
 
 
 @pytest.mark.parametrize("name", ["app db", 'a"b', "a'b", "x\ny", "", "1abc", "a" * 64, "a;b"])
 def test_unsafe_user_and_database_names_are_refused(name):
-    refused(r"users:", pgb.check_user, name, "pw", "users")
+    refused(r"users:", pgb._check_user, name, "pw", "users")
     refused(r"databases:", pgb.render_database, name, {"host": "198.19.1.10"})
 
 
@@ -108,16 +109,16 @@ def test_pool_size_above_database_limit_is_refused():
 
 def test_scram_verifier_format_and_determinism():
     salt = base64.b64encode(b"0123456789abcdef").decode()
-    verifier = pgb.scram_verifier("pencil", salt)
-    assert verifier == pgb.scram_verifier("pencil", salt)
+    verifier = pgb._scram_verifier("pencil", salt)
+    assert verifier == pgb._scram_verifier("pencil", salt)
     iterations, rest = verifier.removeprefix("SCRAM-SHA-256$").split(":", 1)
     assert iterations == "4096" and rest.startswith(salt + "$")
     stored, server = rest.split("$")[1].split(":")
     assert len(base64.b64decode(stored)) == len(base64.b64decode(server)) == 32
-    assert pgb.scram_verifier("pencil", salt) != pgb.scram_verifier("pencil")
+    assert pgb._scram_verifier("pencil", salt) != pgb._scram_verifier("pencil")
     assert pgb._verifier_matches(verifier, "pencil")
     assert not pgb._verifier_matches(verifier, "pencil2")
-    assert pgb._verifier_matches(pgb.scram_verifier("pw", salt, 10000), "pw")
+    assert pgb._verifier_matches(pgb._scram_verifier("pw", salt, 10000), "pw")
 
 
 def test_saslprep_as_postgresql():
@@ -157,3 +158,38 @@ def test_rendered_settings_and_entries_validate_again_unchanged():
     assert pgb.render_settings(settings) == settings
     entry = pgb.render_database("appdb", {"host": "198.19.1.10", "port": 5432, "pool_size": 20})
     assert pgb.render_database("appdb", pgb._parse_connstr(pgb._format_connstr(entry))) == entry
+
+
+EXAMPLE_HBA = ["host all all 127.0.0.1/32 scram-sha-256",
+               "host pgbouncer all 198.18.2.0/24 reject",
+               "host all all 198.18.2.0/24 scram-sha-256"]
+
+
+def test_hba_that_closes_the_admin_database_to_networks_passes():
+    assert pgb.check_hba(EXAMPLE_HBA)
+    assert pgb.check_hba("\n".join(EXAMPLE_HBA) + "\n")
+    assert pgb.check_hba(["host appdb,app2db all 198.18.2.0/24 scram-sha-256",
+                          "host pgbouncer all ::1/128 scram-sha-256", "local all all peer",
+                          "host pgbouncer all 0.0.0.0/0 reject",
+                          "host all all 10.0.0.0/8 scram-sha-256"])
+
+
+@pytest.mark.parametrize("hba, index, address", [
+    (["host all all 198.18.2.0/24 scram-sha-256"], 0, "198.18.2.0/24"),
+    (["host all all 127.0.0.1/32 scram-sha-256", "hostssl pgbouncer all 198.18.2.7/32 md5"],
+     1, "198.18.2.7/32"),
+    (["host pgbouncer all 198.18.2.0/25 reject", "host all all 198.18.2.0/24 trust"],
+     1, "198.18.2.0/24"),
+    (["host all all 198.18.2.0 255.255.255.0 scram-sha-256"], 0, "198.18.2.0 255.255.255.0"),
+    (["host pgbouncer,appdb all all scram-sha-256"], 0, "all"),
+])
+def test_hba_that_opens_the_admin_database_to_a_network_is_refused(hba, index, address):
+    message = refused(rf"^hba:{index}: admits {address} to PgBouncer's admin database",
+                      pgb.check_hba, hba)
+    assert f"put 'host pgbouncer all {address} reject' before it" in message
+
+
+def test_the_example_pillar_keeps_the_admin_database_closed():
+    text = (REPO / "pillar/vpn_gateway/pooler.sls").read_text()
+    rules = re.findall(r"^\s+- (host\S* .*)$", text.split("    hba:", 1)[1], re.M)
+    assert rules and pgb.check_hba(rules)

@@ -5,6 +5,7 @@ package starts; pooling over the routed lab path, the tunnel where the kernel ha
 clients in k8s-node1. Tests run in file order and share one lab."""
 import hashlib
 import json
+import secrets
 import threading
 import time
 
@@ -214,9 +215,16 @@ def test_k8s_node_connects_through_the_pooler_with_psql_and_psycopg(lab):
 def test_scram_verifier_equals_postgresql_and_logs_in_to_the_server(lab):
     server = remote_db.verifier(lab["remote-db"])
     iterations, salt = server.split("$")[1].split(":")
-    ours = saltstack.salt(lab, "vpn-gw1", "pgbouncer.scram_verifier", remote_db.PASSWORD,
-                          f"salt={salt}", f"iterations={iterations}")["vpn-gw1"]
+    ours = saltstack.salt(lab, "vpn-gw1", "pgbouncer.scram_verifier",
+                          "vpn_gateway:pooler:users:app:password", f"salt={salt}",
+                          f"iterations={iterations}")["vpn-gw1"]
     assert ours == server
+    # Without a pillar: the password on salt-call's stdin, never in its argv.
+    local = lab["vpn-gw1"].run(
+        [str(lab.venv / "bin" / "salt-call"), "--out=json", "pgbouncer.scram_verifier",
+         "password_file=-", f"salt={salt}", f"iterations={iterations}"],
+        input=remote_db.PASSWORD + "\n", timeout=120)
+    assert json.loads(local.stdout)["local"] == server, local
     args = ["name=app", "password_pillar=vpn_gateway:pooler:users:app:password",
             "stored=scram-sha-256", f"salt={salt}"]
     assert single(lab, "pgbouncer.user_present", *args, test=True)["result"] is None
@@ -235,6 +243,101 @@ def test_scram_verifier_equals_postgresql_and_logs_in_to_the_server(lab):
     # Back to the formula's plaintext entry.
     assert changed(apply(lab)) == {"pgbouncer-user-app": {"app": {"password": "changed",
                                                                   "stored": "plain"}}}
+
+
+NO_TRACE_USER, NO_TRACE_PASSWORD = "notrace", "no-trace-" + secrets.token_hex(12)
+
+
+def start_ps_sampler(host):
+    host.run("rm -f /root/ps.log; (while :; do ps -eo args= >> /root/ps.log; sleep 0.05; "
+             "done) >/dev/null 2>&1 & echo $! > /root/ps.pid", check=True)
+
+
+def stop_ps_sampler(host):
+    host.run("kill $(cat /root/ps.pid)")
+    return host.read("/root/ps.log")
+
+
+def test_user_set_from_pillar_logs_in_and_its_password_leaves_no_trace(lab):
+    """A user whose password exists only in the pillar repository (and the server): set with
+    the state and the execution functions by pillar key, it logs in through the pooler, and
+    the password is in no return, no log, no job cache, no argv sampled during the calls."""
+    gw, master, db = lab["vpn-gw1"], lab["salt-master"], lab["remote-db"]
+    top = (lab.repo / "pillar" / "top.sls").read_text()
+    saltstack.commit_pillar(lab, "pgbouncer_test.sls", json.dumps(
+        {"pgbouncer_test": {"password": NO_TRACE_PASSWORD}}), "pooler test: a user's password")
+    saltstack.commit_pillar(lab, "top.sls", json.dumps(
+        {"base": {"vpn-gw*": ["vpn_gateway", "pgbouncer_test"]}}), "pooler test: its top")
+    # The server's role, created over psql's stdin (no argv).
+    db.run(["runuser", "-u", "postgres", "--", "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1"],
+           input=f"CREATE ROLE {NO_TRACE_USER} LOGIN PASSWORD '{NO_TRACE_PASSWORD}';\n",
+           check=True)
+    key = "pgbouncer_test:password"
+    returns = {}
+    try:
+        saltstack.salt(lab, "vpn-gw1", "saltutil.refresh_pillar", "wait=True")
+        for host in (gw, master):
+            start_ps_sampler(host)
+        try:
+            returns["state"] = single(lab, "pgbouncer.user_present", f"name={NO_TRACE_USER}",
+                                      f"password_pillar={key}")
+            returns["functions"] = {function: saltstack.salt(
+                lab, "vpn-gw1", f"pgbouncer.{function}", *args, key)["vpn-gw1"]
+                for function, args in (("check_user", [NO_TRACE_USER]),
+                                       ("set_user", [NO_TRACE_USER]),
+                                       ("user_matches", [NO_TRACE_USER]),
+                                       ("scram_verifier", []))}
+            login = lab["k8s-node1"].run(
+                ["psql", "-X", "-At", "-h", "198.18.2.11", "-p", "6432", "-U", NO_TRACE_USER,
+                 "-d", "appdb", "-c", "SELECT current_user"],
+                env={"PGPASSWORD": NO_TRACE_PASSWORD, "PGCONNECT_TIMEOUT": "10"})
+        finally:
+            ps = {host.name: stop_ps_sampler(host) for host in (gw, master)}
+        assert returns["state"]["result"] is True, returns["state"]
+        assert returns["state"]["changes"] == {NO_TRACE_USER: {"password": "set",
+                                                               "stored": "plain"}}
+        functions = returns["functions"]
+        assert functions["check_user"] is True and functions["user_matches"] is True
+        assert functions["scram_verifier"].startswith("SCRAM-SHA-256$4096:")
+        assert login.stdout.strip() == NO_TRACE_USER, login
+        seen = {
+            "returns": json.dumps(returns),
+            **{f"ps {name}": text for name, text in ps.items()},
+            "minion log": gw.run("cat /var/log/salt/minion 2>/dev/null").stdout,
+            "minion cache": gw.run(["grep", "-rlF", NO_TRACE_PASSWORD,
+                                    "/var/cache/salt/minion/proc",
+                                    "/var/cache/salt/minion/minion_jobs"]).stdout,
+            "master job cache": master.run(["grep", "-rlF", NO_TRACE_PASSWORD,
+                                            "/var/cache/salt/master/jobs"]).stdout,
+            "master log": master.run("cat /var/log/salt/master 2>/dev/null").stdout,
+        }
+        assert all(text.count("\n") > 10 for name, text in ps.items()), "no ps samples"
+        assert {where: NO_TRACE_PASSWORD in text for where, text in seen.items()} == \
+            dict.fromkeys(seen, False)
+        # It did arrive where it belongs.
+        assert f'"{NO_TRACE_USER}" "{NO_TRACE_PASSWORD}"' in gw.read("/etc/pgbouncer/userlist.txt")
+    finally:
+        saltstack.salt(lab, "vpn-gw1", "pgbouncer.remove_user", NO_TRACE_USER)
+        saltstack.commit_pillar(lab, "top.sls", top, "pooler test: top restored")
+        saltstack.salt(lab, "vpn-gw1", "saltutil.refresh_pillar", "wait=True")
+
+
+def test_admin_console_is_closed_to_the_pods_while_the_application_database_works(lab):
+    """The example HBA rejects the admin database 'pgbouncer' from the pods' network: its
+    admin user, with the right password, cannot reach SHOW, PAUSE, KILL or SHUTDOWN."""
+    for user, password in (("pooler_admin", "lab-admin-password"),
+                           ("pooler_stats", "lab-stats-password")):
+        for command in ("SHOW VERSION", "PAUSE appdb"):
+            refused = lab["k8s-node1"].run(
+                ["psql", "-X", "-At", "-h", "198.18.2.11", "-p", "6432", "-U", user,
+                 "-d", "pgbouncer", "-c", command],
+                env={"PGPASSWORD": password, "PGCONNECT_TIMEOUT": "10"})
+            assert refused.returncode != 0 and refused.stdout == "", refused
+            assert "rejected" in refused.stderr, refused.stderr
+    assert psql(lab, "SELECT current_database()").stdout.strip() == "app"
+    # The pack's own console over the Unix socket still works (and nothing got paused).
+    databases = saltstack.salt(lab, "vpn-gw1", "pgbouncer.show", "databases")["vpn-gw1"]
+    assert next(d for d in databases if d["name"] == "appdb")["paused"] in (0, "0")
 
 
 def wait_for(predicate, what, timeout=60):
@@ -358,6 +461,9 @@ BAD_INPUT = {
                               "vpn_gateway:pooler:users:app2:password: "),
     "password with a newline": ({"users": {"app2": {"password": "a\nb"}}},
                                 "pgbouncer-user-app2", "vpn_gateway:pooler:users:app2:password: "),
+    "hba opening the admin console": (
+        {"hba": ["host all all 198.18.2.0/24 scram-sha-256"]}, "pgbouncer-settings",
+        "vpn_gateway:pooler:hba:0: admits 198.18.2.0/24 to PgBouncer's admin database"),
     "hba line PgBouncer cannot parse": (
         {"hba": ["host all all 127.0.0.1/32 scram-sha-256", "host all all 198.18.2.0/33 md5"]},
         "pgbouncer-settings", "vpn_gateway:pooler:hba:1: "),
