@@ -55,7 +55,8 @@ def path(lab_factory):
     returns = saltstack.call_local(lab, gateway, "state.apply", ROLE_SLS, timeout=SLOW * 10)
     timings["state.apply"] = time.monotonic() - started
     assert isinstance(returns, dict), returns  # a list: the formulas did not render
-    failed = {r["__id__"]: r["comment"] for r in returns.values() if r["result"] is False}
+    failed = {r.get("__id__", key): r["comment"] for key, r in returns.items()
+              if r["result"] is False}
     assert not failed, f"{failed}\n{pluto_log(gateway)}"
     slowest = sorted(returns.values(), key=lambda r: -r.get("duration", 0))[:5]
     print("full data path slowest states (s): "
