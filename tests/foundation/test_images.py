@@ -24,7 +24,7 @@ def debian_packages_of_the_role():
         for key, value in mapping.items():
             if isinstance(value, dict):
                 walk(value)
-            elif key.endswith("package"):
+            elif key.endswith("package") and isinstance(value, str):
                 found.add(value)
             elif key.endswith("packages"):
                 found.update(value)
