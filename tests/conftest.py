@@ -43,10 +43,27 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("platform", platforms, scope="module")
 
 
+@pytest.hookimpl(hookwrapper=True)
 def pytest_collection_modifyitems(config, items):
-    """The in-guest tests (marker ``guest``) go last: their guests run in the
-    background meanwhile (pytest_collection_finish)."""
-    items.sort(key=lambda item: item.get_closest_marker("guest") is not None)
+    """Each module's tests run in file order, one platform after the other: a
+    lab module's tests share one lab per platform and build on each other, and
+    pytest's own regrouping by fixture (inside the yield) interleaves platforms
+    where a test has parameters of its own. The in-guest tests (marker
+    ``guest``) go last: their guests run in the background meanwhile
+    (pytest_collection_finish)."""
+    file_order = {item.nodeid: n for n, item in enumerate(items)}
+    yield
+    module_order = {}
+    for item in sorted(items, key=lambda i: file_order[i.nodeid]):
+        module_order.setdefault(item.nodeid.split("::")[0], len(module_order))
+
+    def key(item):
+        callspec = getattr(item, "callspec", None)
+        platform = callspec.params.get("platform", "") if callspec else ""
+        return (item.get_closest_marker("guest") is not None,
+                module_order[item.nodeid.split("::")[0]], platform, file_order[item.nodeid])
+
+    items.sort(key=key)
 
 
 def pytest_collection_finish(session):
