@@ -357,7 +357,7 @@ class GuestRuns:
     ESP_TESTS = "tests/dataplane/esp"
     _current = None
 
-    def __init__(self, platforms, timeout=1500):
+    def __init__(self, platforms, timeout=2400):
         self.platforms, self.timeout, self.results = list(platforms), timeout, {}
         self.thread = threading.Thread(target=self._run_all, daemon=True, name="qemu-guests")
 
