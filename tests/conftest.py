@@ -30,12 +30,18 @@ _lab_counter = itertools.count()
 def pytest_addoption(parser):
     parser.addoption("--platform", choices=[*sorted(images.PLATFORMS), "all"], default="all",
                      help="the lab hosts' Debian: debian12, debian13 or all (default)")
+    parser.addoption("--guest-platforms", choices=[*sorted(images.PLATFORMS), "all"],
+                     default=None, help="the platforms of the in-guest tests (marker guest), "
+                     "when they differ from --platform (scripts/test runs both guests, one "
+                     "after the other, in its debian13 run)")
 
 
 def pytest_generate_tests(metafunc):
     """Lab tests run once per platform, module by module (one lab at a time)."""
     if "platform" in metafunc.fixturenames:
         chosen = metafunc.config.getoption("--platform")
+        if metafunc.definition.get_closest_marker("guest"):
+            chosen = metafunc.config.getoption("--guest-platforms") or chosen
         platforms = sorted(images.PLATFORMS) if chosen == "all" else [chosen]
         only = metafunc.definition.get_closest_marker("platforms")  # a test for some only
         if only:
