@@ -257,7 +257,8 @@ def test_stopped_firewalld_test_mode_predicts_from_its_permanent_configuration(l
     assert gw.run(["systemctl", "is-active", "firewalld"]).stdout.strip() != "active"
 
     ret = apply_formula(lab)  # starts firewalld, which loads its permanent configuration
-    assert all(r["result"] is True for r in ret.values()), ret
+    assert all(r["result"] is True for r in ret.values()), {
+        r["__id__"]: (r["result"], r["comment"]) for r in ret.values()}
     assert ret[RULE_STATE]["changes"] == rules["changes"]
     assert held(lab) == held(lab, permanent=True) == derived()
 
