@@ -37,7 +37,6 @@ from pathlib import Path
 CACHE = Path(os.environ.get("VPN_GATEWAY_IMAGE_CACHE", "/var/cache/vpn-gateway/images"))
 REPO_MOUNT = "/srv/vpn-gateway-apt"
 RECIPE_VERSION = 1  # bump when the build steps below change meaning
-KINDS = ("fresh", "provisioned", "repo")
 
 
 @dataclass(frozen=True)
@@ -137,7 +136,8 @@ def ensure(platform_name=DEFAULT_PLATFORM, cache=CACHE, log=print, rebuild=False
         fcntl.flock(lock, fcntl.LOCK_EX)
         wanted = {kind: cache / f"{platform.name}-{kind}-{key(recipe(platform, kind, sources_))}"
                   for kind in ("fresh", "provisioned")}
-        wanted["repo"] = cache / f"{platform.name}-repo-{wanted['fresh'].name.rsplit('-', 1)[1]}"
+        # the repository is made from inside the fresh image: same recipe, same key
+        wanted["repo"] = cache / wanted["fresh"].name.replace("-fresh-", "-repo-")
         if rebuild or not (wanted["fresh"].is_dir() and wanted["repo"].is_dir()):
             _build_fresh(platform, sources_, wanted["fresh"], wanted["repo"], log)
         if rebuild or not wanted["provisioned"].is_dir():
