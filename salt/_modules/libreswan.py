@@ -607,14 +607,68 @@ def installed():
     return _ipsec_path() is not None
 
 
-def _ipsec(*args):
-    """Run ``ipsec ARGS`` (never with a secret in argv); return cmd.run_all's dict.
-    Raises CommandExecutionError (NOT_INSTALLED) without libreswan."""
+# Every subprocess gets a timeout (s): a hung pluto (SIGSTOP, deadlock) must never hang a
+# job, a state run or the beacon, which runs inside the salt-minion process.
+QUERY_TIMEOUT = 10    # whack --status/--trafficstatus, --version, addconn --configsetup, algparse
+CONTROL_TIMEOUT = 30  # whack --initiate/--terminate/--delete, addconn (loads a conn), checknss
+LOG_TIMEOUT = 10      # journalctl
+QUERY_ARGS = frozenset(("--status", "--trafficstatus", "--version", "--configsetup",
+                        "--checkconfig", "algparse"))
+
+
+def _timeout_for(args):
+    """The timeout of ``ipsec ARGS``: short for read-only queries, longer for control calls
+    (their own waits, e.g. ``up``'s, are separate and bounded by ``wait``)."""
+    return QUERY_TIMEOUT if QUERY_ARGS.intersection(args) else CONTROL_TIMEOUT
+
+
+def _timed_out(result, elapsed, timeout):
+    """Did cmd.run_all kill the command at its timeout? Salt then returns retcode 1,
+    empty stderr and ``CMD : Timed out after N seconds`` in stdout."""
+    return (result.get("retcode") == 1 and not result.get("stderr")
+            and elapsed >= timeout * 0.9 and "Timed out after" in str(result.get("stdout", "")))
+
+
+def _timeout_arg(value):
+    """A timeout argument as a number (3, 2.5); None/0/'' for the default."""
+    if not value:
+        return None
+    value = float(value)
+    if value <= 0:
+        raise ValueError(f"timeout={value}: must be positive")
+    return int(value) if value.is_integer() else value
+
+
+def _timeout_message(args, timeout):
+    """The error of a timed-out ``ipsec ARGS`` (names what did not answer and the bound)."""
+    command = " ".join(("ipsec",) + tuple(args))
+    who = "pluto" if args and args[0] == "whack" else command.split()[1] if args else "ipsec"
+    return f"{who} did not answer `{command}` within {timeout} s"
+
+
+def _run_bounded(argv, timeout, message, **kwargs):
+    """cmd.run_all ARGV with ``timeout``; a timeout becomes retcode 124 with ``message`` in
+    stderr and ``timed_out`` True (never a hang, never Salt's bare "Timed out")."""
+    started = time.monotonic()
+    result = __salt__["cmd.run_all"](argv, python_shell=False, ignore_retcode=True,
+                                     timeout=timeout, **kwargs)
+    if _timed_out(result, time.monotonic() - started, timeout):
+        return {"retcode": 124, "stdout": "", "stderr": message, "timed_out": True,
+                "pid": result.get("pid")}
+    result["timed_out"] = False
+    return result
+
+
+def _ipsec(*args, timeout=None):
+    """Run ``ipsec ARGS`` (never with a secret in argv) with a timeout (``_timeout_for``);
+    return cmd.run_all's dict plus ``timed_out`` (then retcode 124 and the reason in
+    stderr). Raises CommandExecutionError (NOT_INSTALLED) without libreswan."""
     path = _ipsec_path()
     if path is None:
         raise CommandExecutionError(NOT_INSTALLED)
-    return __salt__["cmd.run_all"]([path, *args], python_shell=False, ignore_retcode=True,
-                                   env={"LC_ALL": "C"})
+    timeout = timeout or _timeout_for(args)
+    return _run_bounded([path, *args], timeout, _timeout_message(args, timeout),
+                        env={"LC_ALL": "C"})
 
 
 def _candidate():
@@ -728,14 +782,14 @@ def init_nss():
     return {"nss_dir": directory, "created": True}
 
 
-def _pluto_log(lines=400):
-    result = __salt__["cmd.run_all"](
+def _pluto_log(lines=400, timeout=LOG_TIMEOUT):
+    result = _run_bounded(
         ["journalctl", "-u", "ipsec.service", "-o", "cat", "-n", str(lines), "--no-pager"],
-        python_shell=False, ignore_retcode=True)
+        timeout, f"journalctl did not answer within {timeout} s")
     return result["stdout"].splitlines() if result["retcode"] == 0 else []
 
 
-def status():
+def status(timeout=None):
     """
     Structured tunnel status from one ``whack --status`` and one
     ``whack --trafficstatus`` (Libreswan 4.x and 5.x output).
@@ -748,14 +802,18 @@ def status():
     ``tunnels``: per tunnel which of primary/backup is ``active``.
     ``summary``: tunnels up and down. ``running``: pluto answers;
     ``installed``: libreswan is installed (if not, ``error`` says so).
+    Each ``whack`` query is bounded by ``timeout`` s (default ``QUERY_TIMEOUT``):
+    a pluto that does not answer gives ``running`` false, ``timed_out`` true
+    and an ``error`` naming the command and the bound.
 
     CLI Example:
 
     .. code-block:: bash
 
         salt 'vpn-gw*' libreswan.status
+        salt 'vpn-gw*' libreswan.status timeout=3
     """
-    return _status(reasons=True)
+    return _status(reasons=True, timeout=timeout)
 
 
 def _not_running(error, installed_=True):
@@ -764,17 +822,19 @@ def _not_running(error, installed_=True):
             "summary": {"conns_loaded": 0, "tunnels": 0, "up": 0, "down": 0}}
 
 
-def _status(reasons):
+def _status(reasons, timeout=None):
     if not installed():
         return _not_running(NOT_INSTALLED, installed_=False)
-    result = _ipsec("whack", "--status")
+    timeout = _timeout_arg(timeout)
+    result = _ipsec("whack", "--status", timeout=timeout)
     if result["retcode"] != 0:
-        return _not_running((result["stderr"] or result["stdout"]).strip())
-    traffic = _ipsec("whack", "--trafficstatus")
+        return dict(_not_running((result["stderr"] or result["stdout"]).strip()),
+                    timed_out=result["timed_out"])
+    traffic = _ipsec("whack", "--trafficstatus", timeout=timeout)
     parsed = _parse_status(result["stdout"], traffic["stdout"])
     down = [name for name, conn in parsed["conns"].items() if not conn["up"]]
     if down and reasons:
-        log_lines = _pluto_log()
+        log_lines = _pluto_log(timeout=timeout or LOG_TIMEOUT)
         for name in down:
             logged = _failure_reason(log_lines, name)
             if logged:
