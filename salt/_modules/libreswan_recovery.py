@@ -30,6 +30,9 @@ __virtualname__ = "libreswan"
 BACKUP_SUFFIX = "-backup"
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,39}$")
 SETTINGS_KEY = "vpn_gateway:monitoring"
+# Bound (s) of this module's own subprocesses (ip xfrm flush, systemctl show); pluto's
+# queries are bounded in libreswan.py, service.stop/start by the unit's own stop/start timeouts.
+SUBPROCESS_TIMEOUT = 30
 
 DEFAULTS = {
     # What counts as "up": child_sa (IKE SA and a Child SA: traffic can flow)
@@ -174,7 +177,9 @@ def _health(status, tunnel, up_when):
     else:
         state, active = "down", None
     reason = None
-    if not status.get("running", True):
+    if status.get("timed_out"):  # pluto runs but is hung: the error names command and bound
+        reason = status.get("error") or "pluto did not answer in time"
+    elif not status.get("running", True):
         reason = "pluto is not running" + (f": {status['error']}" if status.get("error") else "")
     elif state == "down":
         reason = (conns.get(tunnel) or {}).get("reason") or "conn not loaded"
@@ -224,11 +229,12 @@ def __virtual__():
     return __virtualname__
 
 
-def _status():
+def _status(timeout=None):
     if "libreswan.status" not in __salt__:
         raise CommandExecutionError("libreswan.status is not available: install the libreswan "
                                     "package (apply vpn_gateway.ipsec)")
-    return __salt__["libreswan.status"]()
+    return __salt__["libreswan.status"](timeout=timeout) if timeout else __salt__[
+        "libreswan.status"]()
 
 
 def monitoring_settings():
@@ -304,10 +310,11 @@ def _declared_here():
     return _declared(json.loads(json.dumps(__pillar__.get("vpn_gateway", {}) or {})))
 
 
-def health(name=None):
+def health(name=None, timeout=None):
     """
     Health of each tunnel (or of ``name``): ``state`` up / failover / down,
-    the ``active`` peer and why it is down, judged by ``up_when``.
+    the ``active`` peer and why it is down, judged by ``up_when``. pluto's
+    status queries are bounded by ``timeout`` s (default: libreswan.status's).
 
     CLI Example:
 
@@ -315,9 +322,10 @@ def health(name=None):
 
         salt 'vpn-gw*' libreswan.health
         salt 'vpn-gw1' libreswan.health remote-db
+        salt 'vpn-gw*' libreswan.health timeout=3
     """
     settings = monitoring_settings()
-    status = _status()
+    status = _status(timeout)
     return {t: _health(status, t, settings["up_when"])
             for t in _tunnel_names(settings, status, name)}
 
@@ -462,13 +470,14 @@ def _restart_service():
     pluto died without its unit's stop, start it: auto=start conns come up."""
     __salt__["service.stop"]("ipsec")
     for kind in ("state", "policy"):
-        __salt__["cmd.run_all"](["ip", "xfrm", kind, "flush"], python_shell=False)
+        __salt__["cmd.run_all"](["ip", "xfrm", kind, "flush"], python_shell=False,
+                                timeout=SUBPROCESS_TIMEOUT)
     return __salt__["service.start"]("ipsec")
 
 
 def _pluto_pid():
     return __salt__["cmd.run_stdout"](["systemctl", "show", "-p", "MainPID", "--value", "ipsec"],
-                                      python_shell=False).strip()
+                                      python_shell=False, timeout=SUBPROCESS_TIMEOUT).strip()
 
 
 def _wait_pluto(timeout):
