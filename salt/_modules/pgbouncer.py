@@ -24,7 +24,8 @@ PgBouncer it is going to get).
 Minion config (or pillar) keys: ``pgbouncer.config`` (the ini path, default
 ``/etc/pgbouncer/pgbouncer.ini``), ``pgbouncer.user`` / ``pgbouncer.group``
 (the service's account, default ``pgbouncer``), ``pgbouncer.service``,
-``pgbouncer.package``.
+``pgbouncer.package``, ``pgbouncer.owned_file`` (the ownership record, default
+``/var/lib/vpn-gateway/pgbouncer-owned.json``).
 """
 import base64
 import csv
@@ -33,6 +34,7 @@ import hashlib
 import hmac
 import io
 import ipaddress
+import json
 import os
 import pwd
 import re
@@ -46,6 +48,8 @@ import tempfile
 import time
 import unicodedata
 
+import salt.utils.atomicfile
+import salt.utils.files
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 __virtualname__ = "pgbouncer"
@@ -56,7 +60,11 @@ DEFAULTS = {
     "group": "pgbouncer",
     "service": "pgbouncer",
     "package": "pgbouncer",
+    # The users and pools this pack created (names only, no secrets): ``prune_owned`` removes
+    # those no longer declared, and never an entry someone else made.
+    "owned_file": "/var/lib/vpn-gateway/pgbouncer-owned.json",
 }
+OWNED_KINDS = ("databases", "users")
 # Where the binaries are looked up (the minion's own PATH may lack the sbin directories).
 TOOL_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # The first line of every pgbouncer.ini this module writes.
@@ -1230,8 +1238,19 @@ def set_user(name, password_pillar=None, stored="plain", salt=None, iterations=4
     return write_file(auth_file_path(), render_auth_file(users), owner=_option("user"))
 
 
+def _without_users(text, names):
+    """Auth file text without the entries of ``names``; every other line (an operator's
+    entries, comments) is kept as it is."""
+    kept = []
+    for line in text.splitlines(True):
+        entry = _parse_auth_file(line)
+        if not (entry and set(entry) <= set(names)):
+            kept.append(line)
+    return "".join(kept)
+
+
 def remove_user(name):
-    """Remove one auth file entry; True when it was there.
+    """Remove one auth file entry (other lines stay as they are); True when it was there.
 
     CLI Example:
 
@@ -1239,10 +1258,129 @@ def remove_user(name):
 
         salt '*' pgbouncer.remove_user app
     """
-    users = _auth_entries()
-    if users.pop(name, None) is None:
+    if name not in _auth_entries():
         return False
-    return write_file(auth_file_path(), render_auth_file(users), owner=_option("user"))
+    path = auth_file_path()
+    return write_file(path, _without_users(_read(path), [name]), owner=_option("user"))
+
+
+# -- ownership: what the pack created, and removing it once pillar no longer declares it ------
+
+def owned():
+    """The users and pools this pack created (``pgbouncer.user_present`` /
+    ``pool_present`` with ``track: true`` when the entry did not exist yet), from the
+    ownership record (minion option ``pgbouncer.owned_file``): ``{"databases": [...],
+    "users": [...]}``. Removing the record forgets ownership: nothing is pruned then.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' pgbouncer.owned
+    """
+    path = _option("owned_file")
+    try:
+        with salt.utils.files.fopen(path, "r") as handle:
+            record = json.load(handle)
+    except FileNotFoundError:
+        record = {}
+    except (OSError, ValueError) as exc:
+        raise CommandExecutionError(
+            f"cannot read PgBouncer's ownership record {path}: {exc} (fix or remove it; "
+            "removing forgets which users and pools the pack created)") from None
+    if not isinstance(record, dict) or not all(
+            isinstance(record.get(kind, []), list) for kind in OWNED_KINDS):
+        raise CommandExecutionError(
+            f"PgBouncer's ownership record {path} is not {{\"databases\": [...], "
+            "\"users\": [...]}} (fix or remove it; removing forgets which users and pools "
+            "the pack created)")
+    return {kind: sorted({str(n) for n in record.get(kind, [])}) for kind in OWNED_KINDS}
+
+
+def set_owned(kind, name, owned=True):  # pylint: disable=redefined-outer-name
+    """Record (``owned=True``) or forget that the pack created user or pool ``name``
+    (``kind``: ``users`` or ``databases``). True when the record changed.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' pgbouncer.set_owned users app
+        salt '*' pgbouncer.set_owned databases olddb owned=False
+    """
+    return _set_owned({kind: [name]}, add=owned)
+
+
+def _set_owned(names, add=True):
+    """Add (or drop) {kind: [names]} in the record in one atomic write; True when it changed."""
+    if set(names) - set(OWNED_KINDS):
+        raise SaltInvocationError(f"kind: {sorted(set(names) - set(OWNED_KINDS))} is not one "
+                                  f"of {', '.join(OWNED_KINDS)}")
+    record = owned()
+    new = {kind: sorted(set(record[kind]) | set(names.get(kind, ())) if add
+                        else set(record[kind]) - set(names.get(kind, ())))
+           for kind in OWNED_KINDS}
+    if new == record:
+        return False
+    path = _option("owned_file")
+    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+    with salt.utils.atomicfile.atomic_open(path, "w") as handle:
+        json.dump(new, handle, indent=1, sort_keys=True)
+    os.chmod(path, 0o644)
+    return True
+
+
+def prune_owned(users=None, databases=None, test=False):
+    """Remove the users (auth file entries) and pools ([databases] entries) this pack created
+    (see ``owned``) that are not in ``users`` / ``databases`` (the declared names), then
+    RELOAD when PgBouncer runs: the pools' clients are disconnected, the users can no longer
+    log in (sessions already open stay until they end). Entries the pack did not create are
+    never touched. Owned names no longer on the host are forgotten.
+
+    test
+        Only say what would be removed; touches nothing.
+
+    Returns ``{"users": [removed], "databases": {name: old entry}, "apply": "reload" or
+    "none"}``; never a secret.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' pgbouncer.prune_owned users='["app"]' databases='["appdb"]' test=True
+    """
+    record = owned()
+    gone = {"users": sorted(set(record["users"]) - set(users or ())),
+            "databases": sorted(set(record["databases"]) - set(databases or ()))}
+    result = {"users": [], "databases": {}, "apply": "none"}
+    if not gone["users"] and not gone["databases"]:
+        return result
+    current = read_config()
+    auth = _auth_entries()
+    result["users"] = [name for name in gone["users"] if name in auth]
+    result["databases"] = {name: current["databases"][name] for name in gone["databases"]
+                           if name in current["databases"]}
+    live = running() if result["users"] or result["databases"] else False
+    result["apply"] = "reload" if live else "none"
+    if test:
+        return result
+    if result["databases"]:
+        write_config({**current, "databases": {name: entry for name, entry
+                                               in current["databases"].items()
+                                               if name not in result["databases"]}})
+    if result["users"]:
+        path = auth_file_path()
+        write_file(path, _without_users(_read(path), result["users"]), owner=_option("user"))
+    if live:
+        reload()
+        listed = [row["name"] for row in show("databases") if row["name"] in result["databases"]]
+        if listed:
+            raise CommandExecutionError(f"SHOW DATABASES still lists {listed} after RELOAD")
+    left = [name for name in result["users"] if name in _auth_entries()]
+    if left:
+        raise CommandExecutionError(f"the auth file still holds {left} after writing")
+    _set_owned(gone, add=False)
+    return result
 
 
 # -- the package's own instance -----------------------------------------------------------------

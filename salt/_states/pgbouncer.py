@@ -249,8 +249,12 @@ def _verify_settings(wanted):
 def pool_present(name, host, port=None, dbname=None, user=None, auth_user=None, pool_size=None,
                  reserve_pool=None, max_db_connections=None, pool_mode=None, connect_query=None,
                  client_encoding=None, datestyle=None, timezone=None, wait_close_timeout=60,
-                 pillar_key=None):
+                 pillar_key=None, track=False):
     """One [databases] entry, applied with RELOAD (clients stay connected).
+
+    ``track``: when this state adds the entry, record it as the pack's
+    (``pgbouncer.owned``), so that ``pgbouncer.pruned`` removes it once it is no
+    longer declared. An entry that already existed stays its maker's.
 
     When the target (host, port, dbname, user) of an existing pool changes, WAIT_CLOSE waits
     (up to ``wait_close_timeout`` seconds) until the server connections to the old target are
@@ -307,6 +311,8 @@ def pool_present(name, host, port=None, dbname=None, user=None, auth_user=None, 
             mismatch = __salt__["pgbouncer.database_mismatch"](name, wanted)
             if mismatch:
                 raise CommandExecutionError(f"after RELOAD SHOW DATABASES shows {mismatch}")
+        if track and old is None:
+            __salt__["pgbouncer.set_owned"]("databases", name)
 
     return _apply(ret, changes, f"pool {name}", steps, (
         f"pool {name} {'added' if old is None else 'changed'}"
@@ -351,7 +357,7 @@ def pool_absent(name, pillar_key=None):
 
 
 def user_present(name, password_pillar=None, stored="plain", salt=None, iterations=4096,
-                 pillar_key=None, password_file=None):
+                 pillar_key=None, password_file=None, track=False):
     """An auth file entry: the plaintext, or a SCRAM-SHA-256 verifier made from it.
 
     password_pillar
@@ -364,6 +370,10 @@ def user_present(name, password_pillar=None, stored="plain", salt=None, iteratio
         when the server holds the identical verifier: give the server's ``salt`` (base64) and
         ``iterations`` then. Without a salt an existing verifier that matches the password is
         kept, else a random salt is used.
+    track
+        When this state adds the entry, record it as the pack's (``pgbouncer.owned``), so
+        that ``pgbouncer.pruned`` removes it once it is no longer declared. An entry that
+        already existed stays its maker's.
 
     .. code-block:: yaml
 
@@ -400,6 +410,67 @@ def user_present(name, password_pillar=None, stored="plain", salt=None, iteratio
         if not __salt__["pgbouncer.user_matches"](name, stored=stored, salt=salt,
                                                   iterations=iterations, **source):
             raise CommandExecutionError("the auth file does not hold it after writing")
+        if track and not exists:
+            __salt__["pgbouncer.set_owned"]("users", name)
 
     return _apply(ret, changes, f"user {name}", steps,
                   f"user {name} {'added' if not exists else 'updated'}")
+
+
+def pruned(name, users=None, databases=None, pillar_key=None):
+    """Remove the users and pools this pack created (``user_present`` / ``pool_present``
+    with ``track: true``, see ``pgbouncer.owned``) that are no longer declared, applied with
+    RELOAD (no restart). What the pack did not create (an operator's own entry, one made
+    without ``track``) is never touched.
+
+    users, databases
+        The declared user and pool names.
+
+    .. code-block:: yaml
+
+        pgbouncer-pruned:
+          pgbouncer.pruned:
+            - users: [app]
+            - databases: [appdb]
+    """
+    ret = _ret(name)
+    try:
+        plan = __salt__["pgbouncer.prune_owned"](users or [], databases or [], test=True)
+    except (SaltInvocationError, CommandExecutionError) as exc:
+        return _fail(ret, exc, pillar_key)
+
+    def as_changes(result):
+        changes = {}
+        if result["users"]:
+            changes["users"] = {user: {"old": "in the auth file", "new": None}
+                                for user in result["users"]}
+        if result["databases"]:
+            changes["databases"] = {pool: {"old": entry, "new": None}
+                                    for pool, entry in result["databases"].items()}
+        if changes:
+            changes["apply"] = result["apply"]
+        return changes
+
+    changes = as_changes(plan)
+    count = len(plan["users"]) + len(plan["databases"])
+    what = ", ".join([f"user {user}" for user in plan["users"]]
+                     + [f"pool {pool}" for pool in plan["databases"]])
+    if __opts__["test"]:
+        if changes:
+            ret.update(result=None, changes=changes,
+                       comment=f"would remove {what}: the pack created and pillar no longer "
+                               f"declares {'it' if count == 1 else 'them'}")
+        else:
+            ret["comment"] = "nothing the pack created is undeclared"
+        return ret
+    applied = {}
+
+    def steps():
+        applied.update(as_changes(__salt__["pgbouncer.prune_owned"](
+            users or [], databases or [], test=False)))
+
+    _apply(ret, changes, "removing what the pack created and pillar no longer declares", steps,
+           f"removed {what}" if changes else "nothing the pack created is undeclared")
+    if ret["result"]:
+        ret["changes"] = applied
+    return ret

@@ -121,6 +121,7 @@ pgbouncer-user-{{ name }}:
     - salt: {{ user.salt }}
     {%- endif %}
     - pillar_key: vpn_gateway:pooler
+    - track: True
     - require:
       - pgbouncer: pgbouncer-settings
     - require_in:
@@ -149,6 +150,18 @@ pgbouncer-pool-{{ name }}:
     - {{ key }}: {{ value | json }}
     {%- endfor %}
     - pillar_key: vpn_gateway:pooler
+    - track: True
     - require:
       - service: pgbouncer-service
 {%- endfor %}
+
+{#- Users and pools the states above created (track) and pillar no longer declares leave
+    the auth file and pgbouncer.ini (RELOAD); an operator's own entries stay
+    (docs/pgbouncer.md, "Removal"). #}
+pgbouncer-pruned:
+  pgbouncer.pruned:
+    - users: {{ pooler.get('users', {}) | list | json }}
+    - databases: {{ pooler.get('databases', {}) | list | json }}
+    - pillar_key: vpn_gateway:pooler
+    - require:
+      - service: pgbouncer-service
