@@ -9,7 +9,34 @@ Settings come from ``vpn_gateway:monitoring`` (``config.get``: minion config,
 grains or pillar) over ``DEFAULTS``. Run-time memory (attempt history,
 counters, when the tunnel went to the backup) lives in a JSON file under
 ``state_dir`` so that it survives minion restarts, highstates and pillar
-refreshes; one lock per tunnel keeps two recoveries from overlapping.
+refreshes. Each update of a memory file is a read-modify-write under that
+file's own flock (``state_dir/.NAME.lock``), written with
+``salt.utils.atomicfile``: two tunnels' ladders, ``reset_recovery`` and the
+beacon never lose each other's entries.
+
+The recovery lock (one per host, ``LOCK_DIR/recovery.lock``, an exclusive
+flock) keeps recovery and state runs apart:
+
+- a ladder (``ensure_up``, ``failback``) takes it without waiting, then
+  checks that no state job runs (``saltutil.is_running state.*``: the job's
+  proc file exists from the job's start, before its render), runs its steps
+  and releases it. Lock busy or a state job running: it does nothing and
+  says ``deferred``; the beacon's repeated event brings it back.
+- the role's first state (``libreswan.recovery_lock``, ``order: first``,
+  ``failhard``; vpn_gateway.monitoring) waits for the lock (up to its
+  ``timeout``) and keeps it until the job's process ends (its last state,
+  ``libreswan.recovery_lock_released``, lets it go earlier).
+
+Both orders: a ladder that holds the lock makes a state run wait before its
+first state, so no state runs mid-ladder; a state run that started first is
+either past its lock state (the ladder cannot take the lock) or still
+rendering (the ladder takes the lock, sees the state job and backs off at
+once, so the run's lock state does not wait). A ladder cannot start between
+the two checks unseen: it takes the lock first and looks for state jobs
+second, and a state job that starts after that look waits at its lock
+state. Sub-states applied alone (``state.apply vpn_gateway.ipsec``) hold no
+lock: ladders still back off while they run, but a ladder already running
+is not waited for.
 
 Pure helpers (``_settings``, ``_health``, ``_budget``, ``_ladder``) take and
 return plain data so that tests import them from this file directly.
@@ -17,17 +44,23 @@ return plain data so that tests import them from this file directly.
 import copy
 import fcntl
 import json
+import logging
 import os
 import re
-import tempfile
 import time
 from contextlib import contextmanager
 
+import salt.utils.atomicfile
 from salt.exceptions import CommandExecutionError
+
+log = logging.getLogger(__name__)
 
 __virtualname__ = "libreswan"
 
 BACKUP_SUFFIX = "-backup"
+# The host's recovery lock (tmpfs: no stale lock survives a reboot).
+LOCK_DIR = "/run/vpn-gateway"
+LOCK_NAME = "recovery.lock"
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,39}$")
 SETTINGS_KEY = "vpn_gateway:monitoring"
 # Bound (s) of this module's own subprocesses (ip xfrm flush, systemctl show); pluto's
@@ -368,6 +401,51 @@ def monitoring_memory(what="recovery"):
         return {}
 
 
+@contextmanager
+def _flocked(path, wait=True):
+    """An exclusive flock on ``path`` (created 0640), blocking or not; yields
+    True when held, False when ``wait`` is off and another holds it."""
+    os.makedirs(os.path.dirname(path), mode=0o750, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    with os.fdopen(fd, "r+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _read_memory(path):
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except (FileNotFoundError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_memory(path, data):
+    with salt.utils.atomicfile.atomic_open(path, "w") as handle:
+        json.dump(data, handle, indent=1, sort_keys=True)
+    os.chmod(path, 0o600)
+
+
+def _update_memory(path, change):
+    """Read-modify-write one memory file under its own flock: ``change(data)``
+    edits the dict in place; returns it. Concurrent updates of other keys
+    (another tunnel's ladder, the beacon) are never lost."""
+    lock = os.path.join(os.path.dirname(path), "." + os.path.basename(path) + ".lock")
+    with _flocked(lock):
+        data = _read_memory(path)
+        change(data)
+        _write_memory(path, data)
+    return data
+
+
 def remember(what, data):
     """
     Replace one memory file (``recovery``, ``beacon`` or ``alerts``) atomically;
@@ -379,13 +457,11 @@ def remember(what, data):
 
         salt 'vpn-gw1' libreswan.remember alerts '{}'
     """
-    path = _memory_path(monitoring_settings(), what)
-    directory = os.path.dirname(path)
-    os.makedirs(directory, mode=0o750, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=directory)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+    def replace(current):
+        current.clear()
+        current.update(data)
+
+    _update_memory(_memory_path(monitoring_settings(), what), replace)
     return {"what": what, "entries": len(data)}
 
 
@@ -397,25 +473,92 @@ def _memory(tunnel):
 
 
 def _remember(tunnel, entry):
-    data = monitoring_memory("recovery")
-    data[tunnel] = entry
-    remember("recovery", data)
+    """Store ``tunnel``'s entry of recovery.json; the other tunnels' stay as they are on disk."""
+    _update_memory(_memory_path(monitoring_settings(), "recovery"),
+                   lambda data: data.__setitem__(tunnel, entry))
+
+
+def _lock_path():
+    return os.path.join(LOCK_DIR, LOCK_NAME)
 
 
 @contextmanager
-def _locked(settings, tunnel):
-    """Yield True when this process holds the tunnel's recovery lock, else False."""
-    os.makedirs(settings["state_dir"], mode=0o750, exist_ok=True)
-    with open(os.path.join(settings["state_dir"], f"{tunnel}.lock"), "w") as handle:
+def _locked(settings=None, tunnel=None):
+    """Yield True when this process took the host's recovery lock (never waits),
+    False when a state run or another recovery holds it. ``settings`` and
+    ``tunnel`` only name the caller in the log: the lock is one per host."""
+    with _flocked(_lock_path(), wait=False) as mine:
+        if mine:
+            log.info("libreswan recovery: recovery lock taken (%s)", tunnel or "all tunnels")
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
+            yield mine
         finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            if mine:
+                log.info("libreswan recovery: recovery lock released (%s)",
+                         tunnel or "all tunnels")
+
+
+# The lock a state run holds (hold_recovery_lock): open until released or the
+# job's process ends (the kernel drops a flock with its last descriptor).
+_HELD = []
+
+
+def hold_recovery_lock(timeout=300):
+    """
+    Wait up to ``timeout`` seconds for the host's recovery lock and keep it
+    until ``release_recovery_lock`` or the end of this job's process: a state
+    run's first state (``libreswan.recovery_lock``) calls it so that no
+    recovery ladder restarts pluto or flushes xfrm in the middle of the run.
+    Returns ``{"held": bool, "waited": s, "acquired": epoch or None}``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call libreswan.hold_recovery_lock timeout=60
+    """
+    started = time.time()
+    if _HELD:
+        return {"held": True, "waited": 0.0, "acquired": _HELD[0][1]}
+    os.makedirs(LOCK_DIR, mode=0o750, exist_ok=True)
+    fd = os.open(_lock_path(), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    deadline = time.monotonic() + float(timeout)
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                return {"held": False, "waited": round(time.time() - started, 3),
+                        "acquired": None}
+            time.sleep(0.2)
+    acquired = time.time()
+    _HELD.append((fd, acquired))
+    log.info("libreswan recovery: recovery lock held for a state run (waited %.1fs)",
+             acquired - started)
+    return {"held": True, "waited": round(acquired - started, 3), "acquired": acquired}
+
+
+def release_recovery_lock():
+    """
+    Let go of the recovery lock ``hold_recovery_lock`` took in this process
+    (a state run's last state). Returns ``{"released": bool, "held_for": s}``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call libreswan.release_recovery_lock
+    """
+    if not _HELD:
+        return {"released": False, "held_for": 0.0, "time": time.time()}
+    fd, acquired = _HELD.pop()
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
+    now = time.time()
+    log.info("libreswan recovery: recovery lock released by the state run")
+    return {"released": True, "held_for": round(now - acquired, 3), "time": now}
 
 
 def recovery_state(name=None):
@@ -573,7 +716,7 @@ def _ensure_one(settings, tunnel, force):
     memory = _memory(tunnel)
     outcome = "success" if final["up"] else "failure"
     memory["recoveries"][outcome] = memory["recoveries"].get(outcome, 0) + 1
-    memory["last"] = {"time": time.time(), "result": outcome, "steps": steps}
+    memory["last"] = {"started": now, "time": time.time(), "result": outcome, "steps": steps}
     if final["state"] == "failover":
         memory["backup_since"] = time.time()
     if final["up"]:
@@ -590,6 +733,10 @@ def _ensure_one(settings, tunnel, force):
         result["alert"] = _alert(tunnel, "down", "gave_up", budget["attempt"],
                                  f"every step failed: {final['reason']}")
     return result
+
+
+_LOCK_BUSY = {"result": False,
+              "deferred": "the recovery lock is held (a state run or another recovery)"}
 
 
 def ensure_up(name=None, force=False):
@@ -617,10 +764,11 @@ def ensure_up(name=None, force=False):
     settings = monitoring_settings()
     results = {}
     status = None if name is not None else _status()
-    for tunnel in _acting_on(name, declared, status, settings):
-        with _locked(settings, tunnel) as mine:
-            results[tunnel] = _ensure_one(settings, tunnel, force) if mine else {
-                "name": tunnel, "result": False, "deferred": "a recovery is already running"}
+    tunnels = _acting_on(name, declared, status, settings)
+    with _locked(settings, name) as mine:
+        for tunnel in tunnels:
+            results[tunnel] = _ensure_one(settings, tunnel, force) if mine else dict(
+                _LOCK_BUSY, name=tunnel)
     return results
 
 
@@ -646,18 +794,47 @@ def _failback_one(settings, tunnel):
         return dict(result, comment=f"staying on the backup ({why})")
     memory.update(backup_since=since, failback_tried=now)
     _remember(tunnel, memory)
-    __salt__["libreswan.switch"](tunnel, to="primary", wait=settings["step_timeout"])
-    final = _wait_health(settings, tunnel, settings["step_timeout"])
-    if final["state"] != "up":  # the primary is still gone: back to the backup at once
-        __salt__["libreswan.switch"](tunnel, to="backup", wait=settings["step_timeout"])
-        final = _wait_health(settings, tunnel, settings["step_timeout"])
-        return dict(result, result=final["up"], state=final["state"], active=final["active"],
-                    comment="the primary did not come up; back on the backup")
+    final, outcome = _make_before_break(settings, tunnel)
     memory = _memory(tunnel)
+    memory["failback_last"] = {"started": now, "time": time.time(), "result": outcome}
+    if final["state"] != "up":
+        _remember(tunnel, memory)
+        comment = {"primary_silent": f"the primary did not come up within "
+                                     f"{settings['step_timeout']}s; the backup was left untouched",
+                   "primary_child_failed": "the primary's IKE SA came up but the tunnel did not "
+                                           "move to it; back on the backup"}[outcome]
+        return dict(result, result=final["up"], state=final["state"], active=final["active"],
+                    comment=comment, outcome=outcome)
     memory.update(backup_since=None, failback_tried=None)
     _remember(tunnel, memory)
     return dict(result, state=final["state"], active=final["active"], comment="failed back",
-                alert=_alert(tunnel, "up", "failback", 0, "back on the primary peer"))
+                outcome=outcome, alert=_alert(tunnel, "up", "failback", 0,
+                                              "back on the primary peer"))
+
+
+def _make_before_break(settings, tunnel):
+    """Bring the primary conn up beside the backup; only once its IKE SA is
+    established is the backup taken down (the primary's Child SA, which the
+    backup's SA may have kept from installing over the same selectors, is
+    initiated again once the backup is gone). A primary that stays silent for
+    ``step_timeout`` is taken down again, the backup's SAs never touched.
+    Returns (health, outcome): failed_back, primary_silent or
+    primary_child_failed (then back on the backup)."""
+    wait = settings["step_timeout"]
+    probe = __salt__["libreswan.up"](tunnel, wait=wait)
+    if not probe.get("ike_established"):
+        # Stop pluto's own retries to the dead peer; the backup conn is another conn.
+        __salt__["libreswan.down"](tunnel)
+        return _health_now(settings, tunnel), "primary_silent"
+    __salt__["libreswan.down"](tunnel + BACKUP_SUFFIX)
+    current = _health_now(settings, tunnel)
+    if current["state"] != "up":
+        __salt__["libreswan.up"](tunnel, wait=wait)
+        current = _wait_health(settings, tunnel, wait)
+    if current["state"] == "up":
+        return current, "failed_back"
+    __salt__["libreswan.switch"](tunnel, to="backup", wait=wait)
+    return _wait_health(settings, tunnel, wait), "primary_child_failed"
 
 
 def failback(name=None):
@@ -665,8 +842,10 @@ def failback(name=None):
     Apply the failback policy to tunnel ``name`` (default: every tunnel) when
     the backup peer carries it: with ``failback: auto``, once it has been on
     the backup for ``failback_after`` seconds (and at most once per that
-    period), switch to the primary, verify, and return to the backup at once
-    if the primary does not come up. ``failback: never`` leaves it. Only
+    period), make before break: bring the primary conn up beside the backup
+    and take the backup down only once the primary's IKE SA is established;
+    a primary that stays silent for ``step_timeout`` leaves the backup
+    untouched. ``failback: never`` leaves it. Only
     tunnels this minion's pillar declares are acted on, as in ``ensure_up``.
 
     CLI Example:
@@ -679,8 +858,9 @@ def failback(name=None):
     settings = monitoring_settings()
     results = {}
     status = None if name is not None else _status()
-    for tunnel in _acting_on(name, declared, status, settings):
-        with _locked(settings, tunnel) as mine:
-            results[tunnel] = _failback_one(settings, tunnel) if mine else {
-                "name": tunnel, "result": False, "deferred": "a recovery is already running"}
+    tunnels = _acting_on(name, declared, status, settings)
+    with _locked(settings, name) as mine:
+        for tunnel in tunnels:
+            results[tunnel] = _failback_one(settings, tunnel) if mine else dict(
+                _LOCK_BUSY, name=tunnel)
     return results

@@ -1,6 +1,11 @@
 """Pure parts of the monitoring: settings, health, budget, ladder, beacon
 transitions, alert payloads and the metrics text."""
+import copy
+import json
+import multiprocessing
 import re
+import threading
+import time
 import urllib.error
 
 import pytest
@@ -243,3 +248,173 @@ def test_metrics_without_pluto_or_pgbouncer():
     assert 'vpn_gateway_tunnel_up{tunnel="remote-db"} 0' in text
     assert "vpn_gateway_pgbouncer_up 0" in text
     assert "clients_waiting" not in text
+
+
+# -- the recovery lock, recovery.json, failback (issue 13) --------------------------------
+def fresh_recovery(tmp_path, monkeypatch, salt=None, pillar=None):
+    """The module with its lock and memory in tmp_path and a fake __salt__."""
+    module = load("salt/_modules/libreswan_recovery.py")
+    monkeypatch.setattr(module, "LOCK_DIR", str(tmp_path / "run"))
+    settings = recovery._settings({"up_when": "ike_sa", "step_timeout": 1,
+                                   "state_dir": str(tmp_path / "lib")}, "remote-db")
+    monkeypatch.setattr(module, "monitoring_settings", lambda: copy.deepcopy(settings))
+    module.__salt__ = dict(salt or {})
+    module.__pillar__ = {"vpn_gateway": pillar or {"tunnel": {"name": "remote-db"}}}
+    module.__grains__ = {}
+    return module, settings
+
+
+def _write_entries(module, tunnel, count):
+    for n in range(count):
+        module._remember(tunnel, {"attempts": [n], "recoveries": {"success": n, "failure": 0}})
+
+
+def test_two_tunnels_ladders_never_lose_each_others_memory(tmp_path, monkeypatch):
+    """Processes writing recovery.json for their own tunnels at once: every last write stays
+    (a plain read-modify-write without the file's lock loses some, as it did before)."""
+    module, settings = fresh_recovery(tmp_path, monkeypatch)
+    tunnels = [f"tunnel{i}" for i in range(4)]
+    context = multiprocessing.get_context("fork")
+    workers = [context.Process(target=_write_entries, args=(module, t, 60)) for t in tunnels]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+        assert worker.exitcode == 0
+    data = json.loads((tmp_path / "lib" / "recovery.json").read_text())
+    assert {t: data.get(t, {}).get("attempts") for t in tunnels} == {t: [59] for t in tunnels}
+
+
+def test_the_recovery_lock_makes_a_state_run_wait_and_a_ladder_back_off(tmp_path, monkeypatch):
+    module, _ = fresh_recovery(tmp_path, monkeypatch)
+    entered, leave = threading.Event(), threading.Event()
+
+    def ladder():
+        with module._locked() as mine:
+            assert mine
+            entered.set()
+            leave.wait(10)
+
+    thread = threading.Thread(target=ladder)
+    thread.start()
+    entered.wait(10)
+    threading.Timer(1.0, leave.set).start()
+    started = time.monotonic()
+    held = module.hold_recovery_lock(timeout=10)  # the state run's first state
+    thread.join(10)
+    assert held["held"] and time.monotonic() - started >= 0.9 and held["waited"] >= 0.9
+    with module._locked() as mine:  # a ladder while the state run holds it
+        assert mine is False
+    assert module.release_recovery_lock()["released"]
+    with module._locked() as mine:
+        assert mine is True
+
+
+def test_a_state_run_gives_up_waiting_after_its_timeout(tmp_path, monkeypatch):
+    module, _ = fresh_recovery(tmp_path, monkeypatch)
+    with module._locked() as mine:
+        assert mine
+        assert module.hold_recovery_lock(timeout=0.5)["held"] is False
+    assert module.release_recovery_lock()["released"] is False
+
+
+def test_ensure_up_backs_off_while_the_lock_is_held(tmp_path, monkeypatch):
+    calls = []
+    module, _ = fresh_recovery(tmp_path, monkeypatch, salt={
+        "libreswan.status": lambda: calls.append("status") or {"conns": {}, "tunnels": {}},
+        "saltutil.is_running": lambda fun: []})
+    assert module.hold_recovery_lock(timeout=1)["held"]
+    assert module.ensure_up("remote-db")["remote-db"]["deferred"].startswith(
+        "the recovery lock is held")
+    assert module.failback("remote-db")["remote-db"]["deferred"].startswith(
+        "the recovery lock is held")
+    assert calls == []  # no status read, no step
+    module.release_recovery_lock()
+
+
+def test_a_ladder_that_took_the_lock_backs_off_from_a_rendering_state_run(tmp_path, monkeypatch):
+    steps = []
+    module, _ = fresh_recovery(tmp_path, monkeypatch, salt={
+        "libreswan.status": lambda: PLUTO_STOPPED,
+        "saltutil.is_running": lambda fun: [{"fun": "state.apply", "jid": "1"}],
+        "service.stop": lambda *a: steps.append("stop"),
+        "service.start": lambda *a: steps.append("start")})
+    result = module.ensure_up("remote-db")["remote-db"]
+    assert result["deferred"] == "a state run is in progress" and steps == []
+
+
+class FakePluto:
+    """libreswan.up/down/switch on a two-conn tunnel; the primary answers or not."""
+
+    def __init__(self, primary_alive):
+        self.alive = primary_alive
+        self.ike = {"remote-db": False, "remote-db-backup": True}
+        self.calls = []
+
+    def status(self):
+        conns = {name: {"ike_established": up, "up": up, "reason": None if up else "down"}
+                 for name, up in self.ike.items()}
+        return {"running": True, "conns": conns, "tunnels": {"remote-db": {}}}
+
+    def up(self, name, wait=10):
+        self.calls.append(("up", name))
+        if name == "remote-db-backup" or self.alive:
+            self.ike[name] = True
+        return {"name": name, "ike_established": self.ike[name], "up": self.ike[name]}
+
+    def down(self, name):
+        self.calls.append(("down", name))
+        self.ike[name] = False
+        return {"name": name, "ok": True}
+
+    def switch(self, name, to="backup", wait=10):
+        self.calls.append(("switch", to))
+        target, other = (name + "-backup", name) if to == "backup" else (name, name + "-backup")
+        self.down(other)
+        return self.up(target, wait)
+
+    def salt(self):
+        return {"libreswan.status": self.status, "libreswan.up": self.up,
+                "libreswan.down": self.down, "libreswan.switch": self.switch,
+                "saltutil.is_running": lambda fun: []}
+
+
+def due_failback(module, tunnel="remote-db"):
+    module._remember(tunnel, {"attempts": [], "recoveries": {"success": 1, "failure": 0},
+                              "backup_since": time.time() - 10 ** 5})
+    return module.failback(tunnel)[tunnel]
+
+
+def test_failback_to_a_dead_primary_never_touches_the_backup(tmp_path, monkeypatch):
+    pluto = FakePluto(primary_alive=False)
+    module, _ = fresh_recovery(tmp_path, monkeypatch, salt=pluto.salt())
+    result = due_failback(module)
+    assert result["outcome"] == "primary_silent" and result["state"] == "failover"
+    assert pluto.calls == [("up", "remote-db"), ("down", "remote-db")]  # the primary only
+    assert pluto.ike == {"remote-db": False, "remote-db-backup": True}
+    memory = module.recovery_state("remote-db")["remote-db"]
+    assert memory["failback_tried"] and memory["failback_last"]["result"] == "primary_silent"
+
+
+def test_failback_to_a_live_primary_makes_before_it_breaks(tmp_path, monkeypatch):
+    pluto = FakePluto(primary_alive=True)
+    module, _ = fresh_recovery(tmp_path, monkeypatch, salt=pluto.salt())
+    result = due_failback(module)
+    assert result["outcome"] == "failed_back" and result["state"] == "up"
+    assert pluto.calls == [("up", "remote-db"), ("down", "remote-db-backup")]
+    assert pluto.ike == {"remote-db": True, "remote-db-backup": False}
+
+
+def test_the_lock_states_change_nothing_and_predict_nothing(tmp_path, monkeypatch):
+    module, _ = fresh_recovery(tmp_path, monkeypatch)
+    states = load("salt/_states/libreswan_recovery.py")
+    states.__salt__ = {"libreswan.hold_recovery_lock": module.hold_recovery_lock,
+                       "libreswan.release_recovery_lock": module.release_recovery_lock}
+    for test in (True, False):
+        states.__opts__ = {"test": test}
+        taken = states.recovery_lock("lock", timeout=1)
+        released = states.recovery_lock_released("lock")
+        assert (taken["result"], taken["changes"]) == (True, {})
+        assert (released["result"], released["changes"]) == (True, {})
+    assert "recovery lock held since" in taken["comment"]
+    assert "recovery lock released at" in released["comment"]
