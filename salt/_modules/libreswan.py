@@ -384,6 +384,43 @@ def _endpoint(text, side):
     }
 
 
+def _selector_pairs(topology):
+    """``(local, remote)`` CIDR pairs of one connection line's ``left...right``
+    (5.x prints one line per pair; a protocol/port suffix is dropped)."""
+    left, _, right = topology.partition("...")
+    local, remote = _endpoint(left, "left"), _endpoint(right, "right")
+    return [(_cidr(mine), _cidr(theirs)) for mine in local["subnets"]
+            for theirs in remote["subnets"]]
+
+
+def _cidr(text):
+    match = re.match(r"^[0-9A-Fa-f:.]+/\d+", text.strip())
+    return match.group(0) if match else text.strip()
+
+
+def _covers(have, want):
+    """True when selector ``have`` (a CIDR) contains the declared CIDR ``want``."""
+    try:
+        return ipaddress.ip_network(want, strict=False).subnet_of(
+            ipaddress.ip_network(have, strict=False))
+    except (ValueError, TypeError):
+        return have == want
+
+
+def _coverage(declared, covered):
+    """``(covered, missing)`` declared remote subnets: a remote subnet is covered
+    when each of its declared ``(local, remote)`` pairs lies inside the
+    selectors of an established Child SA (``covered``)."""
+    remotes = []
+    for _, remote in declared:
+        if remote not in remotes:
+            remotes.append(remote)
+    ok = [r for r in remotes if all(
+        any(_covers(have_l, want_l) and _covers(have_r, want_r) for have_l, have_r in covered)
+        for want_l, want_r in declared if want_r == r)]
+    return ok, [r for r in remotes if r not in ok]
+
+
 def _seconds_after(rest, event):
     match = re.search(rf"\b{event} in (\d+)s", rest)
     return int(match.group(1)) if match else None
@@ -404,6 +441,11 @@ def _parse_status(status_text, traffic_text="", now=None):
             "local": None, "remote": None, "ike_life": None, "ipsec_life": None,
             "ike_sa": None, "child_sas": [], "in_bytes": 0, "out_bytes": 0,
         })
+
+    # Traffic selectors per connection as whack names it ('"db/0x1"', '"db"[2]'):
+    # a conn's (or 4.x sub-conn's) own lines are what it declares, an instance's
+    # what was negotiated for it (narrowed, with narrowing=yes).
+    selectors, declared = {}, {}
 
     for line in _unprefix(status_text):
         state = _STATE_RE.match(line)
@@ -437,6 +479,12 @@ def _parse_status(status_text, traffic_text="", now=None):
             entry["template"] = True
         elif "/" in whack_name and whack_name not in entry["subconns"]:
             entry["subconns"].append(whack_name)
+        if "..." in rest:
+            label = f'"{whack_name}"' + (f'[{match["inst"]}]' if match["inst"] else "")
+            pairs = _selector_pairs(rest.split(";", 1)[0])
+            for target in [selectors.setdefault(label, [])] + (
+                    [] if match["inst"] else [declared.setdefault(_base(whack_name), [])]):
+                target += [p for p in pairs if p not in target]
         if "..." in rest and not match["inst"]:
             topology = rest.split(";", 1)[0]
             left, _, right = topology.partition("...")
@@ -464,7 +512,7 @@ def _parse_status(status_text, traffic_text="", now=None):
                 sa.update(in_bytes=int(match["in"]), out_bytes=int(match["out"]),
                           age=max(0, int(now) - int(match["add_time"])))
 
-    for entry in conns.values():
+    for base, entry in conns.items():
         ike = entry["ike_sa"]
         if ike and ike["replace_in"] is not None and entry["ike_life"]:
             # REPLACE fires at ike_life after the SA was made: age = life - time left.
@@ -477,12 +525,29 @@ def _parse_status(status_text, traffic_text="", now=None):
         children = [sa for sa in entry["child_sas"] if sa["established"]]
         entry["ike_established"] = bool(ike and ike["established"])
         entry["child_established"] = bool(children)
-        entry["up"] = entry["ike_established"] and bool(children)
+        # Up means every declared (local, remote) selector pair is carried by an
+        # established Child SA: a peer with narrowing may accept only some.
+        wanted = declared.get(base, [])
+        covered = []
+        for sa in children:
+            found = selectors.get(sa["conn"]) or selectors.get(sa["conn"].split("[", 1)[0])
+            # A state line without any connection line (--showstates alone):
+            # nothing says what it carries, take it for the whole conn.
+            covered += found if found is not None else wanted
+        entry["subnets_covered"], entry["subnets_missing"] = _coverage(wanted, covered)
+        carried = entry["ike_established"] and bool(children)
+        entry["up"] = carried and not entry["subnets_missing"]
+        entry["partial"] = carried and bool(entry["subnets_missing"])
+        entry["state"] = "up" if entry["up"] else ("partial" if entry["partial"] else "down")
         entry["reason"] = None if entry["up"] else _state_reason(entry)
     return {"conns": conns, "tunnels": _tunnels(conns), "summary": _summary(conns)}
 
 
 def _state_reason(entry):
+    if entry.get("partial"):
+        total = len(entry["subnets_covered"]) + len(entry["subnets_missing"])
+        return (f"partial: Child SAs carry {len(entry['subnets_covered'])} of {total} remote "
+                f"subnets; missing {', '.join(entry['subnets_missing'])}")
     ike = entry["ike_sa"]
     if ike is None:
         return "no IKE SA"
@@ -504,16 +569,25 @@ def _tunnels(conns):
         live = [role for role, conn in (("primary", name), ("backup", backup))
                 if conn and conns[conn]["ike_established"]]
         active = live[0] if len(live) == 1 else ("both" if live else None)
-        up = any(conns[c]["up"] for c in (name, backup) if c)
-        tunnels[name] = {"primary": name, "backup": backup, "active": active, "up": up}
+        carrying = [conns[c] for c in (name, backup) if c]
+        up = any(c["up"] for c in carrying)
+        partial = [c for c in carrying if c["partial"]]
+        state = "up" if up else ("partial" if partial else "down")
+        # What no conn of the tunnel carries: nothing when up, the partial
+        # conn's gaps, else every declared remote subnet.
+        missing = [] if up else (partial[0]["subnets_missing"] if partial else
+                                 list((conns[name]["remote"] or {}).get("subnets") or []))
+        tunnels[name] = {"primary": name, "backup": backup, "active": active, "up": up,
+                         "state": state, "missing": missing}
     return tunnels
 
 
 def _summary(conns):
     tunnels = _tunnels(conns)
-    up = sum(1 for t in tunnels.values() if t["up"])
-    return {"conns_loaded": len(conns), "tunnels": len(tunnels), "up": up,
-            "down": len(tunnels) - up}
+    up = sum(1 for t in tunnels.values() if t["state"] == "up")
+    partial = sum(1 for t in tunnels.values() if t["state"] == "partial")
+    return {"conns_loaded": len(conns), "tunnels": len(tunnels), "up": up, "partial": partial,
+            "down": len(tunnels) - up - partial}
 
 
 # Specific causes first (a notification, the kernel's refusal), generic ones after.
@@ -819,7 +893,8 @@ def status(timeout=None):
 def _not_running(error, installed_=True):
     return {"running": False, "installed": installed_, "error": error,
             "conns": {}, "tunnels": {},
-            "summary": {"conns_loaded": 0, "tunnels": 0, "up": 0, "down": 0}}
+            "summary": {"conns_loaded": 0, "tunnels": 0, "up": 0, "partial": 0,
+                        "down": 0}}
 
 
 def _status(reasons, timeout=None):
@@ -837,8 +912,11 @@ def _status(reasons, timeout=None):
         log_lines = _pluto_log(timeout=timeout or LOG_TIMEOUT)
         for name in down:
             logged = _failure_reason(log_lines, name)
-            if logged:
-                parsed["conns"][name]["reason"] = logged
+            conn = parsed["conns"][name]
+            if logged and conn["partial"]:  # keep which subnets are missing
+                conn["reason"] += f"; pluto's log: {logged}"
+            elif logged:
+                conn["reason"] = logged
     parsed["running"] = True
     parsed["installed"] = True
     return parsed

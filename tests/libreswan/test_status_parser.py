@@ -23,7 +23,10 @@ def test_4_10_ike_up_child_refused(libreswan, fixture_text):
     assert conn["child_sas"] == []
     assert conn["up"] is False
     assert conn["reason"] == "IKE SA established, no Child SA"
-    assert parsed["summary"] == {"conns_loaded": 1, "tunnels": 1, "up": 0, "down": 1}
+    assert (conn["state"], conn["partial"]) == ("down", False)
+    assert conn["subnets_missing"] == ["198.19.1.10/32", "198.19.1.11/32", "198.19.1.12/32"]
+    assert parsed["summary"] == {"conns_loaded": 1, "tunnels": 1, "up": 0, "partial": 0,
+                                 "down": 1}
 
 
 def test_4_10_backup_is_loaded_and_idle(libreswan, fixture_text):
@@ -101,8 +104,9 @@ def test_tunnel_pairs_primary_and_backup(libreswan, fixture_text):
     text = fixture_text("4.10-primary-up-backup-added.status")
     text = text.replace('"db-primary', '"db').replace('"db-backup', '"db-backup')
     parsed = libreswan._parse_status(text)
-    assert parsed["tunnels"] == {"db": {"primary": "db", "backup": "db-backup",
-                                        "active": "primary", "up": False}}
+    assert parsed["tunnels"] == {"db": {
+        "primary": "db", "backup": "db-backup", "active": "primary", "up": False,
+        "state": "down", "missing": ["198.19.1.10/32", "198.19.1.11/32", "198.19.1.12/32"]}}
     swapped = text.replace('"db/', '"db-tmp/').replace('"db-backup/', '"db/').replace(
         '"db-tmp/', '"db-backup/')
     assert libreswan._parse_status(swapped)["tunnels"]["db"]["active"] == "backup"
@@ -141,7 +145,8 @@ def test_5_2_real_status_one_conn_line_per_selector(libreswan, fixture_text):
     assert backup["remote"]["subnets"] == conn["remote"]["subnets"]
     assert backup["ike_sa"] is None and backup["reason"] == "no IKE SA"
     assert parsed["tunnels"]["remote-db"]["active"] == "primary"
-    assert parsed["summary"] == {"conns_loaded": 2, "tunnels": 1, "up": 0, "down": 1}
+    assert parsed["summary"] == {"conns_loaded": 2, "tunnels": 1, "up": 0, "partial": 0,
+                                 "down": 1}
 
 
 def test_5_2_showstates_alone(libreswan, fixture_text):
@@ -174,3 +179,60 @@ def test_configsetup_names_the_nss_directory(libreswan, fixture_text, version):
 def test_package_version(libreswan, text, expected):
     info = libreswan._parse_package_version(text)
     assert (info and (info["major"], info["minor"])) == expected
+
+
+# -- up means every declared subnet is carried: up, partial, down ----------------------------
+# The *-derived-* fixtures are the captured 4.10 and 5.2 outputs with established
+# Child SAs written in (this kernel has no ESP; README.md says what was edited).
+DB = ["198.19.1.10/32", "198.19.1.11/32", "198.19.1.12/32"]
+COVERAGE = {
+    # fixture, conn: state, covered, missing
+    "4.10-derived-child-all.status": ("db-primary", "up", DB, []),
+    "4.10-derived-child-partial.status": ("db-primary", "partial", DB[::2], DB[1:2]),
+    "4.10-child-ts-unacceptable.status": ("db-primary", "down", [], DB),
+    "5.2-derived-child-all.status": ("remote-db", "up", DB, []),
+    "5.2-derived-child-partial.status": ("remote-db", "partial", DB[::2], DB[1:2]),
+    "5.2-ike-up-child-pending.status": ("remote-db", "down", [], DB),
+}
+
+
+@pytest.mark.parametrize("fixture", list(COVERAGE))
+def test_up_only_when_every_declared_subnet_has_a_child_sa(libreswan, fixture_text, fixture):
+    name, state, covered, missing = COVERAGE[fixture]
+    parsed = libreswan._parse_status(fixture_text(fixture))
+    conn = parsed["conns"][name]
+    assert conn["ike_established"]
+    assert conn["remote"]["subnets"] == DB  # declared: the conn's own lines
+    assert (conn["state"], conn["subnets_covered"], conn["subnets_missing"]) == \
+        (state, covered, missing)
+    assert conn["up"] is (state == "up") and conn["partial"] is (state == "partial")
+    assert conn["child_established"] is (state != "down")
+    tunnel = parsed["tunnels"][name]
+    assert (tunnel["state"], tunnel["up"], tunnel["missing"]) == (state, state == "up", missing)
+    assert parsed["summary"][state] == 1
+    assert sum(parsed["summary"][s] for s in ("up", "partial", "down")) == 1
+    if state == "up":
+        assert conn["reason"] is None
+    elif state == "partial":
+        assert conn["reason"] == ("partial: Child SAs carry 2 of 3 remote subnets; missing "
+                                  "198.19.1.11/32")
+
+
+def test_4_x_child_sa_of_a_plain_sub_conn_carries_its_own_selectors(libreswan, fixture_text):
+    """narrowing=no: no instance, the Child SA's line names the sub-conn itself."""
+    text = fixture_text("4.10-derived-child-partial.status")
+    plain = "\n".join(line.replace('"[1] 198.18.0.21:500 STATE_V2_ESTABLISHED_CHILD',
+                                   '" 198.18.0.21:500 STATE_V2_ESTABLISHED_CHILD')
+                      for line in text.splitlines())
+    conn = libreswan._parse_status(plain)["conns"]["db-primary"]
+    assert conn["state"] == "partial" and conn["subnets_missing"] == ["198.19.1.11/32"]
+
+
+def test_a_narrowed_selector_does_not_cover_the_declared_network(libreswan):
+    declared = [("198.19.10.1/32", "198.19.1.0/24"), ("198.19.10.1/32", "198.19.2.10/32")]
+    narrowed = [("198.19.10.1/32", "198.19.1.10/32"), ("198.19.10.0/24", "198.19.2.0/24")]
+    assert libreswan._coverage(declared, narrowed) == (["198.19.2.10/32"], ["198.19.1.0/24"])
+    # The local side counts too: a Child SA for another local address covers nothing.
+    assert libreswan._coverage(declared, [("198.19.10.2/32", "0.0.0.0/0")]) == \
+        ([], ["198.19.1.0/24", "198.19.2.10/32"])
+    assert libreswan._coverage([], []) == ([], [])
