@@ -7,6 +7,8 @@ This kernel has no ESP (FACTS): only the IKE SA comes up, so the gateway runs
 with ``up_when: ike_sa``; the tests' own oracle is ``whack --status`` (an
 established IKE SA to which peer), not the code under test.
 """
+import re
+import threading
 import time
 
 import pytest
@@ -94,14 +96,63 @@ def test_pluto_killed_is_recovered_without_a_person(lab):
     assert gw.run(["systemctl", "is-active", "ipsec"]).stdout.strip() == "active"
 
 
+def ike_serial(gw, conn):
+    """The serial of ``conn``'s established IKE SA by whack itself, or None."""
+    found = re.search(rf'#(\d+): "{conn}"[^ ]* \S+ (?:STATE_V2_)?ESTABLISHED_IKE_SA',
+                      gw.run(["ipsec", "whack", "--status"]).stdout)
+    return found and int(found.group(1))
+
+
+def apply_monitoring_later(lab, delay, into):
+    """state.apply vpn_gateway.monitoring after ``delay`` s, in a thread: its return in ``into``."""
+    def run():
+        time.sleep(delay)
+        into.update(saltstack.salt(lab, "vpn-gw1", "state.apply", "vpn_gateway.monitoring",
+                                   timeout=240)["vpn-gw1"])
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def lock_held(ret):
+    """When the state run held the recovery lock: (taken, released), from its two lock states."""
+    by_id = {state["__id__"]: state for state in ret.values()}
+    taken = re.search(r"held since ([\d.]+)", by_id["vpn_gateway_recovery_lock"]["comment"])
+    released = re.search(r"released at ([\d.]+)",
+                         by_id["vpn_gateway_recovery_lock_released"]["comment"])
+    return float(taken.group(1)), float(released.group(1))
+
+
 def test_primary_down_fails_over_and_fails_back(lab):
+    """Also issue 13: a state run started while the ladder runs waits for it (their lock holds
+    never overlap), and a failback to a primary that is still dead leaves the backup's IKE SA
+    as it was (make before break)."""
     gw, primary = lab["vpn-gw1"], lab["remote-gw-primary"]
     lab["salt-master"].run(["truncate", "-s0", ALERTS], check=True)
     primary.run(["systemctl", "stop", "ipsec"], check=True)
+    # the ladder starts ~5 s later (beacon 2 s + holddown 2 s) and takes ~2 x step_timeout
+    applied = {}
+    thread = apply_monitoring_later(lab, 7, applied)
     _, took = wait_for(lambda: established(gw) == {"backup"}, 120, "failover to the backup")
     print(f"primary stopped -> on the backup: {took:.1f}s")
-    steps = [s["step"] for s in memory(lab)["last"]["steps"]]
+    thread.join(240)
+    assert applied and all(s["result"] for s in applied.values()), applied
+    taken, released = lock_held(applied)
+    last = memory(lab)["last"]
+    steps = [s["step"] for s in last["steps"]]
     assert steps[-1] == "switch" and "restart_conn" in steps
+    print(f"ladder {last['started']:.1f}-{last['time']:.1f}, state run's lock "
+          f"{taken:.1f}-{released:.1f}")
+    assert last["time"] <= taken or released <= last["started"], (last, taken, released)
+
+    serial = ike_serial(gw, "remote-db-backup")
+    state, took = wait_for(
+        lambda: (m := memory(lab)).get("failback_last", {}).get("started", 0) > last["time"] and m,
+        60, "a failback attempt while the primary is still dead")
+    print(f"failback attempt to the dead primary after {took:.1f}s: {state['failback_last']}")
+    assert state["failback_last"]["result"] == "primary_silent"
+    assert ike_serial(gw, "remote-db-backup") == serial and established(gw) == {"backup"}
+
     primary.run(["systemctl", "start", "ipsec"], check=True)
     _, took = wait_for(lambda: established(gw) == {"primary"}, 120, "failback to the primary")
     print(f"primary back -> failback: {took:.1f}s (failback_after {SETTINGS['failback_after']}s)")
