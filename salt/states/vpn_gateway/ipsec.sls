@@ -29,6 +29,18 @@ libreswan_service:
       - libreswan: libreswan_nss_db
       - sls: vpn_gateway.sysctl
 
+{#- Tunnels the state below created (track) and pillar no longer declares (renamed, or
+    the tunnel section removed): taken down and deleted from pluto, their conf and
+    secrets files removed; first (definition order, no requisite: a failed removal must not
+    keep the declared tunnel from being applied), so a renamed tunnel with the same
+    selectors is loaded after the old one is gone. An operator's own conns stay
+    (docs/libreswan.md, "Removal"). #}
+libreswan_pruned:
+  libreswan.pruned:
+    - conns: {{ ([tunnel.get('name', 'remote-db')] if tunnel else []) | json }}
+    - require:
+      - service: libreswan_service
+
 {%- if tunnel %}
 
 libreswan_tunnel:
@@ -39,6 +51,7 @@ libreswan_tunnel:
     - backup_psk_pillar: vpn_gateway:tunnel:backup_psk
 {%- endif %}
     - source: vpn_gateway:tunnel
+    - track: true
 {%- for key in settings if key in tunnel %}
     - {{ key }}: {{ tunnel[key] | json }}
 {%- endfor %}
