@@ -1142,11 +1142,23 @@ def plan_conn(name, psk_pillar, backup_psk_pillar=None, source="conn", **spec):
         return {"name": name, "errors": [str(exc)]}
     new_conf = _render_conf(conn, major)
     old_conf = _read(conf_path)
-    secrets_same = _read(secrets_path) == _render_secrets(
-        conn, _psks(psk_pillar, backup_psk_pillar))
+    old_secrets, psks = _read(secrets_path), _psks(psk_pillar, backup_psk_pillar)
+    secrets_same = old_secrets == _render_secrets(conn, psks)
     current = _status(reasons=False)
     loaded = current["conns"]
-    expected = [name] + ([name + BACKUP_SUFFIX] if conn["backup"] else [])
+    roles = {name: "primary", name + BACKUP_SUFFIX: "backup"}
+    expected = [c for c in roles if conn[roles[c]]]
+    # Only the conns whose own section changed, that pluto lacks or holds
+    # otherwise are reloaded: a reload deletes a conn's SAs, and a change to the
+    # backup must not cut the primary's live tunnel.
+    old_sections, new_sections = _parse_conf(old_conf or ""), _parse_conf(new_conf)
+    to_load = [c for c in expected if old_sections.get(c) != new_sections.get(c)
+               or c not in loaded or _matches(conn, loaded[c], roles[c])]
+    # Conns whose PSK line is new: their live SA was made with the old key.
+    old_lines = set((old_secrets or "").splitlines())
+    rekeyed = [c for c in expected
+               if _render_secrets({"leftid": conn["leftid"], roles[c]: conn[roles[c]]},
+                                  psks).splitlines()[-1] not in old_lines]
     return {
         "active": current["tunnels"].get(name, {}).get("active"),
         "name": name,
@@ -1159,6 +1171,8 @@ def plan_conn(name, psk_pillar, backup_psk_pillar=None, source="conn", **spec):
         "secrets_changed": not secrets_same,
         "conns": expected,
         "not_loaded": [c for c in expected if c not in loaded],
+        "to_load": to_load,
+        "rekeyed": rekeyed if not secrets_same else [],
         "stale_loaded": [name + BACKUP_SUFFIX] if not conn["backup"]
         and name + BACKUP_SUFFIX in loaded else [],
         "conn": conn,
@@ -1253,40 +1267,49 @@ def apply_conn(name, psk_pillar, backup_psk_pillar=None, source="conn", **spec):
                       0o600)
         reread_secrets()
         changes["psk"] = "changed"
-    to_load = list(plan["not_loaded"])
+    to_load = plan["to_load"]
     if plan["conf_changed"]:
         _write_atomic(conf_path, _render_conf(conn, major), 0o644)
         changes["diff"] = plan["diff"]
-        to_load = conns
     for stale in plan["stale_loaded"]:
         _ipsec("whack", "--name", stale, "--delete")
         changes.setdefault("deleted", []).append(stale)
+    # Run-time choice survives: the peer that carried the tunnel keeps it.
+    target = name + BACKUP_SUFFIX if plan["active"] == "backup" and conn["backup"] \
+        else (name if conn["auto"] == "start" or plan["active"] == "primary" else None)
     errors = _load(to_load)
     after = _status(reasons=False)["conns"]
     problems = errors + _verify(name, conn, after)
     if problems:
-        _restore(conf_path, old_conf, secrets_path, old_secrets, conns)
+        restored = _restore(conf_path, old_conf, secrets_path, old_secrets, conns, to_load)
+        # addconn NAME ignores auto=: the reloaded conn that carried the tunnel
+        # has no SA until it is initiated again.
+        again = target if target in restored else None
+        if again:
+            _ipsec("whack", "--name", again, "--initiate", "--asynchronous")
         return {"result": False, "changes": {},
                 "comment": "pluto did not load the conn as declared; the previous files were "
-                           "put back:\n" + "\n".join(problems)}
+                           "put back" + (f" and {again} initiated again" if again else "")
+                           + ":\n" + "\n".join(problems)}
     if to_load:
         changes["loaded"] = to_load
     initiated = None
-    if to_load or plan["secrets_changed"]:
-        # Run-time choice survives: the peer that carried the tunnel keeps it.
-        target = name + BACKUP_SUFFIX if plan["active"] == "backup" and conn["backup"] \
-            else (name if conn["auto"] == "start" or plan["active"] == "primary" else None)
-        if target:
-            if target not in to_load:
-                down(target)
-            _ipsec("whack", "--name", target, "--initiate", "--asynchronous")
-            initiated = target
+    # Only the carrying conn, and only when its SA is gone (reloaded) or was
+    # made with a PSK that changed: the other conn's changes leave it alone.
+    if target and (target in to_load or target in plan["rekeyed"]):
+        if target not in to_load:
+            down(target)
+        _ipsec("whack", "--name", target, "--initiate", "--asynchronous")
+        initiated = target
     comment = f"conn {name} updated" if changes else f"conn {name} is as declared"
     return {"result": True, "changes": changes,
             "comment": comment + (f"; initiated {initiated}" if initiated else "")}
 
 
-def _restore(conf_path, old_conf, secrets_path, old_secrets, conns):
+def _restore(conf_path, old_conf, secrets_path, old_secrets, conns, loaded):
+    """Put the previous files back and reload the conns ``_load`` replaced
+    (``loaded``): those of the previous file again, the new ones deleted.
+    Returns the conns loaded again."""
     for path, text, mode in ((conf_path, old_conf, 0o644), (secrets_path, old_secrets, 0o600)):
         if text is None:
             if os.path.exists(path):
@@ -1294,11 +1317,13 @@ def _restore(conf_path, old_conf, secrets_path, old_secrets, conns):
         else:
             _write_atomic(path, text, mode)
     reread_secrets()
-    if old_conf is None:
-        for conn in conns:
+    previous = _parse_conf(old_conf or "")
+    for conn in (conns if old_conf is None else loaded):
+        if conn not in previous:
             _ipsec("whack", "--name", conn, "--delete")
-    else:
-        _load(list(_parse_conf(old_conf)))
+    again = [conn for conn in loaded if conn in previous]
+    _load(again)
+    return again
 
 
 def remove_conn(name, test=False):
