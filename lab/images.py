@@ -63,7 +63,8 @@ ROLE_PACKAGES = ("libreswan", "pgbouncer", "firewalld", "logrotate", "postgresql
 # What the lab's other hosts run, on top of the fresh image's packages.
 PROVISIONED_PACKAGES = (
     "libreswan", "nftables", "postgresql", "postgresql-client", "pgbouncer", "git",
-    "busybox-static", "firewalld", "tcpdump", "nmap", "traceroute", "logrotate")
+    "busybox-static", "firewalld", "tcpdump", "nmap", "traceroute", "logrotate",
+    "gnupg")  # the master's gpg renderer decrypts the pillar's secrets (docs/pillar.md)
 # Units the packages enable; on an image host each is started by the host's part.
 PACKAGED_UNITS = ("firewalld.service", "pgbouncer.service", "postgresql.service",
                   "ipsec.service", "nftables.service")
