@@ -27,11 +27,22 @@ Configuration (``beacons:`` in minion config or pillar; the formula writes it):
 
 Hold-down, repeat and the tunnels to watch come from
 ``vpn_gateway:monitoring`` (``libreswan.monitoring_settings``).
+
+The beacon runs inside the salt-minion process, between the minion's own
+work: pluto's status query is bounded by ``QUERY_TIMEOUT`` s, and after a
+query that ran into it (a hung pluto: every tunnel down, the reason naming
+the command and the bound) the beacon skips its polls for ``BACKOFF`` s, so
+a hung pluto costs the minion at most ``QUERY_TIMEOUT`` s of every
+``BACKOFF``. A skipped poll observes nothing: the hold-down still needs a
+second slow query, ``BACKOFF`` s later, before ``down`` is reported (one
+slow answer under load is not an outage).
 """
 import time
 
 __virtualname__ = "libreswan"
 HISTORY = 10  # reported changes kept per tunnel (when each began and was reported)
+QUERY_TIMEOUT = 3  # s: pluto answers whack --status in milliseconds when it is healthy
+BACKOFF = 20  # s: no new query after one that took QUERY_TIMEOUT
 
 
 def __virtual__():
@@ -70,6 +81,21 @@ def _transition(entry, observed, now, holddown, repeat, repeat_max):
     return entry, {"state": observed, "previous": reported, "since": since, "repeat": 0}
 
 
+def _observe(skip_until, now, query, timeout=QUERY_TIMEOUT, backoff=BACKOFF,
+             clock=time.monotonic):
+    """Poll pluto unless an earlier slow query said to back off.
+
+    Returns ``(healths, skip_until)``: ``(None, skip_until)`` while ``now`` is before
+    ``skip_until`` (this poll is skipped); else ``query(timeout)``'s healths and, when
+    that query took ``timeout`` or longer (pluto did not answer), ``now + backoff``.
+    """
+    if skip_until is not None and now < skip_until:
+        return None, skip_until
+    started = clock()
+    healths = query(timeout)
+    return healths, (now + backoff if clock() - started >= timeout else None)
+
+
 # -- Salt side -------------------------------------------------------------------------------
 def validate(config):
     if not isinstance(config, list):
@@ -85,8 +111,12 @@ def validate(config):
 def beacon(config):
     settings = __salt__["libreswan.monitoring_settings"]()
     saved = __salt__["libreswan.monitoring_memory"]("beacon")
-    healths = __salt__["libreswan.health"]()
     now = time.time()
+    healths, __context__["libreswan.beacon.skip_until"] = _observe(
+        __context__.get("libreswan.beacon.skip_until"), now,
+        lambda timeout: __salt__["libreswan.health"](timeout=timeout))
+    if healths is None:  # backing off from a pluto that did not answer
+        return []
     events, current = [], {}
     for tunnel, health in healths.items():
         entry, event = _transition(saved.get(tunnel, {}), health["state"], now,
