@@ -15,6 +15,7 @@ import time
 from salt.exceptions import CommandExecutionError
 
 __virtualname__ = "vpn_metrics"
+QUERY_TIMEOUT = 5  # s per pluto status query
 
 # name: (type, help)
 METRICS = {
@@ -126,7 +127,9 @@ def collect():
         salt 'vpn-gw1' vpn_metrics.collect
     """
     memory = __salt__["libreswan.monitoring_memory"]
-    return _render(__salt__["libreswan.status"](), __salt__["libreswan.health"](),
+    # pluto's queries bounded (a hung pluto: pluto_running 0, tunnels down, never a hang)
+    return _render(__salt__["libreswan.status"](timeout=QUERY_TIMEOUT),
+                   __salt__["libreswan.health"](timeout=QUERY_TIMEOUT),
                    memory("recovery"), memory("beacon"), _pools(), time.time())
 
 
