@@ -193,11 +193,17 @@ def _conn_up(conn, up_when):
     return bool(conn["ike_established"] if up_when == "ike_sa" else conn["up"])
 
 
+def _conn_partial(conn, up_when):
+    """Some but not all declared subnets carried (only judged with child_sa)."""
+    return bool(conn and up_when == "child_sa" and conn.get("partial"))
+
+
 def _health(status, tunnel, up_when):
     """One tunnel's health from ``libreswan.status``.
 
     ``state`` is ``up`` (carried by the primary), ``failover`` (carried by the
-    backup only) or ``down``; ``active`` says which conn(s) are up.
+    backup only), ``partial`` (a conn's Child SAs carry only some declared
+    subnets: ``missing``) or ``down``; ``active`` says which conn(s) are up.
     """
     conns = status.get("conns", {})
     backup = tunnel + BACKUP_SUFFIX if tunnel + BACKUP_SUFFIX in conns else None
@@ -207,16 +213,24 @@ def _health(status, tunnel, up_when):
         state, active = "up", "both" if backup_up else "primary"
     elif backup_up:
         state, active = "failover", "backup"
+    elif _conn_partial(conns.get(tunnel), up_when) or _conn_partial(conns.get(backup), up_when):
+        active = "primary" if _conn_partial(conns.get(tunnel), up_when) else "backup"
+        state = "partial"
     else:
         state, active = "down", None
+    missing = (conns.get(backup if active == "backup" else tunnel) or {}).get(
+        "subnets_missing", []) if state == "partial" else []
     reason = None
     if status.get("timed_out"):  # pluto runs but is hung: the error names command and bound
         reason = status.get("error") or "pluto did not answer in time"
     elif not status.get("running", True):
         reason = "pluto is not running" + (f": {status['error']}" if status.get("error") else "")
+    elif state == "partial":
+        reason = conns[backup if active == "backup" else tunnel]["reason"]
     elif state == "down":
         reason = (conns.get(tunnel) or {}).get("reason") or "conn not loaded"
-    return {"tunnel": tunnel, "state": state, "up": state != "down", "active": active,
+    return {"tunnel": tunnel, "state": state, "up": state in ("up", "failover"),
+            "active": active, "missing": missing,
             "pluto_running": bool(status.get("running", True)), "has_backup": bool(backup),
             "reason": reason}
 
@@ -245,9 +259,14 @@ def _ladder(health, conn_restarts):
     With pluto running: restart the conn that carried the tunnel, then fail
     over to the other peer, then restart the service (xfrm flushed). With
     pluto gone a conn restart cannot work: restart the service first, then
-    fail over if the peer it brings up stays down.
+    fail over if the peer it brings up stays down. A partial tunnel (the peer
+    carries only some subnets) gets the conn restarts alone: the other peer
+    would most likely narrow the same way, and a failover or a service restart
+    would cut the subnets that do work.
     """
     current = "backup" if health["active"] == "backup" else "primary"
+    if health["state"] == "partial" and health["pluto_running"]:
+        return [("restart_conn", current)] * conn_restarts
     other = "primary" if current == "backup" else "backup"
     failover = [("switch", other)] if health["has_backup"] else []
     if not health["pluto_running"]:
@@ -730,7 +749,7 @@ def _ensure_one(settings, tunnel, force):
                                  f"recovered by {last_step} (active: {final['active']})")
     else:
         result["reason"] = final["reason"]
-        result["alert"] = _alert(tunnel, "down", "gave_up", budget["attempt"],
+        result["alert"] = _alert(tunnel, final["state"], "gave_up", budget["attempt"],
                                  f"every step failed: {final['reason']}")
     return result
 

@@ -3,8 +3,9 @@
       reactor:
         - 'salt/beacon/*/libreswan/*':
           - salt://reactor/libreswan.sls
-    down and up: libreswan.ensure_up on that minion (the ladder when down, within the
-    retry budget; when up it only brings the EndpointSlice's ready back);
+    down, partial and up: libreswan.ensure_up on that minion (the ladder when down,
+    conn restarts only when partial, within the retry budget; when up it only brings
+    the EndpointSlice's ready back);
     failover: libreswan.failback (the pillar's failback policy decides).
 
     Every byte of the tag and of data comes from a minion, which may be hostile
@@ -14,7 +15,7 @@
     exactly the beacon's shape, its minion id is a plain name (no glob or
     separator: the target is that one minion, tgt_type list), it agrees with
     data['id'], the tunnel is a conn name (the pattern libreswan.py validates
-    conn names with) equal to the tag's, and the state is one of three words
+    conn names with) equal to the tag's, and the state is one of four words
     equal to the tag's. The tunnel reaches the minion only as an argument, and
     the minion acts only on tunnels its own pillar declares. Anything else
     renders nothing but a warning in the master's log. #}
@@ -28,11 +29,11 @@
       and parts[2] is match(minion_id)
       and data.get('id', parts[2]) == parts[2]
       and tunnel is string and tunnel is match(conn_name) and parts[4] == tunnel
-      and state in ('down', 'up', 'failover') and parts[5] == state %}
+      and state in ('down', 'partial', 'up', 'failover') and parts[5] == state %}
 {%- if not valid %}
 {%-   do salt['log.warning']('libreswan reactor: event refused, not a libreswan beacon '
                              'event: tag ' ~ (tag | json)) %}
-{%- elif state in ('down', 'up') %}
+{%- elif state in ('down', 'partial', 'up') %}
 libreswan_ensure_up:
   local.libreswan.ensure_up:
     - tgt: {{ [parts[2]] | json }}

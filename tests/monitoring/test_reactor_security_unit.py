@@ -191,3 +191,10 @@ def test_the_minion_start_reactor_targets_one_plain_minion_id(reactor):
         "saltutil.sync_all", ["vpn-gw1"], "list")
     for crafted in ("*", "vpn-gw*", "vpn-gw1,vpn-gw2", "G@os:Debian", "vpn-gw1\n", ["*"], None):
         assert reactor.reactions("salt/minion/x/start", {"id": crafted}, start) == []
+
+
+def test_a_partial_tunnel_runs_ensure_up_on_that_minion(reactor):
+    """partial (some declared subnets without a Child SA): ensure_up's conn restarts."""
+    (chunk,) = reactions(reactor, *beacon("vpn-gw1", "remote-db", "partial"))
+    assert (chunk["fun"], chunk["tgt"], chunk["tgt_type"], chunk["args"]) == (
+        "libreswan.ensure_up", ["vpn-gw1"], "list", [{"name": "remote-db"}])
