@@ -7,6 +7,7 @@ This kernel has no ESP (FACTS): only the IKE SA comes up, so the gateway runs
 with ``up_when: ike_sa``; the tests' own oracle is ``whack --status`` (an
 established IKE SA to which peer), not the code under test.
 """
+import json
 import re
 import threading
 import time
@@ -204,3 +205,71 @@ def test_the_webhook_url_never_shows(lab):
                         (gw, ["/var/cache/salt/minion", "/var/log/salt", "/var/lib/vpn-gateway"])):
         found = host.run(["grep", "-r", "-a", "-l", WEBHOOK_TOKEN, *paths])
         assert found.returncode == 1, (host.name, found.stdout)
+
+
+@pytest.mark.platforms("debian13")  # the same minion loop and the same kill -STOP on 4.10
+def test_a_hung_pluto_never_hangs_the_minion_and_reads_down_with_the_timeout(lab):
+    """Issue 13: pluto stopped with SIGSTOP. The beacon runs inside the salt-minion
+    process: without timeouts its ``whack --status`` blocked the minion for good. Now
+    the minion answers test.ping through the master, libreswan.status returns within its
+    bound with the timeout as error, and the beacon reports the tunnel down (an event on
+    the master's bus whose reason names the timeout)."""
+    master, gw = lab["salt-master"], lab["vpn-gw1"]
+    watcher = "hung-pluto-events"
+    wait_for(lambda: established(gw) == {"primary"}, 120, "the tunnel to the primary")
+    wait_for(lambda: salt1(lab, "libreswan.monitoring_memory", "beacon").get(
+        "remote-db", {}).get("state") == "up", 60, "the beacon reporting up")
+    pid = gw.run(["systemctl", "show", "-p", "MainPID", "--value", "ipsec"],
+                 check=True).stdout.strip()
+    assert pid not in ("", "0"), pid
+    master.run(["systemd-run", "--unit", watcher, "--property=RuntimeMaxSec=300", "salt-run",
+                "state.event", "salt/beacon/vpn-gw1/libreswan/remote-db/down", "count=1"],
+               check=True)
+    bound = 15 * saltstack.SLOWDOWN  # a ping's answer, and what a status may add to its 10 s
+
+    def ping():
+        started = time.monotonic()
+        try:
+            answered = saltstack.salt(lab, "vpn-gw1", "test.ping", timeout=10,
+                                      check=False).get("vpn-gw1")
+        except Exception as exc:  # the salt CLI itself outlived its wait
+            answered = repr(exc)
+        return answered, time.monotonic() - started
+
+    def down_event():
+        for line in master.run(["journalctl", "-u", watcher, "-o", "cat"]).stdout.splitlines():
+            tag, _, data = line.partition("\t")
+            if tag == "salt/beacon/vpn-gw1/libreswan/remote-db/down":
+                return json.loads(data)
+        return None
+
+    time.sleep(2)  # the watcher subscribes
+    gw.run(["kill", "-STOP", pid], check=True)
+    try:
+        time.sleep(4)  # the beacon's first poll after the stop runs into its 3 s bound
+        pings = [ping()]
+        started = time.monotonic()
+        status = salt1(lab, "libreswan.status")
+        took = time.monotonic() - started
+        print(f"libreswan.status with pluto stopped: {took:.1f}s")
+        assert (status["running"], status.get("timed_out")) == (False, True), status
+        assert status["error"] == "pluto did not answer `ipsec whack --status` within 10 s"
+        assert took < 10 + bound
+        health = salt1(lab, "libreswan.health", "remote-db", "timeout=3")["remote-db"]
+        assert (health["state"], health["reason"]) == (
+            "down", "pluto did not answer `ipsec whack --status` within 3 s"), health
+        deadline = time.monotonic() + 90 * saltstack.SLOWDOWN
+        while (event := down_event()) is None:
+            assert time.monotonic() < deadline, "no down event from the beacon"
+            pings.append(ping())
+        print(f"test.ping while pluto was stopped: {pings}")
+        assert all(answered is True and took < bound for answered, took in pings), pings
+        assert event["tunnel"] == "remote-db" and event["state"] == "down", event
+        assert event["reason"] == "pluto did not answer `ipsec whack --status` within 3 s"
+    finally:
+        gw.run(["kill", "-CONT", pid])  # (the reactor's ladder may have restarted pluto)
+        master.run(["systemctl", "stop", watcher])
+        master.run(["systemctl", "reset-failed", watcher])
+        wait_for(lambda: established(gw) == {"primary"}, 120, "the tunnel back after SIGCONT")
+        wait_for(lambda: salt1(lab, "libreswan.monitoring_memory", "beacon").get(
+            "remote-db", {}).get("state") == "up", 90, "the beacon reporting up again")
