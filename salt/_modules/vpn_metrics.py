@@ -3,8 +3,9 @@
 One file (``vpn_gateway:monitoring:metrics:path``, default
 ``/var/lib/prometheus/node-exporter/vpn_gateway.prom``) written atomically
 (a dot-file in the same directory, then a rename: node_exporter never reads
-half a file). Per conn: IKE/Child SA up and bytes; per tunnel: up (by
-``up_when``), the active peer, recoveries by result and the time of the last
+half a file). Per conn: IKE/Child SA up, bytes and which declared remote
+subnets a Child SA carries; per tunnel: up (by ``up_when``), its state (up,
+failover, partial, down), the active peer, recoveries by result and the time of the last
 state change the beacon reported; PgBouncer pool gauges when the pgbouncer
 module is present. ``_render`` is pure and tested directly.
 """
@@ -17,6 +18,8 @@ from salt.exceptions import CommandExecutionError
 __virtualname__ = "vpn_metrics"
 QUERY_TIMEOUT = 5  # s per pluto status query
 
+TUNNEL_STATES = ("up", "failover", "partial", "down")  # libreswan.health's states
+
 # name: (type, help)
 METRICS = {
     "vpn_gateway_pluto_running": ("gauge", "1 when pluto answers whack --status."),
@@ -25,6 +28,10 @@ METRICS = {
     "vpn_gateway_sa_bytes_total": (
         "counter", "Bytes through the conn's Child SAs (resets when an SA is replaced)."),
     "vpn_gateway_tunnel_up": ("gauge", "1 when the tunnel is up by the up_when rule."),
+    "vpn_gateway_tunnel_state": (
+        "gauge", "1 for the tunnel's state (up, failover, partial, down), 0 for the others."),
+    "vpn_gateway_child_sa_subnet_covered": (
+        "gauge", "1 when an established Child SA of the conn carries the declared remote subnet."),
     "vpn_gateway_tunnel_active_peer": ("gauge", "1 for the peer (primary/backup) carrying it."),
     "vpn_gateway_tunnel_recoveries_total": ("counter", "Recovery ladders run, by result."),
     "vpn_gateway_tunnel_last_change_timestamp_seconds": (
@@ -66,11 +73,18 @@ def _render(status, healths, memory, changes, pools, now):
         samples["vpn_gateway_ike_sa_up"].append(({"conn": conn}, int(entry["ike_established"])))
         samples["vpn_gateway_child_sa_up"].append(
             ({"conn": conn}, int(entry["child_established"])))
+        for subnet in sorted(entry.get("subnets_covered", []) + entry.get("subnets_missing", [])):
+            samples["vpn_gateway_child_sa_subnet_covered"].append(
+                ({"conn": conn, "subnet": subnet},
+                 int(subnet in entry.get("subnets_covered", []))))
         for direction in ("in", "out"):
             samples["vpn_gateway_sa_bytes_total"].append(
                 ({"conn": conn, "direction": direction}, entry[f"{direction}_bytes"]))
     for tunnel, health in sorted(healths.items()):
         samples["vpn_gateway_tunnel_up"].append(({"tunnel": tunnel}, int(health["up"])))
+        for state in TUNNEL_STATES:
+            samples["vpn_gateway_tunnel_state"].append(
+                ({"tunnel": tunnel, "state": state}, int(health["state"] == state)))
         for peer in ("primary", "backup"):
             carrying = health["active"] in (peer, "both")
             samples["vpn_gateway_tunnel_active_peer"].append(
