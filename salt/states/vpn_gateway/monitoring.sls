@@ -6,8 +6,15 @@
     vpn_gateway:monitoring is wrong: nothing changes then. #}
 {%- from "vpn_gateway/map.jinja" import gateway with context %}
 {%- set monitoring = salt['libreswan.monitoring_settings']() %}
-{%- set logs = [gateway.monitoring.minion_log, gateway.pgbouncer.log_dir ~ '/*.log']
-               + monitoring.logrotate.logs %}
+{#- The pack's own logs, minus those another package's logrotate entry already rotates:
+    per platform in map.jinja (EL's pgbouncer package ships one for its log, installed later
+    in the same run), and what /etc/logrotate.d holds now (salt's packages rotate the
+    minion's log). logrotate fails its whole run on a duplicate (docs/monitoring.md). #}
+{%- set logs = salt['vpn_logrotate.uncovered'](
+      [gateway.monitoring.minion_log]
+      + ([] if gateway.monitoring.pgbouncer_log_rotated_by_package
+         else [gateway.pgbouncer.log_dir ~ '/*.log'])
+      + monitoring.logrotate.logs) %}
 
 # The host's recovery lock for the whole run (docs/monitoring.md, "Recovery and
 # state runs"): first, it waits while a recovery ladder runs; last, it lets go.
@@ -52,7 +59,22 @@ vpn_gateway_logrotate:
     - user: root
     - group: root
     - mode: '0644'
-    # logrotate refuses the whole file on one bad line: check it before it replaces the old one.
-    - check_cmd: logrotate --debug --state /dev/null
+    # Checked before it replaces the old one, with the whole configuration: logrotate.conf
+    # and every other file in /etc/logrotate.d beside the candidate (copies in a temporary
+    # directory), so a bad line and a log another entry already names (duplicate log
+    # entry) are both refused. Only logrotate's error lines are reported.
+    - check_cmd: |-
+        sh -c '
+        set -e
+        others=$(mktemp -d); conf=$(mktemp)
+        trap "rm -rf $others $conf" EXIT
+        for f in /etc/logrotate.d/*; do
+          if [ -f "$f" ] && [ "$f" != /etc/logrotate.d/vpn-gateway ]; then cp -p "$f" "$others/"; fi
+        done
+        cp "$1" "$others/vpn-gateway"
+        sed "s|^\([[:space:]]*include[[:space:]]\{1,\}\)/etc/logrotate.d/\{0,1\}[[:space:]]*\$|\1$others|" /etc/logrotate.conf > "$conf"
+        grep -q "include[[:space:]]*$others" "$conf" || echo "include $others" >> "$conf"
+        out=$(logrotate --debug --state /dev/null "$conf" 2>&1) || { printf "%s\n" "$out" | grep -i "error" >&2; exit 1; }
+        ' logrotate-check
     - require:
       - pkg: vpn_gateway_logrotate_package
