@@ -6,7 +6,14 @@ alone; this module writes its EndpointSlices, one per address family and per
 1000 endpoints, labelled ``kubernetes.io/service-name`` and
 ``endpointslice.kubernetes.io/managed-by: vpn-gateway.salt``.
 
-Every write is a server-side apply with the field manager ``vpn-gateway``;
+Every write is a server-side apply with the field manager ``vpn-gateway``.
+EndpointSlices are written from what was just read (the state's endpoints,
+the monitoring's ``ready``: ``endpoints`` is an atomic list, so one field
+manager cannot own a condition alone), so each apply of a slice that exists
+carries the ``resourceVersion`` it was computed from: the API server refuses
+a stale one (409 Conflict), and the read-compute-apply starts again (at most
+``CONFLICT_RETRIES`` times). ``k8s.endpointslice_present`` and
+``k8s.set_endpoints_ready`` never lose each other's update;
 ``dry_run=True`` asks the server for its dry run (``dryRun=All``) and reports
 what would change. The kubeconfig and its context come from the function's
 arguments, else from ``vpn_gateway:kubernetes:kubeconfig`` and
@@ -57,6 +64,8 @@ MANAGED_BY_LABEL = "endpointslice.kubernetes.io/managed-by"
 MAX_ENDPOINTS_PER_SLICE = 1000
 FAMILIES = {4: "IPv4", 6: "IPv6"}
 REQUEST_TIMEOUT = 20
+# Read-compute-apply rounds when another writer changed a slice in between (409 Conflict).
+CONFLICT_RETRIES = 5
 DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 PROTOCOLS = ("TCP", "UDP", "SCTP")
@@ -291,6 +300,10 @@ def live_ready(slices):
 # --- the API client ----------------------------------------------------------------
 
 
+class _StaleWrite(CommandExecutionError):
+    """409 Conflict on a resourceVersion precondition: read again and redo."""
+
+
 class _Api:
     """A kubeconfig's ApiClient plus where it came from (for error messages)."""
 
@@ -357,6 +370,8 @@ class _Api:
             return answer
         if response.status == 404 and missing_ok and not _namespace_missing(answer):
             return None
+        if _stale(response.status, answer):
+            raise _StaleWrite(self.explain(response.status, answer, what or path, namespace))
         raise CommandExecutionError(self.explain(response.status, answer, what or path, namespace))
 
     def explain(self, status, answer, what, namespace):
@@ -391,6 +406,28 @@ class _Api:
         if status == 422:
             return f"{what}: the API server refused it (422 Invalid): {message}"
         return f"{what}: {status} {answer.get('reason') or ''}: {message}"
+
+
+def _stale(status, answer):
+    """The storage's optimistic-lock refusal (a resourceVersion precondition), not a field
+    manager conflict (those say "Apply failed")."""
+    answer = answer if isinstance(answer, dict) else {}
+    return (status == 409 and answer.get("reason") == "Conflict"
+            and "the object has been modified" in (answer.get("message") or ""))
+
+
+def _retrying(what, attempt):
+    """Run ``attempt()`` (a whole read-compute-apply) again while another writer wins."""
+    for _ in range(CONFLICT_RETRIES - 1):
+        try:
+            return attempt()
+        except _StaleWrite:
+            log.info("k8s: %s changed under us (409 Conflict): reading it again", what)
+    try:
+        return attempt()
+    except _StaleWrite as exc:
+        raise CommandExecutionError(
+            f"{exc} ({CONFLICT_RETRIES} tries: another writer keeps changing it)") from None
 
 
 def _namespace_missing(answer):
@@ -586,16 +623,22 @@ def apply_endpointslices(
     )
     _refuse_selector(svc, what)
     ports = _slice_ports_for(svc, ports, what, dry_run)
-    existing = _list_slices(api, service, namespace, managed_only=True)
-    if ready is None:
-        known = live_ready(existing)
-        entries = [
-            dict(e, ready=known.get(e["address"])) if e["ready"] is None else e for e in entries
-        ]
-    manifests = endpointslice_manifests(
-        service, namespace, entries, ports, ready_default=True if ready is None else ready
-    )
-    return _sync_slices(api, manifests, existing, force, dry_run)
+
+    def attempt():
+        existing = _list_slices(api, service, namespace, managed_only=True)
+        wanted = entries
+        if ready is None:
+            known = live_ready(existing)
+            wanted = [
+                dict(e, ready=known.get(e["address"])) if e["ready"] is None else e
+                for e in entries
+            ]
+        manifests = endpointslice_manifests(
+            service, namespace, wanted, ports, ready_default=True if ready is None else ready
+        )
+        return _sync_slices(api, manifests, existing, force, dry_run)
+
+    return _retrying(f"the EndpointSlices of {what}", attempt)
 
 
 def _slice_ports_for(svc, ports, what, dry_run):
@@ -633,6 +676,9 @@ def _sync_slices(api, manifests, existing, force, dry_run):
     for manifest in manifests:
         name, namespace = manifest["metadata"]["name"], manifest["metadata"]["namespace"]
         what = f"EndpointSlice {namespace}/{name}"
+        version = (live.get(name) or {}).get("metadata", {}).get("resourceVersion")
+        if version:  # computed from this version: a precondition (409 if it changed since)
+            manifest["metadata"]["resourceVersion"] = version
         result = _apply(api, _slice_path(namespace, name), manifest, force, dry_run, what)
         slices[name] = view(result)
         change = diff(view(live.get(name)), slices[name])
@@ -688,31 +734,35 @@ def set_endpoints_ready(service, namespace, ready, addresses=None, kubeconfig=No
     if not isinstance(ready, bool):
         raise SaltInvocationError(f"ready must be true or false, not {ready!r}")
     api = _Api(kubeconfig, context)
-    existing = _list_slices(api, service, namespace, managed_only=True)
-    if not existing:
-        raise CommandExecutionError(
-            f"Service {namespace}/{service} has no EndpointSlices managed by "
-            f"{MANAGED_BY}; apply k8s.endpointslice_present first"
-        )
     only = None if addresses is None else {str(ipaddress.ip_address(a)) for a in addresses}
-    manifests = []
-    for current in existing:
-        manifest = {
-            k: copy.deepcopy(current[k])
-            for k in ("apiVersion", "kind", "addressType", "ports")
-            if k in current
-        }
-        manifest.setdefault("apiVersion", "discovery.k8s.io/v1")
-        manifest.setdefault("kind", "EndpointSlice")
-        metadata = current["metadata"]
-        manifest["metadata"] = {
-            "name": metadata["name"],
-            "namespace": metadata["namespace"],
-            "labels": {SERVICE_NAME_LABEL: service, MANAGED_BY_LABEL: MANAGED_BY},
-        }
-        manifest["endpoints"] = copy.deepcopy(current.get("endpoints") or [])
-        for endpoint in manifest["endpoints"]:
-            if only is None or set(endpoint.get("addresses", [])) & only:
-                endpoint.setdefault("conditions", {})["ready"] = ready
-        manifests.append(manifest)
-    return _sync_slices(api, manifests, existing, False, False)
+
+    def attempt():
+        existing = _list_slices(api, service, namespace, managed_only=True)
+        if not existing:
+            raise CommandExecutionError(
+                f"Service {namespace}/{service} has no EndpointSlices managed by "
+                f"{MANAGED_BY}; apply k8s.endpointslice_present first"
+            )
+        manifests = []
+        for current in existing:
+            manifest = {
+                k: copy.deepcopy(current[k])
+                for k in ("apiVersion", "kind", "addressType", "ports")
+                if k in current
+            }
+            manifest.setdefault("apiVersion", "discovery.k8s.io/v1")
+            manifest.setdefault("kind", "EndpointSlice")
+            metadata = current["metadata"]
+            manifest["metadata"] = {
+                "name": metadata["name"],
+                "namespace": metadata["namespace"],
+                "labels": {SERVICE_NAME_LABEL: service, MANAGED_BY_LABEL: MANAGED_BY},
+            }
+            manifest["endpoints"] = copy.deepcopy(current.get("endpoints") or [])
+            for endpoint in manifest["endpoints"]:
+                if only is None or set(endpoint.get("addresses", [])) & only:
+                    endpoint.setdefault("conditions", {})["ready"] = ready
+            manifests.append(manifest)
+        return _sync_slices(api, manifests, existing, False, False)
+
+    return _retrying(f"the EndpointSlices of Service {namespace}/{service}", attempt)

@@ -9,6 +9,9 @@ semantics, so the same tests pass against a real cluster:
   LIST (label selectors, all namespaces), POST, PUT, PATCH (merge, JSON patch,
   strategic merge as merge, apply), DELETE and DELETE collection;
 - resourceVersion (409 on a stale write, no new version for a no-op apply);
+  as the real server's storage, a ``metadata.resourceVersion`` in any update
+  of an existing object, apply patches included, is a precondition: 409
+  Conflict "the object has been modified" when it is not the live one;
 - server-side apply with field managers: managedFields (FieldsV1), ownership,
   409 conflicts and ``force``; defaulted fields are owned by nobody;
 - ``dryRun=All``; bearer tokens (401 unknown, 403 for a read-only user);
@@ -772,14 +775,7 @@ class FakeApiServer:
             )
         version = body["metadata"].get("resourceVersion")
         if version and version != old["metadata"]["resourceVersion"]:
-            raise ApiError(
-                409,
-                "Conflict",
-                f'Operation cannot be fulfilled on {kind.qualified} "{name}": '
-                "the object has been modified; please apply your changes to the latest version "
-                "and try again",
-                {"name": name, "group": kind.group, "kind": kind.resource},
-            )
+            raise stale(kind, name)
         for field in ("uid", "creationTimestamp", "resourceVersion"):
             body["metadata"][field] = old["metadata"][field]
         body["metadata"]["managedFields"] = old["metadata"].get("managedFields", [])
@@ -837,6 +833,11 @@ class FakeApiServer:
                     ]
                 },
             )
+        version = applied["metadata"].get("resourceVersion")
+        if old is not None and version and version != old["metadata"]["resourceVersion"]:
+            # The real server merges the applied resourceVersion into the object it stores
+            # (it only owns no field), and its storage refuses a stale one: a precondition.
+            raise stale(kind, name)
         for other, op, path in conflicts:
             managed[(other, op)].discard(path)
         still_owned = set().union(*managed.values()) if managed else set()
@@ -919,6 +920,18 @@ def strip(obj):
     for field in ("managedFields", "resourceVersion"):
         obj["metadata"].pop(field, None)
     return obj
+
+
+def stale(kind, name):
+    """The storage's optimistic-lock refusal (OptimisticLockErrorMsg)."""
+    return ApiError(
+        409,
+        "Conflict",
+        f'Operation cannot be fulfilled on {kind.qualified} "{name}": '
+        "the object has been modified; please apply your changes to the latest version "
+        "and try again",
+        {"name": name, "group": kind.group, "kind": kind.resource},
+    )
 
 
 def not_found(kind, name):

@@ -114,6 +114,29 @@ def test_a_write_with_a_stale_resource_version_is_409(cluster, namespace):
     )
 
 
+def test_an_apply_with_a_stale_resource_version_is_409(cluster, namespace):
+    """The storage checks a resourceVersion in any update of an existing object, apply
+    patches included (API conventions, "Concurrency Control and Consistency"): the k8s
+    module's read-compute-apply of EndpointSlices relies on it."""
+    def apply(body):
+        return raw(cluster.discovery.patch_namespaced_endpoint_slice, "s", namespace, body,
+                   field_manager="me", _content_type=APPLY)
+
+    first = apply(endpointslice("s", namespace))
+    version = first["metadata"]["resourceVersion"]
+    moved = apply(endpointslice("s", namespace, addresses=("198.18.2.12",)))
+    stale = endpointslice("s", namespace, addresses=("198.18.2.13",))
+    stale["metadata"]["resourceVersion"] = version
+    status, answer = api_error(cluster.discovery.patch_namespaced_endpoint_slice, "s",
+                               namespace, stale, field_manager="me", _content_type=APPLY)
+    assert (status, answer["reason"]) == (409, "Conflict")
+    assert "the object has been modified" in answer["message"]
+    live = raw(cluster.discovery.read_namespaced_endpoint_slice, "s", namespace)
+    assert live["endpoints"][0]["addresses"] == ["198.18.2.12"]
+    stale["metadata"]["resourceVersion"] = moved["metadata"]["resourceVersion"]
+    assert apply(stale)["endpoints"][0]["addresses"] == ["198.18.2.13"]
+
+
 def managers(obj):
     return {e["manager"]: json.dumps(e["fieldsV1"]) for e in obj["metadata"]["managedFields"]}
 

@@ -1,0 +1,103 @@
+"""k8s.set_endpoints_ready (the monitoring) against k8s.endpointslice_present (a
+state run) on the same EndpointSlice, interleaved: one reads, the other writes,
+then the first writes what it computed from its read. Against the API of
+conftest (the loopback fake, or a real cluster)."""
+
+import json
+
+import pytest
+from repo_modules import load
+
+pytestmark = pytest.mark.unit
+
+A, B = "198.18.2.11", "198.18.2.12"
+MANAGED = "kubernetes.io/service-name=pg,endpointslice.kubernetes.io/managed-by=vpn-gateway.salt"
+
+
+def modules(cluster):
+    k8s = load("salt/_modules/k8s.py")
+    k8s.__salt__ = {"config.get": lambda key, default=None: default}
+    states = load("salt/_states/k8s.py")
+    states.__salt__ = {f"k8s.{name}": getattr(k8s, name) for name in k8s.__load__}
+    states.__opts__ = {"test": False}
+    return k8s, states
+
+
+def live_ready(cluster, namespace):
+    answer = cluster.discovery.list_namespaced_endpoint_slice(
+        namespace, label_selector=MANAGED, _preload_content=False)
+    return {a: (e.get("conditions") or {}).get("ready")
+            for s in json.loads(answer.data)["items"] for e in s["endpoints"]
+            for a in e["addresses"]}
+
+
+def between_read_and_write(k8s, nth_read, other):
+    """Run ``other()`` right after the ``nth_read``-th read of the slices (its own reads
+    pass through): the other writer lands between that read and the write from it."""
+    read, calls = k8s._list_slices, []
+
+    def racing(*args, **kwargs):
+        answer = read(*args, **kwargs)
+        if k8s._list_slices is racing:
+            calls.append(1)
+            if len(calls) == nth_read:
+                k8s._list_slices = read
+                try:
+                    other()
+                finally:
+                    k8s._list_slices = racing
+        return answer
+
+    k8s._list_slices = racing
+    return calls
+
+
+@pytest.fixture
+def slice_with_a(cluster, namespace):
+    cluster.core.create_namespaced_service(namespace, {"metadata": {"name": "pg"}, "spec": {
+        "ports": [{"name": "postgres", "port": 5432, "targetPort": 6432}]}})
+    k8s, states = modules(cluster)
+    k8s.apply_endpointslices("pg", namespace, [A], **cluster.conn)
+    assert live_ready(cluster, namespace) == {A: True}
+    return k8s, states
+
+
+def test_a_state_run_does_not_undo_the_monitorings_not_ready(cluster, namespace, slice_with_a):
+    k8s, states = slice_with_a
+    calls = between_read_and_write(k8s, 2, lambda: k8s.set_endpoints_ready(
+        "pg", namespace, False, addresses=[A], **cluster.conn))
+    # read 1: the state's dry run; read 2: its apply, computed from ready=true
+    ret = states.endpointslice_present("pg", namespace, [A, B], **cluster.conn)
+    assert len(calls) >= 3, "the state did not read again after its write was refused"
+    assert ret["result"], ret
+    assert live_ready(cluster, namespace) == {A: False, B: True}
+
+
+def test_the_monitoring_does_not_undo_a_state_runs_new_endpoint(cluster, namespace,
+                                                                slice_with_a):
+    k8s, states = slice_with_a
+    calls = between_read_and_write(k8s, 1, lambda: states.endpointslice_present(
+        "pg", namespace, [A, B], **cluster.conn))
+    k8s.set_endpoints_ready("pg", namespace, False, addresses=[A], **cluster.conn)
+    assert len(calls) >= 2
+    assert live_ready(cluster, namespace) == {A: False, B: True}
+
+
+def test_a_writer_that_keeps_losing_gives_up_with_a_clear_error(cluster, namespace,
+                                                                slice_with_a):
+    k8s, _ = slice_with_a
+    read = k8s._list_slices
+    flips = iter(range(100))
+
+    def always_changed(*args, **kwargs):
+        answer = read(*args, **kwargs)
+        k8s._list_slices = read
+        try:
+            k8s.set_endpoints_ready("pg", namespace, next(flips) % 2 == 1, **cluster.conn)
+        finally:
+            k8s._list_slices = always_changed
+        return answer
+
+    k8s._list_slices = always_changed
+    with pytest.raises(k8s.CommandExecutionError, match="409.*5 tries"):
+        k8s.apply_endpointslices("pg", namespace, [A, B], **cluster.conn)
