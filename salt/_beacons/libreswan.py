@@ -114,7 +114,8 @@ def beacon(config):
     now = time.time()
     healths, __context__["libreswan.beacon.skip_until"] = _observe(
         __context__.get("libreswan.beacon.skip_until"), now,
-        lambda timeout: __salt__["libreswan.health"](timeout=timeout))
+        lambda timeout: __salt__["libreswan.health"](timeout=timeout),
+        QUERY_TIMEOUT, BACKOFF, time.monotonic)
     if healths is None:  # backing off from a pluto that did not answer
         return []
     events, current = [], {}

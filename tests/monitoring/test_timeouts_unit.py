@@ -197,3 +197,29 @@ def test_one_slow_answer_is_not_reported_as_down():
     assert event is None
     entry, event = beacon._transition(entry, "up", 121.0, 2, 4, 16)  # pluto answers again
     assert event is None and entry["state"] == "up" and "candidate" not in entry
+
+
+def test_the_beacon_asks_health_with_its_bound_and_stays_quiet_while_backing_off():
+    mod = load("salt/_beacons/libreswan.py")
+    asked, saved, clock = [], {}, Clock()
+    down = {"remote-db": {"state": "down", "active": None, "reason": HUNG["error"]}}
+
+    def health(timeout=None):
+        asked.append(timeout)
+        clock.now += timeout  # pluto does not answer: the query runs into its bound
+        return down
+
+    mod.__context__ = {}
+    mod.__salt__ = {
+        "libreswan.monitoring_settings": lambda: {"holddown": 2, "repeat": 4, "repeat_max": 16},
+        "libreswan.monitoring_memory": lambda what: dict(saved),
+        "libreswan.remember": lambda what, value: saved.update(value),
+        "libreswan.health": health}
+    wall = iter([1000.0, 1002.0, 1010.0, 1021.0])
+    mod.time = types.SimpleNamespace(monotonic=clock, time=lambda: next(wall))
+    assert mod.beacon([{"interval": 2}]) == [] and asked == [mod.QUERY_TIMEOUT]
+    assert mod.beacon([{"interval": 2}]) == [] and mod.beacon([{"interval": 2}]) == []
+    assert asked == [mod.QUERY_TIMEOUT]  # skipped: nothing asked, nothing observed
+    events = mod.beacon([{"interval": 2}])  # 21 s later: asks again, down has held
+    assert asked == [mod.QUERY_TIMEOUT] * 2
+    assert [(e["tag"], e["reason"]) for e in events] == [("remote-db/down", HUNG["error"])]
