@@ -443,6 +443,66 @@ def test_restart_only_change_with_permission_restarts(lab):
     assert psql(lab, "SELECT 1").stdout.strip() == "1"
 
 
+GONE_USER, GONE_PASSWORD = "gone", "gone-" + secrets.token_hex(12)
+
+
+def login(lab, user, password, dbname):
+    return lab["k8s-node1"].run(
+        ["psql", "-X", "-At", "-h", "198.18.2.11", "-p", "6432", "-U", user, "-d", dbname,
+         "-c", "SELECT current_user"], env={"PGPASSWORD": password, "PGCONNECT_TIMEOUT": "10"})
+
+
+@pytest.mark.platforms("debian13")
+def test_users_and_pools_removed_from_pillar_leave_and_an_operators_own_stay(lab):
+    """Issue 13, removal: a user and a pool the formula created and pillar no longer declares
+    leave the auth file and pgbouncer.ini with a RELOAD (same process); test=True predicts
+    exactly that and touches nothing; the removed user can no longer log in through the
+    pooler; a user and a pool made by hand (not by the formula) stay; the next run changes
+    nothing."""
+    gw, db = lab["vpn-gw1"], lab["remote-db"]
+    db.run(["runuser", "-u", "postgres", "--", "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1"],
+           input=f"CREATE ROLE {GONE_USER} LOGIN PASSWORD '{GONE_PASSWORD}';\n", check=True)
+    try:
+        # An operator's own: a line added to the auth file by hand, a pool by a state of their
+        # own (without track).
+        gw.run(["sh", "-c", "echo '\"handmade\" \"hand-made-password\"' >> "
+                "/etc/pgbouncer/userlist.txt"], check=True)
+        assert single(lab, "pgbouncer.pool_present", "name=handdb", "host=198.19.1.10",
+                      "dbname=app")["result"] is True
+        declared = {"users": {GONE_USER: {"password": GONE_PASSWORD}},
+                    "databases": {"gonedb": {"host": "198.19.1.10", "dbname": "app"}}}
+        added = apply(lab, pillar=declared)
+        assert set(changed(added)) == {f"pgbouncer-user-{GONE_USER}", "pgbouncer-pool-gonedb"}
+        works = login(lab, GONE_USER, GONE_PASSWORD, "gonedb")
+        assert works.stdout.strip() == GONE_USER, works
+
+        before = fingerprint(lab)
+        predicted = apply(lab, test=True)  # the example pillar: neither is declared any more
+        assert changed(predicted) == {"pgbouncer-pruned": {
+            "users": {GONE_USER: {"old": "in the auth file", "new": None}},
+            "databases": {"gonedb": {"old": {"host": "198.19.1.10", "dbname": "app"},
+                                     "new": None}},
+            "apply": "reload"}}
+        assert fingerprint(lab) == before
+        applied = apply(lab)
+        assert not failed(applied) and changed(applied) == changed(predicted)
+        assert fingerprint(lab)[1] == before[1]  # RELOAD, not a restart
+        auth, ini = gw.read("/etc/pgbouncer/userlist.txt"), gw.read(CONFIG_FILES[0])
+        assert f'"{GONE_USER}"' not in auth and '"handmade" "hand-made-password"' in auth
+        assert "gonedb" not in ini and "handdb = " in ini
+        refused = login(lab, GONE_USER, GONE_PASSWORD, "appdb")
+        assert refused.returncode != 0 and refused.stdout == "", refused
+        assert "authentication failed" in refused.stderr, refused.stderr
+        assert login(lab, "app", "lab-app-password", "gonedb").returncode != 0
+        assert psql(lab, "SELECT 1").stdout.strip() == "1"
+        assert changed(apply(lab)) == {}
+    finally:
+        single(lab, "pgbouncer.pool_absent", "name=handdb")
+        saltstack.salt(lab, "vpn-gw1", "pgbouncer.remove_user", "handmade")
+        db.run(["runuser", "-u", "postgres", "--", "psql", "-X", "-q", "-c",
+                f"DROP ROLE IF EXISTS {GONE_USER}"])
+
+
 BAD_INPUT = {
     "unknown setting": ({"settings": {"max_client_connections": 500}}, "pgbouncer-settings",
                         "vpn_gateway:pooler:settings:max_client_connections: "),
