@@ -317,6 +317,70 @@ def test_changing_one_conn_leaves_other_tunnels_sas_alone(lab):
     apply(lab)
 
 
+def with_backup_at(address):
+    """The tunnel's peers with the backup moved: only NAME-backup's section changes."""
+    return {"peers": {**TUNNEL_PILLAR["peers"],
+                      "backup": {"address": address, "id": "@remote-gw-backup"}}}
+
+
+@pytest.mark.platforms("debian13")
+def test_a_backup_change_reloads_only_the_backup(lab):
+    """A change to the backup conn leaves the primary's live IKE SA (its serial) alone."""
+    serial = wait_ike(lab)["ike_sa"]["serial"]
+    try:
+        write_pillar(lab, **with_backup_at("198.18.0.23"))  # nobody there: auto=add sends nothing
+        predicted = tunnel_state(apply(lab, test=True))
+        changed = tunnel_state(apply(lab))
+        assert changed["result"] is True, changed
+        assert predicted["changes"]["loaded"] == changed["changes"]["loaded"] == [
+            f"{TUNNEL}-backup"]
+        now = status(lab)["conns"]
+        assert now[f"{TUNNEL}-backup"]["remote"]["address"] == "198.18.0.23"
+        assert now[TUNNEL]["ike_established"] and now[TUNNEL]["ike_sa"]["serial"] == serial
+    finally:
+        write_pillar(lab)
+    assert tunnel_state(apply(lab))["changes"]["loaded"] == [f"{TUNNEL}-backup"]
+    assert status(lab)["conns"][TUNNEL]["ike_sa"]["serial"] == serial
+
+
+# Put first on PATH (/usr/local/sbin) for the minion: pluto refusing the new
+# config. addconn fails while remote-db.conf holds dpddelay=21, after
+# check_config (addconn --checkconfig) passed it and _load deleted the live conn.
+REFUSING_IPSEC = """\
+#!/bin/sh
+if [ "$1" = addconn ] && [ "$2" = --config ] && grep -q dpddelay=21 %s; then
+    echo "ERROR: \"$4\": refused by the lab's ipsec wrapper" >&2
+    exit 1
+fi
+exec /usr/sbin/ipsec "$@"
+""" % CONF
+WRAPPER = "/usr/local/sbin/ipsec"
+
+
+@pytest.mark.platforms("debian13")
+def test_a_failed_load_puts_the_conn_back_and_the_tunnel_comes_back(lab):
+    gw = lab[GW]
+    before = gw.read(CONF)
+    serial = wait_ike(lab)["ike_sa"]["serial"]
+    gw.put(WRAPPER, REFUSING_IPSEC, mode=0o755)
+    try:
+        write_pillar(lab, dpddelay=21)
+        failed = tunnel_state(apply(lab))
+    finally:
+        gw.run(["rm", "-f", WRAPPER])
+        write_pillar(lab)
+    assert failed["result"] is False and failed["changes"] == {}, failed
+    assert "refused by the lab's ipsec wrapper" in failed["comment"]
+    assert gw.read(CONF) == before
+    # The live conn was deleted by the load; the restored one is up again.
+    back = wait_ike(lab)
+    assert back["ike_sa"]["serial"] != serial
+    assert f"put back and {TUNNEL} initiated again" in failed["comment"]
+    assert back["remote"]["address"] == "198.18.0.21"
+    again = tunnel_state(apply(lab))
+    assert again["result"] is True and again["changes"] == {}, again
+
+
 BAD_PSK = {"psk-short": "short-but-not-32-characters", "psk-quote": OTHER_PSK + '"x',
            "psk-newline": OTHER_PSK + "\nx"}
 
@@ -417,3 +481,67 @@ def test_bad_pillar_through_the_formula_keeps_the_last_good_config(lab):
         assert fingerprint(lab) == before
     finally:
         write_pillar(lab)
+
+
+# An operator's own conn, made by hand beside the pack's (auto=add: never initiated; its
+# peer address is an unused lab address).
+OPERATOR_CONF = """\
+conn operator
+\ttype=tunnel
+\tauthby=secret
+\tleft=198.18.0.11
+\tleftsubnet=198.19.10.1/32
+\tright=198.18.0.99
+\trightsubnet=198.19.5.0/24
+\tauto=add
+"""
+PRUNED = "libreswan_|-libreswan_pruned_|-"
+
+
+def pruned_state(returns):
+    [ret] = [ret for key, ret in returns.items() if key.startswith(PRUNED)]
+    return ret
+
+
+@pytest.mark.platforms("debian13")
+def test_a_tunnel_removed_from_pillar_leaves_pluto_and_its_files_an_operators_conn_stays(lab):
+    """Issue 13, removal: the tunnel the formula created, once pillar no longer declares
+    it, is taken down, deleted from pluto and its conf and secrets files removed; test=True
+    predicts exactly that and touches nothing; a conn the operator made by hand stays; the
+    next run changes nothing. The tunnel is restored afterwards."""
+    gw = lab[GW]
+    if not gw.run(["test", "-e", CONF]).ok:  # selected alone
+        apply(lab)
+    gw.put("/etc/ipsec.d/operator.conf", OPERATOR_CONF)
+    gw.put("/etc/ipsec.d/operator.secrets", f'198.18.0.11 198.18.0.99 : PSK "{OTHER_PSK}"\n',
+           mode=0o600)
+    gw.run(["ipsec", "auto", "--add", "operator"], check=True)
+    try:
+        assert {TUNNEL, f"{TUNNEL}-backup", "operator"} <= set(status(lab)["conns"])
+        saltstack.commit_pillar(lab, "vpn_gateway/tunnel.sls", json.dumps(
+            {"libreswan_test": {"side_psk": PSK}}), "libreswan test: the tunnel removed")
+        files = gw.run(["ls", "/etc/ipsec.d"]).stdout
+        predicted = apply(lab, test=True)
+        assert not any(key.startswith(STATE) for key in predicted)
+        assert pruned_state(predicted)["result"] is None
+        assert pruned_state(predicted)["changes"] == {TUNNEL: {
+            "removed": [CONF, SECRETS], "deleted": [TUNNEL, f"{TUNNEL}-backup"]}}
+        assert gw.run(["ls", "/etc/ipsec.d"]).stdout == files
+        assert TUNNEL in status(lab)["conns"]
+
+        applied = apply(lab)
+        assert all(ret["result"] for ret in applied.values()), applied
+        assert pruned_state(applied)["changes"] == pruned_state(predicted)["changes"]
+        assert not gw.run(["test", "-e", CONF]).ok and not gw.run(["test", "-e", SECRETS]).ok
+        conns = status(lab)["conns"]
+        assert TUNNEL not in conns and f"{TUNNEL}-backup" not in conns, conns
+        assert "operator" in conns
+        assert gw.run(["test", "-e", "/etc/ipsec.d/operator.secrets"]).ok
+        assert gw.run(["systemctl", "is-active", "ipsec"]).stdout.strip() == "active"
+        again = apply(lab)
+        assert {k: r["changes"] for k, r in again.items() if r["changes"]} == {}
+    finally:
+        gw.run(["ipsec", "whack", "--name", "operator", "--delete"])
+        gw.run(["rm", "-f", "/etc/ipsec.d/operator.conf", "/etc/ipsec.d/operator.secrets"])
+        write_pillar(lab)
+        apply(lab)
