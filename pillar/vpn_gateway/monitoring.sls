@@ -1,13 +1,14 @@
 {#- Monitoring and recovery of the tunnel (formula vpn_gateway.monitoring,
-    docs/monitoring.md), with the lab's values. The beacon and the schedules are
-    Salt's own pillar keys (beacons:, schedule:), read by every minion at start
-    and on each pillar refresh. The master's reactor is in docs/monitoring.md. #}
+    docs/monitoring.md), with the lab's addresses. The beacon and the schedules
+    are Salt's own pillar keys (beacons:, schedule:), read by every minion at
+    start and on each pillar refresh. The master's reactor is in docs/monitoring.md. #}
 {%- set holddown = 10 %}
 vpn_gateway:
   monitoring:
-    # This lab's kernel cannot install ESP SAs (FACTS): only the IKE SA comes up,
-    # so "up" means the IKE SA here. In production keep the default, child_sa.
-    up_when: ike_sa
+    # Up: every remote subnet carried by an established Child SA (some carried:
+    # partial). ike_sa (the IKE SA alone) only for a kernel without ESP, such as
+    # the lab's: its tests set it in their own settings, not here.
+    up_when: child_sa
     holddown: {{ holddown }}
     repeat: 30
     repeat_max: 300

@@ -87,8 +87,12 @@ def test_select_1_from_k8s_node_through_pooler_and_tunnel(path):
     assert clients == [[TUNNEL_IP]], clients
     # What an operator asks the gateway: the tunnel up on the primary, bytes through it.
     status = saltstack.call_local(path, gateway, "libreswan.status", timeout=SLOW)
+    # Up: each of the three database subnets carried by an established Child SA.
     assert status["tunnels"][TUNNEL] == {"primary": TUNNEL, "backup": f"{TUNNEL}-backup",
-                                         "active": "primary", "up": True}, status
+                                         "active": "primary", "up": True, "state": "up",
+                                         "missing": []}, status
+    assert sorted(status["conns"][TUNNEL]["subnets_covered"]) == [
+        "198.19.1.10/32", "198.19.1.11/32", "198.19.1.12/32"], status
     moved = [(c["in_bytes"], c["out_bytes"]) for c in status["conns"].values() if c["up"]]
     assert moved and all(i > 0 and o > 0 for i, o in moved), status
     print("full data path timings (s): "
