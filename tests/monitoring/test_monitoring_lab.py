@@ -67,6 +67,44 @@ def test_the_formula_predicts_applies_and_then_has_nothing_to_do(lab):
     assert state_changes(run()) == {} and predicted(run("test=True")) == set()
 
 
+# As Salt's packages ship it (salt-common); the lab's minion runs from a venv without one.
+SALT_COMMON_LOGROTATE = "/var/log/salt/minion {\n\tweekly\n\tmissingok\n\trotate 7\n}\n"
+
+
+@pytest.mark.platforms("debian13")
+def test_logrotate_leaves_out_a_log_another_package_rotates_and_refuses_a_duplicate(lab):
+    """Issue 13, log rotation: with another package's entry for the minion's log in
+    /etc/logrotate.d, the pack's entry leaves that log out and logrotate --debug over the
+    whole configuration is clean; the formula's own file state, given a duplicate, is
+    refused by its check before it replaces the old file."""
+    gw, path = lab["vpn-gw1"], "/etc/logrotate.d/vpn-gateway"
+    gw.put("/etc/logrotate.d/salt-common", SALT_COMMON_LOGROTATE, mode=0o644)
+    try:
+        ret = saltstack.salt(lab, "vpn-gw1", "state.apply", "vpn_gateway.monitoring")["vpn-gw1"]
+        [logrotate] = [r for r in ret.values() if r["__id__"] == "vpn_gateway_logrotate"]
+        assert logrotate["result"] is True and logrotate["changes"], logrotate
+        text = gw.read(path)
+        assert "/var/log/salt/minion" not in text and "/var/log/pgbouncer/*.log {" in text
+        whole = gw.run(["logrotate", "--debug", "--state", "/dev/null", "/etc/logrotate.conf"])
+        assert whole.returncode == 0 and "error:" not in whole.stderr, whole.stderr[-2000:]
+
+        # The formula's file state as rendered, with the minion's log put back in its list.
+        low = salt1(lab, "state.show_sls", "vpn_gateway.monitoring")["vpn_gateway_logrotate"]
+        args = {k: v for arg in low["file"] if isinstance(arg, dict) for k, v in arg.items()
+                if k not in ("require", "order")}
+        args["context"]["logs"] = ["/var/log/salt/minion"] + args["context"]["logs"]
+        refused = saltstack.salt(lab, "vpn-gw1", "state.single", "file.managed",
+                                 *(f"{k}={json.dumps(v)}" for k, v in args.items()))["vpn-gw1"]
+        [refused] = refused.values()
+        assert refused["result"] is False, refused
+        assert "duplicate log entry for /var/log/salt/minion" in refused["comment"], refused
+        assert gw.read(path) == text
+    finally:
+        gw.run(["rm", "-f", "/etc/logrotate.d/salt-common"])
+        saltstack.salt(lab, "vpn-gw1", "state.apply", "vpn_gateway.monitoring")
+    assert "/var/log/salt/minion" in gw.read(path)
+
+
 def test_the_beacon_and_the_metrics_run_from_pillar(lab):
     gw = lab["vpn-gw1"]
     beacon, _ = wait_for(lambda: salt1(lab, "libreswan.monitoring_memory", "beacon").get(
