@@ -65,7 +65,8 @@ def pytest_collection_modifyitems(config, items):
 
     def key(item):
         callspec = getattr(item, "callspec", None)
-        platform = callspec.params.get("platform", "") if callspec else ""
+        # str(): a test for other platforms only (marker platforms) has NOTSET here
+        platform = str(callspec.params.get("platform", "")) if callspec else ""
         return (item.get_closest_marker("guest") is not None,
                 module_order[item.nodeid.split("::")[0]], platform, file_order[item.nodeid])
 
