@@ -709,12 +709,20 @@ def _ensure_one(settings, tunnel, force):
     result = {"name": tunnel, "state": current["state"], "active": current["active"],
               "steps": [], "attempt": 0}
     if current["up"]:
+        comment = "tunnel is up"
+        if current["active"] == "both" and not _state_run_in_progress():
+            # A failback's primary came up beside the backup (make before break): break now.
+            __salt__["libreswan.down"](tunnel + BACKUP_SUFFIX)
+            current = _health_now(settings, tunnel)
+            comment = "the primary came up beside the backup: backup taken down"
+            result.update(state=current["state"], active=current["active"],
+                          alert=_alert(tunnel, "up", "failback", 0, "back on the primary peer"))
         memory["attempts"] = []
         on_backup = current["state"] == "failover"
         memory["backup_since"] = (memory.get("backup_since") or now) if on_backup else None
         _remember(tunnel, memory)
-        result.update(result=True, comment="tunnel is up",
-                      endpoint=_set_endpoint_ready(settings, True))
+        result.update(result=current["up"], comment=comment,
+                      endpoint=_set_endpoint_ready(settings, current["up"]))
         return result
     result["reason"] = current["reason"]
     result["endpoint"] = _set_endpoint_ready(settings, False)
@@ -836,14 +844,17 @@ def _make_before_break(settings, tunnel):
     established is the backup taken down (the primary's Child SA, which the
     backup's SA may have kept from installing over the same selectors, is
     initiated again once the backup is gone). A primary that stays silent for
-    ``step_timeout`` is taken down again, the backup's SAs never touched.
+    ``step_timeout`` is left to pluto, the backup's SAs never touched: its
+    conn is not terminated while it negotiates (Libreswan 4.10's pluto
+    crashes terminating a narrowing conn with queued Child SAs, and takes the
+    backup's SAs with it); pluto keeps initiating it, a later failback does
+    not initiate it twice (``libreswan.up``), and once it is up beside the
+    backup, ``ensure_up`` (the beacon's ``up`` event) takes the backup down.
     Returns (health, outcome): failed_back, primary_silent or
     primary_child_failed (then back on the backup)."""
     wait = settings["step_timeout"]
     probe = __salt__["libreswan.up"](tunnel, wait=wait)
     if not probe.get("ike_established"):
-        # Stop pluto's own retries to the dead peer; the backup conn is another conn.
-        __salt__["libreswan.down"](tunnel)
         return _health_now(settings, tunnel), "primary_silent"
     __salt__["libreswan.down"](tunnel + BACKUP_SUFFIX)
     current = _health_now(settings, tunnel)

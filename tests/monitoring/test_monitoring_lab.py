@@ -137,7 +137,7 @@ def test_pluto_killed_is_recovered_without_a_person(lab):
 
 def ike_serial(gw, conn):
     """The serial of ``conn``'s established IKE SA by whack itself, or None."""
-    found = re.search(rf'#(\d+): "{conn}"[^ ]* \S+ (?:STATE_V2_)?ESTABLISHED_IKE_SA',
+    found = re.search(rf'#(\d+): "{conn}(?:/[^"]*)?"[^ ]* \S+ (?:STATE_V2_)?ESTABLISHED_IKE_SA',
                       gw.run(["ipsec", "whack", "--status"]).stdout)
     return found and int(found.group(1))
 
@@ -185,6 +185,7 @@ def test_primary_down_fails_over_and_fails_back(lab):
     assert last["time"] <= taken or released <= last["started"], (last, taken, released)
 
     serial = ike_serial(gw, "remote-db-backup")
+    assert serial
     state, took = wait_for(
         lambda: (m := memory(lab)).get("failback_last", {}).get("started", 0) > last["time"] and m,
         60, "a failback attempt while the primary is still dead")

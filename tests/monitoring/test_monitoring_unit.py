@@ -390,7 +390,7 @@ def test_failback_to_a_dead_primary_never_touches_the_backup(tmp_path, monkeypat
     module, _ = fresh_recovery(tmp_path, monkeypatch, salt=pluto.salt())
     result = due_failback(module)
     assert result["outcome"] == "primary_silent" and result["state"] == "failover"
-    assert pluto.calls == [("up", "remote-db"), ("down", "remote-db")]  # the primary only
+    assert pluto.calls == [("up", "remote-db")]  # the backup untouched, no terminate
     assert pluto.ike == {"remote-db": False, "remote-db-backup": True}
     memory = module.recovery_state("remote-db")["remote-db"]
     assert memory["failback_tried"] and memory["failback_last"]["result"] == "primary_silent"
@@ -403,6 +403,16 @@ def test_failback_to_a_live_primary_makes_before_it_breaks(tmp_path, monkeypatch
     assert result["outcome"] == "failed_back" and result["state"] == "up"
     assert pluto.calls == [("up", "remote-db"), ("down", "remote-db-backup")]
     assert pluto.ike == {"remote-db": True, "remote-db-backup": False}
+
+
+def test_a_primary_that_came_up_beside_the_backup_takes_over_on_the_up_event(
+        tmp_path, monkeypatch):
+    pluto = FakePluto(primary_alive=True)
+    pluto.ike["remote-db"] = True  # pluto's own retry reached the primary after a failback try
+    module, _ = fresh_recovery(tmp_path, monkeypatch, salt=pluto.salt())
+    result = module.ensure_up("remote-db")["remote-db"]
+    assert (result["state"], result["active"]) == ("up", "primary") and result["result"]
+    assert pluto.calls == [("down", "remote-db-backup")]
 
 
 def test_the_lock_states_change_nothing_and_predict_nothing(tmp_path, monkeypatch):
