@@ -5,8 +5,9 @@ The master's file_roots are the repo's ``salt/states`` (SLS tree, top.sls) and
 Pillar comes from Git, as in production: at start the lab seeds a bare
 repository in the master host (``PILLAR_REPO``) with the repo's ``pillar/``
 and the master serves it with git_pillar; ``commit_pillar`` changes it the
-way an operator would. The Salt programs come from the project's venv,
-bind-mounted read-only into every host.
+way an operator would. Its secrets are ciphertext that the master decrypts
+with the lab's key (lab/pillar_gpg.py, docs/pillar.md). The Salt programs
+come from the project's venv, bind-mounted read-only into every host.
 """
 import json
 import os
@@ -17,6 +18,7 @@ import time
 
 import yaml
 
+from . import pillar_gpg
 from .lab import SLOWDOWN, LabError
 
 PILLAR_REPO = "/srv/pillar.git"
@@ -48,6 +50,10 @@ def master_config(lab, address):
         "pillar_roots": {"base": []},
         "ext_pillar": [{"git": [{f"main file://{PILLAR_REPO}": [{"env": "base"}]}]}],
         "git_pillar_provider": "gitpython",
+        # The pillar's secrets are PGP messages for the key in this keyring (Salt's default
+        # place, named for the reader); a message it cannot decrypt fails the render.
+        "gpg_keydir": pillar_gpg.MASTER_KEYDIR,
+        "gpg_decrypt_must_succeed": True,
         # A (re)started minion gets the pack's modules at once (docs/role.md).
         "reactor": [{"salt/minion/*/start": ["salt://reactor/minion_start.sls"]}],
         "log_level_logfile": "info",
@@ -83,6 +89,7 @@ def provision(lab):
             continue
         if role == "master":
             seed_pillar_repo(host.root / PILLAR_REPO.lstrip("/"), lab.repo / "pillar")
+            pillar_gpg.make_keyring(host.root / pillar_gpg.MASTER_KEYDIR.lstrip("/"))
         config = master_config(lab, address) if role == "master" else minion_config(host, address)
         host.put(f"/etc/salt/{role}.d/lab.conf", yaml.safe_dump(config))
         host.put(f"/etc/systemd/system/salt-{role}.service", UNIT.format(role=role, venv=lab.venv))
@@ -124,8 +131,14 @@ def rsa_key_pair(bits=2048):
     return private.decode(), public.decode()
 
 
+# What this lab's hosts differ in from production, kept out of the pillar/ that
+# users copy: this kernel has no ESP (FACTS), so only the IKE SA comes up.
+LAB_PILLAR = {"vpn_gateway": {"monitoring": {"up_when": "ike_sa"}}}
+
+
 def seed_pillar_repo(bare, source):
-    """A bare Git repository whose main branch holds ``source``'s files."""
+    """A bare Git repository whose main branch holds ``source``'s files, plus
+    ``lab.sls`` (``LAB_PILLAR``) last in every top target."""
     env = {**os.environ, **GIT_IDENTITY}
 
     def git(*args, cwd=None):
@@ -134,6 +147,15 @@ def seed_pillar_repo(bare, source):
     git("init", "-q", "--bare", "-b", "main", str(bare))
     with tempfile.TemporaryDirectory() as work:
         shutil.copytree(source, work, dirs_exist_ok=True)
+        top = yaml.safe_load((source / "top.sls").read_text())
+        for targets in top.values():
+            for sls in targets.values():
+                sls.append("lab")
+        with open(os.path.join(work, "top.sls"), "w", encoding="utf-8") as handle:
+            handle.write(yaml.safe_dump(top))
+        with open(os.path.join(work, "lab.sls"), "w", encoding="utf-8") as handle:
+            handle.write("# This lab's differences from production (lab/saltstack.py).\n"
+                         + yaml.safe_dump(LAB_PILLAR))
         git("init", "-q", "-b", "main", cwd=work)
         git("add", "-A", cwd=work)
         git("commit", "-q", "-m", "pillar from the vpn-gateway repo", cwd=work)
@@ -171,8 +193,15 @@ def local_minion_config(repo, pillar_root):
 def masterless(lab, host):
     """Make ``host`` a masterless minion (``salt-call --local``) over this repo's
     formulas, modules and example pillar (pillar/), with its own id; for hosts
-    of a lab without a salt-master."""
-    config = {"id": host.name, **local_minion_config(lab.repo, lab.repo / "pillar")}
+    of a lab without a salt-master.
+
+    A fresh host has no gpg to decrypt the pillar's secrets: it gets the tree
+    with them decrypted, as a master would have sent them (``/srv/pillar``, 0700).
+    """
+    pillar_root = host.root / "srv/pillar"
+    pillar_gpg.plain_pillar(lab.repo / "pillar", pillar_root)
+    os.chmod(pillar_root, 0o700)
+    config = {"id": host.name, **local_minion_config(lab.repo, "/srv/pillar")}
     host.put("/etc/salt/minion.d/masterless.conf", yaml.safe_dump(config))
 
 

@@ -1,5 +1,6 @@
+#!jinja|yaml|gpg
 {#- PgBouncer on the gateways (vpn_gateway.pgbouncer), with the lab's addresses.
-    Passwords here are lab examples: keep real ones in an encrypted pillar (GPG renderer). #}
+    The passwords are ciphertext for the master's key (gpg renderer, docs/pillar.md). #}
 {%- set k8s_side = {'vpn-gw1': '198.18.2.11', 'vpn-gw2': '198.18.2.12'} %}
 vpn_gateway:
   pooler:
@@ -43,11 +44,35 @@ vpn_gateway:
       - host all all 198.18.2.0/24 scram-sha-256
     users:
       app:
-        password: lab-app-password
+        password: |
+          -----BEGIN PGP MESSAGE-----
+
+          hF4DLX4oa+g85dISAQdAj0GVmwsqCnWlkHlgkvQFGPSfe8FEXxm4Rxa0Pa1e5SEw
+          3FV80TUjFPjXN7s17KAtK8Jntd/oCLNhWA4Wk39XW9JSOrQ+PyDhvQ4swa5yhgR1
+          0ksB5Jt7uF0qV7eBYViyneIotCYfA9/dWb+bFu/XYKpK7L5Gp2A94OsDjqrl/fQe
+          lgEhCWajqnROmnjnA7imxA7W/MRZfqrCs83zVQg=
+          =unmp
+          -----END PGP MESSAGE-----
       pooler_admin:
-        password: lab-admin-password
+        password: |
+          -----BEGIN PGP MESSAGE-----
+
+          hF4DLX4oa+g85dISAQdAbUgBI5pF/uE/BqOB/Hxypi2vFF0sWSQFG41k0+pCvk4w
+          oq5jEkYGFmWuoH/BBfDTjkT+hRAER9rQ4veaAUEjoR62Q+DQS4qqAHYQVAsZrHqA
+          0k0BsI3rWBTmvp6rz8S5ilkVW0Mt9ZH8UPA28alcGw+Ung6PiLwmprJ3a59R8WiJ
+          D7TW3JgiesxnnWp6y2eoO3cqkxFQEBCkW74tgdUTxA==
+          =qYvl
+          -----END PGP MESSAGE-----
       pooler_stats:
-        password: lab-stats-password
+        password: |
+          -----BEGIN PGP MESSAGE-----
+
+          hF4DLX4oa+g85dISAQdA1dyLMrqL+dD/rIvyiNsNsEWU6GFthp9Jb9VE5vFYMFIw
+          hJQkuWYPbpvdj+lqGZ4FmBjgnRvcvzB/r4vrAsxkpW+o+W0tXK/IZNJComklfnkI
+          0k0BuT46es1VDAUJHQNB/HOclgCp+/r8zh+5gfm+Q15SAVCH5oxFi6rOwQJD68oH
+          hy6jro7dQR9bgA630fHv2BQYRgKsO+YGP/p5OXu8pg==
+          =+Qgl
+          -----END PGP MESSAGE-----
     databases:
       appdb:
         host: 198.19.1.10

@@ -1,3 +1,4 @@
+#!jinja|yaml|gpg
 {#- The tunnel section (formula vpn_gateway.ipsec, docs/libreswan.md): one
     IKEv2/PSK tunnel from each gateway to the remote cloud's primary gateway,
     with the backup gateway declared beside it (loaded with auto=add; which
@@ -23,9 +24,18 @@ vpn_gateway:
       - 198.19.1.10/32
       - 198.19.1.11/32
       - 198.19.1.12/32
-    # Lab only. In production keep the PSK out of git: an encrypted pillar
-    # (gpg renderer) or an ext_pillar, at least 32 printable characters.
-    psk: 'lab-only-psk-not-secret-0123456789abcdef'
+    # A secret: ciphertext for the master's key (gpg renderer, docs/pillar.md;
+    # scripts/encrypt-secret). Lab value; at least 32 printable characters.
+    psk: |
+      -----BEGIN PGP MESSAGE-----
+
+      hF4DLX4oa+g85dISAQdARYOzsrW6se5Fh9ITc8tIuSg/7VmtsG8DSBE9uw0OaFgw
+      JS56sSSqM2mM4nwXBPQMdditZzhV504GNEpFNmGL0Pm+ptMY6OgZG4vtTmk/QmVZ
+      0mMBaVNFWhG3L1aXcJIxhhIWF4v16xKr8xZ23rDas2sXg9D1iqxnJD9kJAe9CMKG
+      eYSJWsZYiZ0muP8sqIU88D8UjQ/uPHmLCIanacYFBzx7cKr8gQDv4yuRY3mnRKN7
+      ivyVZLw=
+      =oYnP
+      -----END PGP MESSAGE-----
     ike: aes256-sha1;modp2048
     phase2alg: aes256-sha1
     pfs: false

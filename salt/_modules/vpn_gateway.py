@@ -242,13 +242,18 @@ def render_reference(schema=None):
         "Generated from `salt/states/vpn_gateway/schema.yaml` by",
         "`scripts/pillar-reference`; the role checks pillar against the same schema",
         "when it renders (`salt-call vpn_gateway.check_pillar` does it on demand).",
-        "A complete example is in `pillar/vpn_gateway/`.",
+        "A complete example is in `pillar/vpn_gateway/`; its secrets are encrypted",
+        "for the salt-master's key ([Secrets in Git](#secrets-in-git), below).",
         "",
         "| key | type | default | example | meaning |",
         "| --- | --- | --- | --- | --- |",
     ]
     lines += [f"| `{k}` | {t} | {d} | {e} | {doc} |" for k, t, d, e, doc in rows]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + ["", REFERENCE_END]) + "\n"
+
+
+# docs/pillar.md: the generated reference, this line, then sections written by hand.
+REFERENCE_END = "<!-- end of the generated reference: what follows is written by hand -->"
 
 
 def _firewalld_rules_code():

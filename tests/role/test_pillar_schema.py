@@ -7,11 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jinja2
 import pytest
 import yaml
 from repo_modules import load
 
-from lab import peers, saltstack
+from lab import peers, pillar_gpg, postgres, saltstack
 
 REPO = Path(__file__).resolve().parents[2]
 SALT_CALL = Path(sys.executable).parent / "salt-call"
@@ -24,8 +25,10 @@ def load_module():
 
 @pytest.mark.unit
 def test_the_pillar_reference_is_generated_from_the_schema():
-    reference = load_module().render_reference(SCHEMA)
-    assert (REPO / "docs/pillar.md").read_text() == reference, \
+    module = load_module()
+    doc = (REPO / "docs/pillar.md").read_text()
+    generated = doc.partition(module.REFERENCE_END + "\n")
+    assert "".join(generated[:2]) == module.render_reference(SCHEMA), \
         "docs/pillar.md is stale: run scripts/pillar-reference"
 
 
@@ -35,6 +38,7 @@ def example_minion(tmp_path_factory):
     root = tmp_path_factory.mktemp("example-pillar")
     (root / "minion").write_text(yaml.safe_dump({
         **saltstack.local_minion_config(REPO, REPO / "pillar"),
+        "gpg_keydir": str(pillar_gpg.keyring()),  # the example pillar's secrets (lab key)
         "root_dir": str(root), "log_file": str(root / "log"),
     }))
 
@@ -74,6 +78,62 @@ def test_a_wrong_key_fails_the_role_before_anything_runs(example_minion):
     assert "listen_port" in text  # the fix: the known keys are listed
 
 
+def secret_paths(node, path=()):
+    """Every pillar path the schema calls a secret ("*" for a user-chosen name)."""
+    if node.get("type") == "secret" or node.get("secret"):
+        yield path
+    for key, child in (node.get("keys") or {}).items():
+        yield from secret_paths(child, path + (key,))
+    if node.get("values"):
+        yield from secret_paths(node["values"], path + ("*",))
+
+
+def at(data, path):
+    """The values at ``path`` ("*" matches every key) in ``data``."""
+    if not path:
+        yield data
+    elif isinstance(data, dict):
+        for key in (data if path[0] == "*" else [path[0]] if path[0] in data else []):
+            yield from at(data[key], path[1:])
+
+
+def example_pillar_files(plain=None):
+    """{file: data} of pillar/vpn_gateway/*.sls rendered for vpn-gw1, without decrypting."""
+    env = jinja2.Environment()
+    env.filters["json"] = json.dumps
+    root = plain or REPO / "pillar"
+    return {path.name: yaml.safe_load(env.from_string(path.read_text()).render(
+                grains={"id": "vpn-gw1"}))
+            for path in sorted((root / "vpn_gateway").glob("*.sls"))}
+
+
 @pytest.mark.unit
-def test_the_labs_remote_gateways_use_the_example_pillars_psk():
-    assert f"psk: '{peers.EXAMPLE_PSK}'" in (REPO / "pillar/vpn_gateway/tunnel.sls").read_text()
+def test_every_secret_in_the_example_pillar_is_a_pgp_message_for_the_masters_key():
+    """pillar/ is what operators copy into their Git: no secret in it is plaintext."""
+    paths = [p for p in secret_paths(SCHEMA["vpn_gateway"], ("vpn_gateway",))]
+    found = {}
+    for name, data in example_pillar_files().items():
+        for path in paths:
+            for value in at(data or {}, path):
+                found[(name, path)] = value
+    assert {name for name, _ in found} >= {"tunnel.sls", "pooler.sls", "monitoring.sls"}
+    plaintext = {key: value for key, value in found.items()
+                 if not (isinstance(value, str)
+                         and value.startswith(pillar_gpg.BEGIN) and pillar_gpg.END in value)}
+    assert not plaintext, f"plaintext secrets in pillar/: {sorted(plaintext)}"
+    for path in (REPO / "pillar").rglob("*.sls"):
+        assert path.read_text().startswith("#!jinja|yaml|gpg\n") or \
+            pillar_gpg.BEGIN not in path.read_text(), f"{path}: ciphertext without |gpg"
+
+
+@pytest.mark.unit
+def test_the_labs_hosts_use_the_example_pillars_secrets(tmp_path):
+    """Decrypted with the lab's key, the example pillar holds what the lab's remote
+    gateways, database and webhook receiver expect."""
+    pillar_gpg.plain_pillar(REPO / "pillar", tmp_path)
+    data = example_pillar_files(tmp_path)
+    assert data["tunnel.sls"]["vpn_gateway"]["tunnel"]["psk"] == peers.EXAMPLE_PSK
+    users = data["pooler.sls"]["vpn_gateway"]["pooler"]["users"]
+    assert users[postgres.ROLE]["password"] == postgres.PASSWORD
+    assert data["monitoring.sls"]["vpn_gateway"]["monitoring"]["webhook_url"].startswith(
+        "http://198.18.")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lab import saltstack
+from lab import pillar_gpg, saltstack
 
 pytestmark = pytest.mark.unit
 
@@ -40,6 +40,7 @@ def rendered(request, tmp_path_factory):
     root = tmp_path_factory.mktemp(f"rocky{major}")
     (root / "minion").write_text(yaml.safe_dump({
         **saltstack.local_minion_config(REPO, REPO / "pillar"),
+        "gpg_keydir": str(pillar_gpg.keyring()),  # the example pillar's secrets (lab key)
         "root_dir": str(root), "log_file": str(root / "minion.log"),
         "cachedir": str(root / "cache"), "pki_dir": str(root / "pki"),
         "sock_dir": str(root / "sock"), "id": MINION,

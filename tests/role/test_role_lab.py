@@ -1,16 +1,27 @@
 """The whole gateway role from a real salt-master on two gateways, with pillar
 served from Git: test=True predicts the first run exactly, the first run
-converges, the second changes nothing, and a pillar commit (a new Kubernetes
-node) changes exactly the firewall rules for that node. Tests run in file
-order and share one lab."""
+converges, the second changes nothing, a pillar commit (a new Kubernetes
+node) changes exactly the firewall rules for that node, and a PSK rotation
+committed as ciphertext brings the tunnel up with the new key. Tests run in
+file order and share one lab."""
+import re
+import secrets
+import subprocess
+import time
+from pathlib import Path
+
 import pytest
 
-from lab import role, saltstack
+from lab import peers, pillar_gpg, postgres, role, saltstack
+from lab.lab import SLOWDOWN
 from lab.role import GATEWAYS
 
 pytestmark = pytest.mark.lab
+REPO = Path(__file__).resolve().parents[2]
 
 NEW_NODE = "198.18.2.38"
+# Salt's default minion data cache: rendered pillar, plaintext secrets included (docs/pillar.md).
+MINION_DATA_CACHE = "/var/cache/salt/master/pillar/"
 # The pack's own states (salt/_states): their test=True changes are compared whole.
 PACK_STATES = {"libreswan", "pgbouncer", "firewalld", "k8s"}
 
@@ -96,3 +107,69 @@ def test_a_new_kubernetes_node_in_git_changes_exactly_its_firewall_rules(lab):
                                   check=True).stdout
         assert sum(NEW_NODE in line for line in listed.splitlines()) == len(added)
     assert changed(highstate(lab)) == {g: [] for g in GATEWAYS}
+
+
+def test_a_psk_rotation_pushed_to_git_as_ciphertext_brings_the_tunnel_up_and_leaks_nowhere(lab):
+    """The operator's rotation (docs/pillar.md): encrypt the new PSK for the master's
+    key with scripts/encrypt-secret (stdin), commit it, apply. The master decrypts it
+    (gpg renderer), the tunnel is made again with it, and no plaintext secret is in any
+    blob of the pillar repository's history, the job cache, a log or a journal."""
+    master = lab["salt-master"]
+    new_psk = "rotated-" + secrets.token_hex(20)
+    ciphertext = subprocess.run(
+        [str(REPO / "scripts/encrypt-secret"), str(pillar_gpg.PUBLIC_KEY), "--key", "psk",
+         "--indent", "4"], input=new_psk + "\n", capture_output=True, text=True, check=True,
+        timeout=60).stdout
+    master.run(["rm", "-rf", "/root/pillar-read"], check=True)
+    master.run(["git", "clone", "-q", saltstack.PILLAR_REPO, "/root/pillar-read"], check=True)
+    current = master.read("/root/pillar-read/vpn_gateway/tunnel.sls")
+    block = re.search(rf"^    psk: \|\n(?:      .*\n|\n)*?      {pillar_gpg.END}\n", current, re.M)
+    assert block, "tunnel.sls: no encrypted psk block"
+    saltstack.commit_pillar(lab, "vpn_gateway/tunnel.sls",
+                            current.replace(block.group(), ciphertext), "tunnel: rotate the PSK")
+    # The remote side rotates too (another team's gateways, in production).
+    peers.configure(lab, psk=new_psk)
+    for remote in ("remote-gw-primary", "remote-gw-backup"):
+        lab[remote].run(["ipsec", "whack", "--rereadsecrets"], check=True)
+    before = {g: ike_serials(lab[g]) for g in GATEWAYS}
+    saltstack.salt(lab, "vpn-gw*", "saltutil.refresh_pillar", "wait=True")
+    applied = highstate(lab)
+    for gateway in GATEWAYS:
+        tunnel = next(r for r in applied[gateway].values() if r["__state__"] == "libreswan"
+                      and "psk" in r["changes"])
+        assert tunnel["changes"]["psk"] == "changed"
+        assert wait_new_ike_sa(lab[gateway], before[gateway]), f"{gateway}: no new IKE SA"
+
+    # every blob of every commit: the files' text as each version held it
+    history = master.run(["sh", "-c", f"cd {saltstack.PILLAR_REPO} && git rev-list --all "
+                          "--objects | cut -d' ' -f1 | git cat-file --batch-check="
+                          "'%(objecttype) %(objectname)' | sed -n 's/^blob //p' "
+                          "| git cat-file --batch"], check=True).stdout
+    plaintexts = [new_psk, peers.EXAMPLE_PSK, postgres.PASSWORD, "lab-admin-password",
+                  "lab-stats-password", "hooks/lab-only"]
+    assert pillar_gpg.BEGIN in history
+    assert [s for s in plaintexts if s in history] == []
+    for host in ["salt-master", *GATEWAYS]:
+        found = lab[host].run(
+            ["sh", "-c", "{ journalctl -o cat --no-pager; cat /var/log/salt/* 2>/dev/null;"
+             " grep -r -a -l -F -e \"$1\" /var/cache/salt/master/jobs 2>/dev/null; } "
+             "| grep -c -F -e \"$1\"", "leak", new_psk]).stdout.strip()
+        assert found == "0", f"{host}: the new PSK is in its journal, logs or job cache"
+    # The master's own caches hold it only where docs/pillar.md says (minion data cache).
+    cached = master.run(["grep", "-r", "-a", "-l", "-F", "-e", new_psk,
+                         "/var/cache/salt/master"]).stdout.split()
+    assert cached and all(path.startswith(MINION_DATA_CACHE) for path in cached), cached
+
+
+def ike_serials(host):
+    states = host.run(["ipsec", "whack", "--showstates"], check=True).stdout
+    return set(re.findall(r'#(\d+): "remote-db[/"].*ESTABLISHED_IKE_SA', states))
+
+
+def wait_new_ike_sa(host, old, timeout=60):
+    deadline = time.monotonic() + timeout * SLOWDOWN
+    while time.monotonic() < deadline:
+        if ike_serials(host) - old:
+            return True
+        time.sleep(1)
+    return False
