@@ -8,7 +8,7 @@ vpn_gateway:
   monitoring:
     # Up: every remote subnet carried by an established Child SA (some carried:
     # partial). ike_sa (the IKE SA alone) only for a kernel without ESP, such as
-    # the lab's: its tests set it in their own settings, not here.
+    # the lab's: it adds its own lab.sls to the pillar it serves (lab/saltstack.py).
     up_when: child_sa
     holddown: {{ holddown }}
     repeat: 30

@@ -4,6 +4,7 @@ converges, the second changes nothing, a pillar commit (a new Kubernetes
 node) changes exactly the firewall rules for that node, and a PSK rotation
 committed as ciphertext brings the tunnel up with the new key. Tests run in
 file order and share one lab."""
+import json
 import re
 import secrets
 import subprocess
@@ -11,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from lab import peers, pillar_gpg, postgres, role, saltstack
 from lab.lab import SLOWDOWN
@@ -173,3 +175,35 @@ def wait_new_ike_sa(host, old, timeout=60):
             return True
         time.sleep(1)
     return False
+
+
+def test_a_secret_in_the_wrong_shape_fails_the_render_and_is_shown_nowhere(lab):
+    """Schema errors name the key and the shape, never the value under a secret path:
+    the error travels to the master's job cache and both sides' logs. The wrong
+    shapes come from Git as an operator's mistake would (after the rotation test,
+    whose history check they would fail: they are plaintext)."""
+    values = {"password": "wrong-shape-" + secrets.token_hex(8),
+              "psk": "wrong-shape-" + secrets.token_hex(20),
+              "webhook": "http://198.18.0.99:8080/hooks/wrong-shape-" + secrets.token_hex(8)}
+    wrong = {"vpn_gateway": {
+        "pooler": {"users": {"app": values["password"]}},  # the password right under the user
+        "tunnel": {"psk": [values["psk"]]},
+        "monitoring": {"up_when": "ike_sa", "webhook_url": {"url": values["webhook"]}}}}
+    good = saltstack.LAB_PILLAR
+    saltstack.commit_pillar(lab, "lab.sls", yaml.safe_dump(wrong), "lab: secrets, wrong shapes")
+    try:
+        saltstack.salt(lab, "vpn-gw1", "saltutil.refresh_pillar", "wait=True")
+        returns = saltstack.salt(lab, "vpn-gw1", "state.apply", "test=True")["vpn-gw1"]
+    finally:
+        saltstack.commit_pillar(lab, "lab.sls", yaml.safe_dump(good), "lab: back to good")
+        saltstack.salt(lab, "vpn-gw1", "saltutil.refresh_pillar", "wait=True")
+    text = json.dumps(returns)
+    for key in ("pooler:users:app", "tunnel:psk", "monitoring:webhook_url"):
+        assert f"pillar key vpn_gateway:{key}: " in text, (key, returns)
+    assert "wrong-shape-" not in text
+    for host in ("salt-master", "vpn-gw1"):
+        found = lab[host].run(
+            ["sh", "-c", "{ journalctl -o cat --no-pager; cat /var/log/salt/* 2>/dev/null;"
+             " grep -r -a -h -o -F -e wrong-shape- /var/cache/salt/master/jobs 2>/dev/null;"
+             " } | grep -c -F -e wrong-shape-"]).stdout.strip()
+        assert found == "0", f"{host}: a wrong-shaped secret is in its journal, logs or job cache"
