@@ -47,7 +47,9 @@ import json
 import logging
 import os
 import re
+import sys
 import time
+import types
 from contextlib import contextmanager
 
 import salt.utils.atomicfile
@@ -517,9 +519,16 @@ def _locked(settings=None, tunnel=None):
                          tunnel or "all tunnels")
 
 
-# The lock a state run holds (hold_recovery_lock): open until released or the
-# job's process ends (the kernel drops a flock with its last descriptor).
-_HELD = []
+def _held():
+    """The lock a state run holds (hold_recovery_lock): [(fd, since)], open until
+    released or the job's process ends (the kernel drops a flock with its last
+    descriptor). Kept outside this module: a state run reloads its modules
+    (after a package install), and the release must still find the descriptor."""
+    holder = sys.modules.setdefault("_vpn_gateway_recovery_lock",
+                                    types.ModuleType("_vpn_gateway_recovery_lock"))
+    if not hasattr(holder, "held"):
+        holder.held = []
+    return holder.held
 
 
 def hold_recovery_lock(timeout=300):
@@ -537,8 +546,8 @@ def hold_recovery_lock(timeout=300):
         salt-call libreswan.hold_recovery_lock timeout=60
     """
     started = time.time()
-    if _HELD:
-        return {"held": True, "waited": 0.0, "acquired": _HELD[0][1]}
+    if _held():
+        return {"held": True, "waited": 0.0, "acquired": _held()[0][1]}
     os.makedirs(LOCK_DIR, mode=0o750, exist_ok=True)
     fd = os.open(_lock_path(), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
     deadline = time.monotonic() + float(timeout)
@@ -553,7 +562,7 @@ def hold_recovery_lock(timeout=300):
                         "acquired": None}
             time.sleep(0.2)
     acquired = time.time()
-    _HELD.append((fd, acquired))
+    _held().append((fd, acquired))
     log.info("libreswan recovery: recovery lock held for a state run (waited %.1fs)",
              acquired - started)
     return {"held": True, "waited": round(acquired - started, 3), "acquired": acquired}
@@ -570,9 +579,9 @@ def release_recovery_lock():
 
         salt-call libreswan.release_recovery_lock
     """
-    if not _HELD:
+    if not _held():
         return {"released": False, "held_for": 0.0, "time": time.time()}
-    fd, acquired = _HELD.pop()
+    fd, acquired = _held().pop()
     fcntl.flock(fd, fcntl.LOCK_UN)
     os.close(fd)
     now = time.time()

@@ -159,6 +159,8 @@ def lock_held(ret):
     taken = re.search(r"held since ([\d.]+)", by_id["vpn_gateway_recovery_lock"]["comment"])
     released = re.search(r"released at ([\d.]+)",
                          by_id["vpn_gateway_recovery_lock_released"]["comment"])
+    assert taken and released, {i: by_id[i]["comment"] for i in (
+        "vpn_gateway_recovery_lock", "vpn_gateway_recovery_lock_released")}
     return float(taken.group(1)), float(released.group(1))
 
 

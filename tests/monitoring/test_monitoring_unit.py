@@ -428,3 +428,15 @@ def test_the_lock_states_change_nothing_and_predict_nothing(tmp_path, monkeypatc
         assert (released["result"], released["changes"]) == (True, {})
     assert "recovery lock held since" in taken["comment"]
     assert "recovery lock released at" in released["comment"]
+
+
+def test_a_state_run_releases_the_lock_after_its_modules_were_reloaded(tmp_path, monkeypatch):
+    """A package install reloads the loader's modules mid-run: the release still finds it."""
+    first, _ = fresh_recovery(tmp_path, monkeypatch)
+    assert first.hold_recovery_lock(timeout=1)["held"]
+    reloaded, _ = fresh_recovery(tmp_path, monkeypatch)
+    with reloaded._locked() as mine:
+        assert mine is False
+    assert reloaded.release_recovery_lock()["released"]
+    with reloaded._locked() as mine:
+        assert mine is True
