@@ -45,14 +45,15 @@ def idiom(major_version, side, subnets):
     return {"ikev2": "ikev2=insist", "subnets": f"{side}subnets={{{' '.join(subnets)}}}"}
 
 
-def configure(lab, psk=EXAMPLE_PSK):
-    """Write each remote gateway's conns (one per lab gateway) and start ipsec there."""
+def configure(lab, psk=EXAMPLE_PSK, subnets=DATABASE_SUBNETS):
+    """Write each remote gateway's conns (one per lab gateway, offering ``subnets``)
+    and start ipsec there (a running pluto keeps its conns: ``reload`` them)."""
     gateways = [lab[g] for g in GATEWAYS if g in lab.hosts]
     for name in REMOTE_GATEWAYS:
         if name not in lab.hosts:
             continue
         remote = lab[name]
-        lines = idiom(major(remote), "left", DATABASE_SUBNETS)
+        lines = idiom(major(remote), "left", subnets)
         for gateway in gateways:
             remote.put(f"/etc/ipsec.d/{gateway.name}.conf", CONN.format(
                 gateway=gateway.name, remote=name, me=remote.address("wan"),
@@ -61,3 +62,8 @@ def configure(lab, psk=EXAMPLE_PSK):
             remote.put(f"/etc/ipsec.d/{gateway.name}.secrets",
                        f'@{name} @{gateway.name} : PSK "{psk}"\n', mode=0o600)
         remote.run(["systemctl", "start", "ipsec"], check=True, timeout=120)
+
+
+def reload(host, gateway):
+    """Load the conn for ``gateway`` anew in the remote gateway ``host`` (its SAs go)."""
+    host.run(["ipsec", "addconn", gateway], check=True, timeout=120)

@@ -1,7 +1,8 @@
 """The full data path, where the kernel has ESP (else in the QEMU guest, through
 tests/dataplane/test_in_guest.py): psql in k8s-node1 -> PgBouncer on vpn-gw1
 -> the IPsec tunnel -> PostgreSQL in remote-db answers ``SELECT 1``, and the
-Child SA's byte counters move.
+Child SA's byte counters move. Then the remote gateway narrows one database
+subnet away: the tunnel is partial, not up, and names the subnet it lacks.
 
 vpn-gw1 is configured by the role's formulas (vpn_gateway.sysctl, .ipsec,
 .pgbouncer) with the example pillar, unchanged, by masterless Salt
@@ -21,6 +22,7 @@ import pytest
 from esp_helpers import SLOW, esp_bytes, pluto_log, wait_esp_pair
 
 from lab import peers, postgres, role, saltstack
+from lab.lab import SLOWDOWN
 
 pytestmark = [pytest.mark.lab, pytest.mark.esp]
 
@@ -97,3 +99,24 @@ def test_select_1_from_k8s_node_through_pooler_and_tunnel(path):
     assert moved and all(i > 0 and o > 0 for i, o in moved), status
     print("full data path timings (s): "
           + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
+
+
+def test_a_peer_that_narrows_a_subnet_away_leaves_the_tunnel_partial(path):
+    """The remote side offers two of the three declared database subnets (a
+    narrowing peer): the Child SAs that come up carry only those, and the
+    gateway reports the tunnel partial with the missing subnet, never up."""
+    gateway = path[GATEWAY]
+    peers.configure(path, subnets=peers.DATABASE_SUBNETS[:2])
+    peers.reload(path[PEER], GATEWAY)
+    saltstack.call_local(path, gateway, "libreswan.restart_conn", TUNNEL, timeout=SLOW)
+    deadline = time.monotonic() + SLOW * SLOWDOWN
+    while True:
+        status = saltstack.call_local(path, gateway, "libreswan.status", timeout=SLOW)
+        tunnel = status["tunnels"][TUNNEL]
+        if tunnel["state"] == "partial" or time.monotonic() > deadline:
+            break
+        time.sleep(5)
+    assert tunnel["state"] == "partial" and tunnel["up"] is False, status
+    assert tunnel["missing"] == [peers.DATABASE_SUBNETS[2]], status
+    assert sorted(status["conns"][TUNNEL]["subnets_covered"]) == list(
+        peers.DATABASE_SUBNETS[:2]), status
