@@ -61,6 +61,6 @@ def test_metrics_export_the_state_and_each_subnet():
         assert f'vpn_gateway_tunnel_state{{tunnel="remote-db",state="{state}"}} {value}' in lines
     assert 'vpn_gateway_tunnel_up{tunnel="remote-db"} 0' in lines
     for subnet, value in (("198.19.1.10/32", 1), ("198.19.1.11/32", 0), ("198.19.1.12/32", 1)):
-        assert (f'vpn_gateway_child_sa_subnet_covered{{conn="remote-db",subnet="{subnet}"}} '
+        assert (f'vpn_gateway_ipsec_child_sa_subnet_covered{{conn="remote-db",subnet="{subnet}"}} '
                 f"{value}") in lines
     assert "# TYPE vpn_gateway_tunnel_state gauge" in lines

@@ -117,7 +117,7 @@ def test_the_beacon_and_the_metrics_run_from_pillar(lab):
     assert after["history"] == beacon["history"] and after["state"] == "up"
     text, _ = wait_for(lambda: gw.run(["cat", "/var/lib/prometheus/node-exporter/"
                                               "vpn_gateway.prom"]).stdout, 40, "metrics file")
-    assert 'vpn_gateway_ike_sa_up{conn="remote-db"} 1' in text
+    assert 'vpn_gateway_ipsec_ike_sa_established{conn="remote-db"} 1' in text
     assert 'vpn_gateway_tunnel_active_peer{tunnel="remote-db",peer="primary"} 1' in text
 
 

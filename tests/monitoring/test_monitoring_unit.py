@@ -17,7 +17,6 @@ pytestmark = pytest.mark.unit
 recovery = load("salt/_modules/libreswan_recovery.py")
 beacon = load("salt/_beacons/libreswan.py")
 alert = load("salt/_modules/vpn_alert.py")
-metrics = load("salt/_modules/vpn_metrics.py")
 
 PLUTO_STOPPED = {"running": False, "error": "whack: Pluto is not running (no \"/run/pluto/"
                                             "pluto.ctl\")", "conns": {}, "tunnels": {}}
@@ -206,48 +205,6 @@ def test_a_failed_post_is_described_without_the_url():
               ValueError(f"unknown url type: {url}")]
     for exc in errors:
         assert "SECRET" not in alert._safe_error(exc)
-
-
-# -- metrics ---------------------------------------------------------------------------------
-SAMPLE_RE = re.compile(r'^[a-z_]+(\{([a-z_]+="([^"\\]|\\.)*",?)*\})? -?[0-9.e+]+$')
-
-
-def test_metrics_text_is_valid_exposition_format():
-    status = parsed_status("4.10-backup-ike-up.status")
-    healths = {"remote-db": recovery._health(status, "remote-db", "ike_sa")}
-    memory = {"remote-db": {"recoveries": {"success": 2, "failure": 1}}}
-    changes = {"remote-db": {"state": "failover", "since": 1700000000.5}}
-    pools = [{"database": 'app"db', "user": "app", "cl_waiting": 4, "maxwait": 2,
-              "maxwait_us": 500000, "sv_active": 3, "sv_idle": 1, "sv_used": 0}]
-    text = metrics._render(status, healths, memory, changes, pools, 1700000001)
-    samples = [line for line in text.splitlines() if not line.startswith("#")]
-    assert all(SAMPLE_RE.match(line) for line in samples), samples
-    for line in ('vpn_gateway_ike_sa_up{conn="remote-db-backup"} 1',
-                 'vpn_gateway_ike_sa_up{conn="remote-db"} 0',
-                 'vpn_gateway_child_sa_up{conn="remote-db-backup"} 0',
-                 'vpn_gateway_tunnel_up{tunnel="remote-db"} 1',
-                 'vpn_gateway_tunnel_active_peer{tunnel="remote-db",peer="backup"} 1',
-                 'vpn_gateway_tunnel_active_peer{tunnel="remote-db",peer="primary"} 0',
-                 'vpn_gateway_tunnel_recoveries_total{tunnel="remote-db",result="failure"} 1',
-                 'vpn_gateway_tunnel_last_change_timestamp_seconds{tunnel="remote-db"} '
-                 '1700000000.5',
-                 'vpn_gateway_pgbouncer_clients_waiting{database="app\\"db",user="app"} 4',
-                 'vpn_gateway_pgbouncer_maxwait_seconds{database="app\\"db",user="app"} 2.5',
-                 'vpn_gateway_pgbouncer_server_connections{database="app\\"db",user="app",'
-                 'state="active"} 3'):
-        assert line in samples, line
-    assert "vpn_gateway_metrics_timestamp_seconds 1700000001" in samples
-    assert text.count("# TYPE vpn_gateway_ike_sa_up gauge") == 1
-
-
-def test_metrics_without_pluto_or_pgbouncer():
-    text = metrics._render(PLUTO_STOPPED,
-                           {"remote-db": recovery._health(PLUTO_STOPPED, "remote-db", "ike_sa")},
-                           {}, {}, False, 0)
-    assert "vpn_gateway_pluto_running 0" in text
-    assert 'vpn_gateway_tunnel_up{tunnel="remote-db"} 0' in text
-    assert "vpn_gateway_pgbouncer_up 0" in text
-    assert "clients_waiting" not in text
 
 
 # -- the recovery lock, recovery.json, failback (issue 13) --------------------------------

@@ -146,7 +146,7 @@ def test_a_hung_pluto_restarts_the_service_first():
 def test_metrics_of_a_hung_pluto():
     text = metrics._render(HUNG, {"remote-db": recovery._health(HUNG, "remote-db", "ike_sa")},
                            {}, {}, None, 0)
-    assert "vpn_gateway_pluto_running 0" in text
+    assert "vpn_gateway_ipsec_up 0" in text
     assert 'vpn_gateway_tunnel_up{tunnel="remote-db"} 0' in text
 
 
