@@ -23,6 +23,9 @@ import shutil
 import tempfile
 import time
 
+import salt.utils.atomicfile
+import salt.utils.files
+import salt.version
 from salt.exceptions import CommandExecutionError
 
 __virtualname__ = "libreswan"
@@ -35,6 +38,8 @@ IPSEC_CONF = "/etc/ipsec.conf"
 BACKUP_SUFFIX = "-backup"
 MIN_PSK_LENGTH = 32
 MANAGED_HEADER = "# Managed by Salt (libreswan.conn_present): local edits are replaced.\n"
+# pillar.get masks secrets from Salt 3008 on and takes ``unmask`` (older: TypeError).
+SALT_MASKS_PILLAR = salt.version.__saltstack_version__.info >= (3008,)
 
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,39}$")
 ID_RE = re.compile(r"^@[A-Za-z0-9][A-Za-z0-9.-]{0,252}$")
@@ -1087,26 +1092,29 @@ def _read(path):
 
 
 def _write_atomic(path, text, mode):
-    """Write via a temp file in the same dir (not matching *.conf/*.secrets), then rename."""
-    directory = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    try:
-        os.fchmod(fd, mode)
-        os.fchown(fd, 0, 0)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+    """``salt.utils.atomicfile``: a temp file beside ``path`` (``.___atomic_write*``, which
+    ipsec.d's ``*.conf``/``*.secrets`` includes never match), renamed over it. The new file
+    takes the old one's mode and owner, so the old one gets root and ``mode`` first; a new
+    one is born under a umask that allows no more than ``mode`` (a PSK is never readable)."""
+    if os.path.exists(path):
+        os.chown(path, 0, 0)
+        os.chmod(path, mode)
+    with salt.utils.files.set_umask(0o777 & ~mode):
+        with salt.utils.atomicfile.atomic_open(path, "w") as handle:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    os.chown(path, 0, 0)
 
 
 def _pillar_secret(key):
-    # Salt 3008 masks pillar.get's answer ("**********") unless asked not to.
-    return __salt__["pillar.get"](key, None, unmask=True) if key else None
+    # Salt 3008 masks pillar.get's answer ("**********") unless asked not to; older
+    # releases neither mask it nor take the argument (TypeError).
+    if not key:
+        return None
+    if SALT_MASKS_PILLAR:
+        return __salt__["pillar.get"](key, None, unmask=True)
+    return __salt__["pillar.get"](key, None)
 
 
 def _psks(psk_pillar, backup_psk_pillar):

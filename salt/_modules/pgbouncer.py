@@ -50,9 +50,12 @@ import unicodedata
 
 import salt.utils.atomicfile
 import salt.utils.files
+import salt.version
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 __virtualname__ = "pgbouncer"
+# pillar.get masks secrets from Salt 3008 on and takes ``unmask`` (older: TypeError).
+SALT_MASKS_PILLAR = salt.version.__saltstack_version__.info >= (3008,)
 
 DEFAULTS = {
     "config": "/etc/pgbouncer/pgbouncer.ini",
@@ -205,7 +208,7 @@ def _version():
     return None
 
 
-def settings_table(version=None):
+def _settings_table(version=None):
     """{setting: type} for PgBouncer ``version`` (``"1.24"``, a tuple, or None: the host's,
     see ``version``; unknown: the newest table)."""
     if isinstance(version, str):
@@ -330,12 +333,19 @@ def _password(password_pillar=None, password_file=None, key="password"):
                 text = handle.readline()
         secret = text[:-1] if text.endswith("\n") else text
         return secret[:-1] if secret.endswith("\r") else secret
-    # Salt 3008 masks pillar.get's answer ("**********") unless asked not to.
-    secret = __salt__["pillar.get"](password_pillar, None, unmask=True)
+    secret = _pillar_secret(password_pillar)
     if secret is None:
         raise _invalid(key, "the pillar key given as password_pillar is not set",
                        "set the password there")
     return secret
+
+
+def _pillar_secret(key):
+    # Salt 3008 masks pillar.get's answer ("**********") unless asked not to; older
+    # releases neither mask it nor take the argument (TypeError).
+    if SALT_MASKS_PILLAR:
+        return __salt__["pillar.get"](key, None, unmask=True)
+    return __salt__["pillar.get"](key, None)
 
 
 def check_user(name, password_pillar=None, key="users", password_file=None):
@@ -401,7 +411,7 @@ def render_setting(key, value, where="settings", version=None):
 
         salt '*' pgbouncer.render_setting server_lifetime 1800
     """
-    return _render_setting(key, value, where, settings_table(version))
+    return _render_setting(key, value, where, _settings_table(version))
 
 
 def _render_setting(key, value, where, table):
@@ -454,7 +464,7 @@ def render_settings(settings, where="settings", version=None):
     """
     if not isinstance(settings, dict):
         raise _invalid(where, "is not a mapping", "give settings as key: value pairs")
-    table = settings_table(version)
+    table = _settings_table(version)
     rendered = {key: _render_setting(key, value, where, table) for key, value in settings.items()}
 
     def number(key):
@@ -1140,17 +1150,18 @@ def write_file(path, content, mode=0o640, owner="root", group=None):
                 return False
     except FileNotFoundError:
         pass
-    handle, tmp = tempfile.mkstemp(prefix=".salt-", dir=os.path.dirname(path))
-    try:
-        os.fchmod(handle, mode)
-        os.fchown(handle, uid, gid)
-        os.write(handle, content.encode())
-        os.fsync(handle)
-        os.close(handle)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    # salt.utils.atomicfile hands the old file's mode and owner on to the new one: the
+    # old one gets ours first, a new one is born under a umask no looser than ``mode``.
+    if os.path.exists(path):
+        os.chown(path, uid, gid)
+        os.chmod(path, mode)
+    with salt.utils.files.set_umask(0o777 & ~mode):
+        with salt.utils.atomicfile.atomic_open(path, "w") as handle:
+            handle.write(content)
+            handle.flush()
+            os.fsync(handle.fileno())
+    os.chown(path, uid, gid)
+    os.chmod(path, mode)
     return True
 
 

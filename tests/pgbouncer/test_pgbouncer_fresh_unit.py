@@ -56,7 +56,7 @@ def test_version_from_the_package_manager_when_pgbouncer_is_not_installed(pgb, m
     ("1.18", (1, 18)), ("1.21", (1, 18)), ("1.24", (1, 24)), ("1.25", (1, 24)),
     ("1.12", (1, 18))])
 def test_one_settings_table_per_version(pgb, version, table):
-    assert pgb.settings_table(version)[0] == table
+    assert pgb._settings_table(version)[0] == table
 
 
 def test_pgbouncer_1_24_settings_are_typed(pgb):
