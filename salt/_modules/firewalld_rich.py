@@ -30,11 +30,11 @@ import re
 import shutil
 import socket
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from xml.etree import ElementTree
 
 try:
-    import salt.utils.atomicfile
     from salt.exceptions import CommandExecutionError, SaltInvocationError
 except ImportError:  # imported by a unit test without Salt: the same contract
     class CommandExecutionError(Exception):
@@ -69,6 +69,8 @@ REJECT_TYPES = {
              "icmp6-addr-unreachable", "addr-unreach", "icmp6-port-unreachable", "port-unreach",
              "tcp-reset"),
 }
+IPSET_MAX_NAME = 32  # firewalld's IPSET_MAXNAMELEN
+MAC_RE = re.compile(r"[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}")
 # Elements that say what traffic a rule is about; a rule holds at most one.
 ELEMENTS = ("service", "port", "protocol", "source-port", "icmp-block", "icmp-type",
             "masquerade")
@@ -252,7 +254,10 @@ def _normalize_limit(value):
     rate, _, unit = str(value).strip().partition("/")
     if not rate.isdigit() or int(rate) < 1 or unit.lower() not in LIMIT_UNITS:
         raise RuleError(f"bad limit {value!r}: write RATE/UNIT such as 10/m (unit s, m, h or d)")
-    return f"{int(rate)}/{LIMIT_UNITS[unit.lower()]}"
+    normal = f"{int(rate)}/{LIMIT_UNITS[unit.lower()]}"
+    if normal == "1/d":  # firewalld: "too slow" (iptables has no 1/d)
+        raise RuleError(f"bad limit {value!r}: firewalld refuses 1/d as too slow; use 2/d or 1/h")
+    return normal
 
 
 def _port_protocol(value):
@@ -429,8 +434,14 @@ def _make(spec, services, what):
             family, value = _normalize_address(address, family)
             matches[side] = Match("address", value, invert)
         elif ipset is not None:
+            if not str(ipset) or len(str(ipset)) > IPSET_MAX_NAME:
+                raise RuleError(f"{what}: ipset name {ipset!r} must be 1-{IPSET_MAX_NAME} "
+                                "characters (firewalld's limit)")
             matches[side] = Match("ipset", str(ipset), invert)
         else:
+            if not MAC_RE.fullmatch(str(mac)):
+                raise RuleError(f"{what}: mac {mac!r} is not a MAC address such as "
+                                "00:11:22:33:44:55")
             matches[side] = Match("mac", str(mac).lower(), invert)
     element = _element(spec.get("element"), services, what)
     action = spec.get("action")
@@ -455,6 +466,11 @@ def _make(spec, services, what):
             raise RuleError(f"{what}: log prefix longer than 127 characters")
         log_entry = (prefix or None, str(level).lower() if level else None,
                      _normalize_limit(spec["log_limit"]) if spec.get("log_limit") else None)
+    if not element and not matches and not priority:
+        # firewalld: INVALID_RULE "no element, no source, no destination"
+        raise RuleError(f"{what}: a rule needs a source, a destination, an element (port, "
+                        "protocol, service, ...) or a priority: firewalld refuses a rule that "
+                        "matches all traffic with none of them")
     return RichRule(
         action=action, family=family, priority=priority,
         source=matches.get("source"), destination=matches.get("destination"),
@@ -487,9 +503,14 @@ def _element(element, services, what):
         if attrs.get("value") is None:
             raise RuleError(f"{what}: protocol needs a value such as esp")
         return ("protocol", _protocol_number(attrs["value"]))
-    if kind in ("icmp-block", "icmp-type"):
+    if kind == "icmp-type":
+        if not attrs.get("name"):
+            raise RuleError(f"{what}: icmp-type needs a name such as echo-request")
         return (kind, attrs.get("name"))
-    return (kind,)
+    # icmp-block and masquerade take no action in firewalld, and every rule here has one
+    raise RuleError(f"{what}: {kind} is not supported here (firewalld refuses it with an "
+                    "action, and this module's rules all have one): use icmp-type with drop or "
+                    "reject instead of icmp-block")
 
 
 def _to_rule(item, services=None):
@@ -987,9 +1008,11 @@ def _write_owned(zone, keys, path=OWNED_FILE):
     else:
         owned.pop(zone, None)
     os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
-    with salt.utils.atomicfile.atomic_open(path, "w") as handle:
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".owned-")
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
         json.dump(owned, handle, indent=1, sort_keys=True)
-    os.chmod(path, 0o644)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
 
 
 # -- public functions -----------------------------------------------------------------------
