@@ -41,7 +41,6 @@ is not waited for.
 Pure helpers (``_settings``, ``_health``, ``_budget``, ``_ladder``) take and
 return plain data so that tests import them from this file directly.
 """
-import copy
 import fcntl
 import json
 import logging
@@ -53,6 +52,7 @@ import types
 from contextlib import contextmanager
 
 import salt.utils.atomicfile
+import salt.utils.dictupdate
 from salt.exceptions import CommandExecutionError
 
 log = logging.getLogger(__name__)
@@ -118,16 +118,6 @@ class SettingsError(ValueError):
 
 
 # -- settings (pure) ----------------------------------------------------------------
-def _merge(base, override):
-    merged = copy.deepcopy(base)
-    for key, value in (override or {}).items():
-        if isinstance(merged.get(key), dict) and isinstance(value, dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
 def _at(settings, path):
     for key in path.split(":"):
         settings = settings[key]
@@ -147,7 +137,8 @@ def _settings(raw, default_tunnel=None, endpoint_defaults=None):
     if unknown:
         raise SettingsError(f"{SETTINGS_KEY}:{unknown[0]}: unknown key; known: "
                             f"{', '.join(sorted(DEFAULTS))} and webhook_url")
-    settings = _merge(DEFAULTS, raw)
+    # a deep copy of DEFAULTS, the pillar's mappings merged in key by key
+    settings = salt.utils.dictupdate.merge(DEFAULTS, raw, strategy="recurse")
     errors = []
     for path, allowed in _CHOICES.items():
         if _at(settings, path) not in allowed:
