@@ -59,15 +59,17 @@ FRESH_PACKAGES = ("systemd", "systemd-sysv", "dbus", "iproute2", "ca-certificate
 # Every package the role can install on Debian (salt/states/vpn_gateway/map.jinja;
 # a unit test keeps the two equal).
 ROLE_PACKAGES = ("libreswan", "pgbouncer", "firewalld", "logrotate", "postgresql-client",
-                 "tcpdump", "nmap", "traceroute")
+                 "tcpdump", "nmap", "traceroute",
+                 "prometheus-node-exporter")  # vpn_gateway:monitoring:metrics:node_exporter
 # What the lab's other hosts run, on top of the fresh image's packages.
 PROVISIONED_PACKAGES = (
     "libreswan", "nftables", "postgresql", "postgresql-client", "pgbouncer", "git",
     "busybox-static", "firewalld", "tcpdump", "nmap", "traceroute", "logrotate",
-    "gnupg")  # the master's gpg renderer decrypts the pillar's secrets (docs/pillar.md)
+    "gnupg",  # the master's gpg renderer decrypts the pillar's secrets (docs/pillar.md)
+    "prometheus")  # scrapes a gateway's node_exporter in the monitoring lab (issue 17)
 # Units the packages enable; on an image host each is started by the host's part.
 PACKAGED_UNITS = ("firewalld.service", "pgbouncer.service", "postgresql.service",
-                  "ipsec.service", "nftables.service")
+                  "ipsec.service", "nftables.service", "prometheus.service")
 
 
 class ImageError(RuntimeError):

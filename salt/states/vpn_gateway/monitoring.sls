@@ -78,3 +78,37 @@ vpn_gateway_logrotate:
         ' logrotate-check
     - require:
       - pkg: vpn_gateway_logrotate_package
+
+{#- Prometheus (docs/monitoring.md, "Metrics"): node_exporter serves the textfile when
+    metrics:node_exporter:enabled; the pack's alert rules land where
+    metrics:prometheus_rules:path says when that is enabled (on a Prometheus host). #}
+{%- set node_exporter = monitoring.metrics.get('node_exporter') or {} %}
+{%- set prometheus_rules = monitoring.metrics.get('prometheus_rules') or {} %}
+{%- if node_exporter.get('enabled') %}
+
+vpn_gateway_node_exporter:
+  pkg.installed:
+    - name: {{ gateway.monitoring.node_exporter_package }}
+    {#- Debian's recommends (prometheus-node-exporter-collectors: smartmontools, apt
+        timers writing their own textfiles) are not the gateway's business. #}
+    - install_recommends: False
+  service.running:
+    - name: {{ gateway.monitoring.node_exporter_service }}
+    - enable: True
+    - require:
+      - pkg: vpn_gateway_node_exporter
+      - file: vpn_gateway_metrics_textfile_dir
+{%- endif %}
+{%- if prometheus_rules.get('enabled') %}
+
+vpn_gateway_prometheus_rules:
+  file.managed:
+    - name: {{ prometheus_rules.get('path') or '/etc/prometheus/vpn-gateway.rules.yml' }}
+    - source: salt://vpn_gateway/files/prometheus/vpn-gateway.rules.yml
+    - user: root
+    - group: root
+    - mode: '0644'
+    - makedirs: True
+    # Prometheus' own check where promtool is installed (the Prometheus host's package).
+    - check_cmd: sh -c 'if command -v promtool >/dev/null; then promtool check rules "$1"; fi' rules-check
+{%- endif %}
