@@ -50,8 +50,6 @@ import salt.utils.yaml
 from salt.exceptions import CommandExecutionError
 
 __virtualname__ = "vpn_gateway"
-# The execution functions; validate() and the rest are pure helpers.
-__load__ = ["check_pillar", "render_reference", "firewall_rules"]
 SCHEMA_URL = "salt://vpn_gateway/schema.yaml"
 
 
@@ -132,7 +130,7 @@ def _named(node, key, value, secret=False):
     return str(key)
 
 
-def validate(schema, data, path, secret=False):
+def _validate(schema, data, path, secret=False):
     """Errors (a list of strings, empty when valid) of ``data`` against ``schema``.
 
     ``path`` is the pillar key of ``data``, e.g. ``vpn_gateway``; each error
@@ -152,15 +150,15 @@ def validate(schema, data, path, secret=False):
     errors = []
     if kind == "list" and "items" in schema:
         for index, item in enumerate(data):
-            errors += validate(schema["items"], item, f"{path}:{index}", secret)
+            errors += _validate(schema["items"], item, f"{path}:{index}", secret)
     if kind == "dict":
         known = schema.get("keys")
         for key, value in data.items():
             if known is not None and key in known:
-                errors += validate(known[key], value, f"{path}:{key}", secret)
+                errors += _validate(known[key], value, f"{path}:{key}", secret)
             elif "values" in schema:
-                errors += validate(schema["values"], value,
-                                   f"{path}:{_named(schema, key, value, secret)}", secret)
+                errors += _validate(schema["values"], value,
+                                    f"{path}:{_named(schema, key, value, secret)}", secret)
             elif known is not None:
                 errors.append(f"pillar key {path}:{_named(schema, key, value, secret)}: "
                               f"unknown key; known keys under {path}: "
@@ -200,7 +198,7 @@ def check_pillar(schema=None, pillar=None, raise_on_error=False):
     """
     schema = schema or _load_schema()
     data = __pillar__.get("vpn_gateway", {}) if pillar is None else pillar
-    errors = validate(schema["vpn_gateway"], data, "vpn_gateway")
+    errors = _validate(schema["vpn_gateway"], data, "vpn_gateway")
     if errors and raise_on_error:
         raise CommandExecutionError("invalid pillar:\n  " + "\n  ".join(errors))
     return {"valid": not errors, "errors": errors}

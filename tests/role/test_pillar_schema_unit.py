@@ -28,7 +28,7 @@ SCHEMA = {
 
 
 def errors(data):
-    return vpn_gateway.validate(SCHEMA, data, "vpn_gateway:x")
+    return vpn_gateway._validate(SCHEMA, data, "vpn_gateway:x")
 
 
 def test_a_valid_section_has_no_errors():
@@ -90,7 +90,7 @@ VALID_TUNNEL = {"local": {"address": "198.18.0.11", "tunnel_ip": "198.19.10.1"},
 
 
 def real_errors(pillar):
-    return vpn_gateway.validate(REAL["vpn_gateway"], pillar, "vpn_gateway")
+    return vpn_gateway._validate(REAL["vpn_gateway"], pillar, "vpn_gateway")
 
 
 def tunnel(**changes):
