@@ -45,26 +45,98 @@ NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,39}$")
 ID_RE = re.compile(r"^@[A-Za-z0-9][A-Za-z0-9.-]{0,252}$")
 AUTO_VALUES = ("start", "add")
 
-# Algorithm tokens of ike=/phase2alg= (split on - ; + ,). Weak ones are refused
-# unless allow_weak_algorithms is set; anything matching neither is unknown.
-_KNOWN_ALGORITHMS = [
-    r"aes(_cbc|_ctr)?(128|192|256)?",
-    r"aes_(gcm|ccm)(_?(8|12|16|a|b|c))?(_?(128|192|256))?",
-    r"chacha20_poly1305",
-    r"camellia(_cbc)?(128|192|256)?",
-    r"sha1|sha2|sha256|sha384|sha512|sha2_(256|384|512)",
-    r"aes_xcbc|aes_cmac",
-    r"modp(1536|2048|3072|4096|6144|8192)",
-    r"dh(5|14|15|16|17|18|19|20|21|31)",
-    r"ecp_?(256|384|521)|curve25519",
-]
-_WEAK_ALGORITHMS = [
-    r"modp(768|1024)", r"dh(1|2|22|23|24)", r"md5", r"(3des|des)(_cbc)?", r"null.*",
-]
+# The algorithm grammar of ike= and phase2alg= (esp=) as ``ipsec algparse -v2``
+# reads it (Libreswan 4.10 and 5.2; tests/libreswan/test_algorithm_differential.py
+# compares the two over generated lists): proposals joined by ``,``; a proposal
+# is ENCR[-INTEG][-PRF][-DH] for IKE (PRF alone when it is also an integrity
+# algorithm, INTEG only before a PRF), ENCR[-INTEG][-DH] for ESP, with ``;``
+# before the DH group instead of ``-``; each part one or more names joined by
+# ``+``. Names are case-insensitive. Weak ones (WEAK) are refused unless
+# allow_weak_algorithms is set.
+_KEYLEN = r"(_?(128|192|256))?"
+_CBC_LIKE = rf"(aes(_cbc|_ctr)?|camellia(_cbc)?){_KEYLEN}|3des(_cbc)?"
+_AES_GCM = rf"aes_gcm(_(8|12|16|a|b|c))?{_KEYLEN}|chacha20_poly1305"
+_AES_CCM = rf"aes_ccm(_(8|12|16|a|b|c))?{_KEYLEN}"
+_ALGORITHMS = {
+    # (kind, role) -> names
+    ("ike", "encr"): rf"{_CBC_LIKE}|{_AES_GCM}",
+    ("esp", "encr"): rf"{_CBC_LIKE}|{_AES_GCM}|{_AES_CCM}|null|null_auth_aes_gmac|aes_gmac",
+    ("ike", "prf"): r"sha1?|sha2(_(256|384|512))?|sha(256|384|512)|md5|aes_xcbc",
+    ("ike", "integ"): r"sha1?|sha2(_(256|384|512))?|sha(256|384|512)|md5|aes_xcbc|none"
+                      r"|sha1_96|sha2_256_128|sha2_384_192|sha2_512_256|md5_96|aes_xcbc_96",
+    ("esp", "integ"): r"sha1?|sha2(_(256|384|512))?|sha(256|384|512)|md5|aes_xcbc|aes_cmac|none"
+                      r"|sha1_96|sha2_256_128|sha2_384_192|sha2_512_256|md5_96|aes_xcbc_96"
+                      r"|aes_cmac_96",
+    ("ike", "dh"): r"modp(1536|2048|3072|4096|6144|8192)|dh(5|14|15|16|17|18|19|20|21|31)"
+                   r"|ecp_?(256|384|521)|curve25519",
+    ("esp", "dh"): r"modp(1536|2048|3072|4096|6144|8192)|dh(5|14|15|16|17|18|19|20|21|31)"
+                   r"|ecp_?(256|384|521)|curve25519|none|null",
+}
+_AEAD = rf"{_AES_GCM}|{_AES_CCM}|null_auth_aes_gmac|aes_gmac"
+_WEAK = r"md5(_96)?|3des(_cbc)?|null"
+_NAMES = {
+    "encr": "encryption", "integ": "integrity", "prf": "PRF", "dh": "DH",
+}
 
 
-def _fullmatch_any(patterns, token):
-    return any(re.fullmatch(p, token) for p in patterns)
+def _is(kind, role, name):
+    return re.fullmatch(_ALGORITHMS[(kind, role)], name) is not None
+
+
+def _proposal_errors(kind, proposal):
+    """What algparse -v2 refuses in one proposal (no commas), as messages."""
+    label = kind.upper()
+    head, semicolon, dh_part = proposal.partition(";")
+    parts = head.split("-")
+    if semicolon:
+        if ";" in dh_part or "-" in dh_part:
+            return [f"{label} proposal {proposal!r}: one DH part after ';'"]
+        parts.append(dh_part)
+    if not parts[0]:
+        return [f"{label} encryption algorithm is empty"]
+    lists = [part.split("+") for part in parts]
+    if any(not name for names in lists for name in names):
+        return [f"{label} proposal {proposal!r} has an empty algorithm (doubled '-', '+' "
+                "or ';'?)"]
+    encr, rest = lists[0], lists[1:]
+    for name in encr:
+        if not _is(kind, "encr", name):
+            return [f"{label} encryption algorithm {name!r} is not recognized"]
+    aead = [re.fullmatch(_AEAD, name) is not None for name in encr]
+    if any(aead) and not all(aead):
+        return [f"AEAD and non-AEAD {label} encryption algorithm cannot be combined"]
+    if semicolon:  # the last part is the DH group: what comes before it is INTEG[-PRF]
+        dh, rest = rest[-1], rest[:-1]
+    else:
+        dh = None
+    roles = {}
+    if kind == "ike":
+        if rest and not all(_is("ike", "prf", n) for n in rest[0]) \
+                and all(_is("ike", "integ", n) for n in rest[0]):
+            roles["integ"], rest = rest[0], rest[1:]
+        if rest:
+            roles["prf"], rest = rest[0], rest[1:]
+    elif rest:
+        roles["integ"], rest = rest[0], rest[1:]
+    if rest and dh is None:
+        dh, rest = rest[0], rest[1:]
+    if rest:
+        return [f"{label} proposal contains unexpected {'-'.join('+'.join(r) for r in rest)!r}"]
+    if dh is not None:
+        roles["dh"] = dh
+    for role, names in roles.items():
+        for name in names:
+            if not _is(kind, role, name):
+                return [f"{label} {_NAMES[role]} algorithm {name!r} is not recognized"
+                        + (" (or not permitted)" if name in ("none", "null") else "")]
+    integ = roles.get("integ")
+    if integ is not None and all(aead) and any(n != "none" for n in integ):
+        return [f"AEAD {label} encryption algorithm {encr[0]!r} must have 'none' as the "
+                "integrity algorithm"]
+    if integ is not None and not any(aead) and all(n == "none" for n in integ):
+        return [f"non-AEAD {label} encryption algorithm {encr[0]!r} cannot have 'none' as the "
+                "integrity algorithm"]
+    return []
 
 
 # -- errors -------------------------------------------------------------------
@@ -114,20 +186,61 @@ def _ike_id(value, address, key, errors):
         return None
 
 
-def _algorithms(value, key, allow_weak, errors):
+# DH groups by their RFC number, as algparse compares them across ESP proposals
+_DH_ALIASES = {"modp1536": "dh5", "modp2048": "dh14", "modp3072": "dh15", "modp4096": "dh16",
+               "modp6144": "dh17", "modp8192": "dh18", "ecp256": "dh19", "ecp_256": "dh19",
+               "ecp384": "dh20", "ecp_384": "dh20", "ecp521": "dh21", "ecp_521": "dh21",
+               "curve25519": "dh31", "null": "none"}
+
+
+def _esp_dh(proposal):
+    """The first DH group of a valid ESP proposal (by number), or None without one."""
+    head, semicolon, dh = proposal.partition(";")
+    parts = head.split("-")
+    if not semicolon:
+        if len(parts) < 3:
+            return None
+        dh = parts[2]
+    first = dh.split("+")[0]
+    return _DH_ALIASES.get(first, first)
+
+
+def _esp_dh_errors(proposals):
+    """algparse across ESP proposals: all or none name a DH group, and one group
+    (a Child SA cannot renegotiate it: no INVALID_KE for Child SAs)."""
+    groups = [_esp_dh(proposal) for proposal in proposals]
+    if any(g is None for g in groups) and any(g is not None for g in groups):
+        return ["either all or no ESP proposals should specify DH"]
+    if len(set(groups) - {None, "none"}) > 1:
+        return [f"more than one ESP DH group across proposals ({', '.join(sorted(set(groups)))})"
+                " needs Child SA INVALID_KE, which Libreswan does not implement: name one group"]
+    return []
+
+
+def _algorithms(value, key, allow_weak, errors, kind=None):
+    """Check an ike= (kind "ike") or phase2alg= (kind "esp", from the key when not
+    given) list as algparse -v2 would, and refuse weak names unless allow_weak."""
+    kind = kind or ("esp" if str(key).endswith(("phase2alg", "esp")) else "ike")
     text = str(value or "").strip().lower()
     if not text or re.search(r"[^a-z0-9_;+,-]", text):
         errors.append((key, f"{value!r} is not an algorithm list like aes256-sha2_256;modp2048"))
         return None
-    for token in filter(None, re.split(r"[-;+,]", text)):
-        if _fullmatch_any(_WEAK_ALGORITHMS, token):
-            if not allow_weak:
-                errors.append((key, f"{token!r} is a weak algorithm (refused: modp768/1024, "
-                                    "DH 1/2, md5, des, 3des, null); use e.g. "
-                                    "aes256-sha2_256;modp2048, or set allow_weak_algorithms: "
-                                    "true if the peer cannot do better"))
-        elif not _fullmatch_any(_KNOWN_ALGORITHMS, token):
-            errors.append((key, f"{token!r} is not a known IKEv2 algorithm"))
+    proposals = text.split(",")
+    problems = [problem for proposal in proposals
+                for problem in (_proposal_errors(kind, proposal) if proposal
+                                else [f"{kind.upper()} proposal is empty (a stray ',')"])]
+    if kind == "esp" and not problems and len(proposals) > 1:
+        problems = _esp_dh_errors(proposals)
+    for problem in problems:
+        errors.append((key, f"{problem}: write e.g. "
+                            + ("aes256-sha2_256;modp2048" if kind == "ike" else "aes256-sha2_256")
+                            + " (ipsec algparse -v2 " + f"'{kind}=...' checks one)"))
+    if not problems and not allow_weak:
+        for token in sorted(set(filter(None, re.split(r"[-;+,]", text)))):
+            if re.fullmatch(_WEAK, token):
+                errors.append((key, f"{token!r} is a weak algorithm (refused: md5, 3des, null); "
+                                    "use e.g. aes256-sha2_256;modp2048, or set "
+                                    "allow_weak_algorithms: true if the peer cannot do better"))
     return text
 
 
