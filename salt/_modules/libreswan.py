@@ -1263,6 +1263,18 @@ def plan_conn(name, psk_pillar, backup_psk_pillar=None, source="conn", **spec):
         return {"name": name, "errors": [str(exc)]}
     new_conf = _render_conf(conn, major)
     old_conf = _read(conf_path)
+    if old_conf != new_conf and installed():
+        # what the real run refuses, test=True refuses too (addconn --checkconfig,
+        # algparse: read-only, on a scratch copy); without libreswan yet the run
+        # installs it and checks then
+        with tempfile.TemporaryDirectory(prefix="libreswan-") as scratch:
+            candidate = os.path.join(scratch, f"{name}.conf")
+            with open(candidate, "w", encoding="utf-8") as handle:
+                handle.write(new_conf)
+            checked = check_config(candidate)
+        if not checked["valid"]:
+            return {"name": name, "errors": ["rendered conn refused, nothing changed:",
+                                             *checked["errors"]]}
     old_secrets, psks = _read(secrets_path), _psks(psk_pillar, backup_psk_pillar)
     secrets_same = old_secrets == _render_secrets(conn, psks)
     current = _status(reasons=False)
@@ -1370,17 +1382,7 @@ def apply_conn(name, psk_pillar, backup_psk_pillar=None, source="conn", **spec):
     conn = plan["conn"]
     major = plan["major"]
     conf_path, secrets_path = _paths(name)
-    changes = {}
-    if plan["conf_changed"]:
-        with tempfile.TemporaryDirectory(prefix="libreswan-") as scratch:
-            candidate = os.path.join(scratch, f"{name}.conf")
-            with open(candidate, "w", encoding="utf-8") as handle:
-                handle.write(_render_conf(conn, major))
-            checked = check_config(candidate)
-        if not checked["valid"]:
-            return {"result": False, "changes": {},
-                    "comment": "rendered conn refused, nothing changed:\n"
-                               + "\n".join(checked["errors"])}
+    changes = {}  # plan_conn ran check_config on the rendered file (test=True too)
     old_conf, old_secrets = _read(conf_path), _read(secrets_path)
     conns = plan["conns"]
     if plan["secrets_changed"]:
