@@ -86,3 +86,42 @@ def test_a_minion_finds_the_modules_through_the_entry_point(installed, bare_mini
         assert expected <= with_package, (virtualname, expected - with_package)
         # the control: without the package the same minion lacks them
         assert not expected <= without, virtualname
+
+
+def _install_report(python, *args):
+    """What ``pip install`` would install into ``python``'s environment (names and versions)."""
+    proc = subprocess.run([str(python), "-m", "pip", "install", "--dry-run", "-q", "--report", "-",
+                           *args],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return {i["metadata"]["name"].lower(): i["metadata"]["version"]
+            for i in json.loads(proc.stdout)["install"]}
+
+
+def test_pip_install_keeps_the_salt_it_finds():
+    """``pip install .`` (salt-pip on a minion) beside a supported Salt installs only the pack:
+    setup.cfg holds ranges, so the Salt already there satisfies them and stays."""
+    import salt.version
+    wanted = _install_report(sys.executable, str(REPO))
+    assert set(wanted) == {"vpn-gateway"}, wanted
+    assert salt.version.__version__ == "3008.3" or salt.version.__version__.startswith("3007")
+
+
+def test_install_requires_are_ranges_and_cover_the_oldest_salt():
+    """The declared Salt range includes the oldest release CI tests (3007) and every pin of the
+    project's venv lives in requirements/constraints.txt, not in install_requires."""
+    import configparser
+    from packaging.requirements import Requirement
+    cfg = configparser.ConfigParser()
+    cfg.read(REPO / "setup.cfg")
+    requires = [Requirement(r) for r in cfg.get("options", "install_requires").splitlines()
+                if r.strip()]
+    assert {r.name for r in requires} == {"salt", "kubernetes"}  # what the modules import
+    for r in requires:
+        assert not any(s.operator == "==" for s in r.specifier), r
+    salt_range = next(r.specifier for r in requires if r.name == "salt")
+    for version in ("3007.0", "3007.13", "3008.3", "3008.5"):
+        assert salt_range.contains(version), version
+    assert not salt_range.contains("3006.23")
+    constraints = (REPO / "requirements" / "constraints.txt").read_text()
+    assert "\nsalt==3008.3\n" in constraints
