@@ -229,18 +229,23 @@ def _invalid(key, problem, fix):
     return SaltInvocationError(f"{key}: {problem}; {fix}")
 
 
+# PgBouncer reads its files line by line ('\n') and, in a connect string, ends a
+# bare value at ASCII white space (C isspace): not Python's wider splitlines/strip.
+_BLANK = " \t\r\f\v"
+
+
 def _parse_ini(text):
     """pgbouncer.ini text -> {section: {key: value}} (keys lower-case, in file order)."""
     sections, current = {}, None
-    for line in text.splitlines():
-        line = line.strip()
+    for line in text.split("\n"):
+        line = line.strip(_BLANK)
         if not line or line[0] in ";#":
             continue
         if line.startswith("[") and line.endswith("]"):
-            current = sections.setdefault(line[1:-1].strip().lower(), {})
+            current = sections.setdefault(line[1:-1].strip(_BLANK).lower(), {})
         elif "=" in line and current is not None:
             key, value = line.split("=", 1)
-            current[key.strip().lower()] = value.strip()
+            current[key.strip(_BLANK).lower()] = value.strip(_BLANK)
     return sections
 
 
@@ -253,36 +258,45 @@ def _render_ini(sections):
     return "\n".join(lines) + "\n"
 
 
+_CONNSTR_PAIR = re.compile(r"""[ \t\n\r\f\v]*([A-Za-z_]+)[ \t\n\r\f\v]*=[ \t\n\r\f\v]*
+    (?:'((?:[^']|'')*)'|"((?:[^"]|"")*)"|([^ \t\n\r\f\v'"][^ \t\n\r\f\v]*|))""",
+                           re.VERBOSE)
+
+
 def _parse_connstr(text):
-    """A [databases] value (``host=a port=5432 connect_query='SELECT 1'``) -> dict."""
+    """A [databases] value (``host=a port=5432 connect_query='SELECT 1'``) -> dict.
+    As PgBouncer reads it: a value is bare (to white space) or in single or double
+    quotes, a quote doubled inside them."""
     entry, pos = {}, 0
-    pattern = re.compile(r"\s*([A-Za-z_]+)\s*=\s*(?:'((?:[^']|'')*)'|(\S*))")
-    while pos < len(text.rstrip()):
-        match = pattern.match(text, pos)
-        if not match:
+    while pos < len(text.rstrip(_BLANK + "\n")):
+        match = _CONNSTR_PAIR.match(text, pos)
+        if not match or (match.end() < len(text) and text[match.end()] not in _BLANK + "\n"):
             raise ValueError(f"cannot parse connect string at {text[pos:]!r}")
-        quoted, bare = match.group(2), match.group(3)
-        entry[match.group(1).lower()] = quoted.replace("''", "'") if quoted is not None else bare
+        key, single, double, bare = match.groups()
+        entry[key.lower()] = (single.replace("''", "'") if single is not None
+                              else double.replace('""', '"') if double is not None else bare)
         pos = match.end()
     return entry
 
 
 def _format_connstr(entry):
-    """dict (DATABASE_KEYS) -> a [databases] value, in a fixed key order."""
+    """dict (DATABASE_KEYS) -> a [databases] value, in a fixed key order; a value
+    that is empty or holds white space or a quote goes in single quotes (doubled)."""
     parts = []
     for key in DATABASE_KEYS:
         if key in entry:
             value = str(entry[key])
-            parts.append(f"{key}='{value}'" if re.search(r"\s", value) or not value
-                         else f"{key}={value}")
+            bare = value and not re.search(r"[ \t\n\r\f\v'\"]", value)
+            quoted = value.replace("'", "''")
+            parts.append(f"{key}={value}" if bare else f"{key}='{quoted}'")
     return " ".join(parts)
 
 
 def _parse_auth_file(text):
     """Auth file text (``"user" "secret"`` lines) -> {user: secret}."""
     users = {}
-    for line in text.splitlines():
-        match = re.match(r'\s*"((?:[^"]|"")*)"\s+"((?:[^"]|"")*)"', line)
+    for line in text.split("\n"):
+        match = re.match(r'[ \t\r]*"((?:[^"]|"")*)"[ \t\r]+"((?:[^"]|"")*)"', line)
         if match:
             users[match.group(1).replace('""', '"')] = match.group(2).replace('""', '"')
     return users
