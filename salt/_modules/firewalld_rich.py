@@ -257,6 +257,10 @@ def _normalize_limit(value):
     normal = f"{int(rate)}/{LIMIT_UNITS[unit.lower()]}"
     if normal == "1/d":  # firewalld: "too slow" (iptables has no 1/d)
         raise RuleError(f"bad limit {value!r}: firewalld refuses 1/d as too slow; use 2/d or 1/h")
+    seconds = {"s": 1, "m": 60, "h": 3600, "d": 86400}[normal[-1]]
+    if 10000 * seconds // int(rate) == 0:  # firewalld 2.x: "too fast"
+        raise RuleError(f"bad limit {value!r}: firewalld 2 refuses more than 10000 per second "
+                        "as too fast")
     return normal
 
 

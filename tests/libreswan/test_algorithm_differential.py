@@ -18,14 +18,17 @@ pytestmark = pytest.mark.unit
 HEADER = "algparse -v2 -pfs "
 
 
-def algparse(args):
-    """[(accepted, output lines)] for each ``kind=list`` argument, one algparse run."""
+def run_here(argv):
     if not shutil.which("ipsec"):
         pytest.skip("no ipsec command on this machine: apt-get install libreswan")
-    result = subprocess.run(["ipsec", "algparse", "-v2", "-pfs", *args], capture_output=True,
-                            text=True, timeout=60, check=False)
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    return result.stdout + result.stderr
+
+
+def algparse(args, run):
+    """[(accepted, output lines)] for each ``kind=list`` argument, one algparse run."""
     blocks = []
-    for line in (result.stdout + result.stderr).splitlines():
+    for line in run(["ipsec", "algparse", "-v2", "-pfs", *args]).splitlines():
         if line.startswith(HEADER):
             blocks.append([])
         elif blocks:
@@ -41,12 +44,21 @@ def verdict(libreswan, kind, text):
     return not errors, errors
 
 
-@pytest.fixture(scope="module")
-def compared(libreswan):
+def compare(libreswan, run):
     cases = gen.cases()
-    theirs = algparse([f"{kind}={text}" for kind, text in cases])
+    theirs = algparse([f"{kind}={text}" for kind, text in cases], run)
     return [(kind, text, verdict(libreswan, kind, text), found)
             for (kind, text), found in zip(cases, theirs)]
+
+
+def disagreements(compared):
+    return [(kind, text, ours, found) for kind, text, ours, found in compared
+            if ours[0] != found[0]]
+
+
+@pytest.fixture(scope="module")
+def compared(libreswan):
+    return compare(libreswan, run_here)
 
 
 def test_enough_cases_of_each_kind(compared):
@@ -57,9 +69,7 @@ def test_enough_cases_of_each_kind(compared):
 
 
 def test_we_agree_with_algparse(compared):
-    disagreements = [(kind, text, ours, found) for kind, text, ours, found in compared
-                     if ours[0] != found[0]]
-    assert disagreements == []
+    assert disagreements(compared) == []
 
 
 @pytest.mark.parametrize("kind, text", [
