@@ -31,6 +31,8 @@ SETTINGS = {
     "alerts": {"rate_window": 15, "timeout": 3},
     "endpoint_ready": {"enabled": True, "service": "postgres", "namespace": "default",
                        "address": GATEWAY_ENDPOINT, "kubeconfig": KUBECONFIG},
+    # node_exporter serves the textfile (issue 17: Prometheus on the master scrapes it)
+    "metrics": {"node_exporter": {"enabled": True}},
 }
 
 

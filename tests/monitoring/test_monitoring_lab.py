@@ -315,3 +315,71 @@ def test_a_hung_pluto_never_hangs_the_minion_and_reads_down_with_the_timeout(lab
         wait_for(lambda: established(gw) == {"primary"}, 120, "the tunnel back after SIGCONT")
         wait_for(lambda: salt1(lab, "libreswan.monitoring_memory", "beacon").get(
             "remote-db", {}).get("state") == "up", 90, "the beacon reporting up again")
+
+
+PROMETHEUS = "http://198.18.1.2:9090"
+PROMETHEUS_CONFIG = """global: {scrape_interval: 1s, evaluation_interval: 1s}
+rule_files: [%s/salt/states/vpn_gateway/files/prometheus/vpn-gateway.rules.yml]
+scrape_configs:
+  - job_name: vpn-gateway
+    static_configs: [{targets: ['198.18.1.11:9100']}]
+"""
+
+
+def prometheus_api(lab, path):
+    """GET Prometheus' HTTP API from the master itself (the lab network only): its data."""
+    out = lab["salt-master"].run(["python3", "-c", "import sys, urllib.request; print(urllib."
+                                  "request.urlopen(sys.argv[1], timeout=5).read().decode())",
+                                  PROMETHEUS + path], check=True).stdout
+    body = json.loads(out)
+    assert body["status"] == "success", body
+    return body["data"]
+
+
+@pytest.mark.platforms("debian13")
+def test_prometheus_scrapes_every_documented_series(lab):
+    """Issue 17, a real scrape: the formula installs and starts Debian's node_exporter on
+    vpn-gw1 (metrics:node_exporter:enabled), Debian's prometheus on the master scrapes it
+    with the shipped rules loaded, and every series of docs/monitoring.md's table comes
+    back through Prometheus' HTTP API (but vpn_gateway_pgbouncer_*: no PgBouncer here),
+    each sample of the gateway's textfile with it."""
+    from test_metrics_unit import documented_metrics
+
+    gw, master = lab["vpn-gw1"], lab["salt-master"]
+    ret = saltstack.salt(lab, "vpn-gw1", "state.apply", "vpn_gateway.monitoring",
+                         timeout=240)["vpn-gw1"]
+    assert all(s["result"] for s in ret.values()), ret
+    assert gw.run(["systemctl", "is-active", "prometheus-node-exporter"]).stdout.strip() == \
+        "active"
+    salt1(lab, "vpn_metrics.write")
+    master.put("/etc/prometheus/lab.yml", PROMETHEUS_CONFIG % lab.repo)
+    master.run(["systemd-run", "--unit", "prometheus-lab", "/usr/bin/prometheus",
+                "--config.file=/etc/prometheus/lab.yml", "--web.listen-address=198.18.1.2:9090",
+                "--storage.tsdb.path=/var/lib/prometheus/lab"], check=True)
+    try:
+        master.wait_port(9090, "198.18.1.2", timeout=60)
+        wanted = {n for n in documented_metrics() if not n.startswith("vpn_gateway_pgbouncer_")}
+
+        def scraped():
+            found = prometheus_api(lab, "/api/v1/query?query="
+                                   "%7B__name__%3D~%22vpn_gateway_.%2B%22%7D")
+            names = {r["metric"]["__name__"] for r in found["result"]}
+            return (wanted <= names) and found["result"]
+
+        result, took = wait_for(scraped, 60, "every documented series through Prometheus")
+        print(f"prometheus: all {len(wanted)} documented series after {took:.1f}s")
+        series = {(r["metric"]["__name__"], tuple(sorted(
+            (k, v) for k, v in r["metric"].items() if k not in ("__name__", "instance", "job"))))
+            for r in result}
+        text = gw.read("/var/lib/prometheus/node-exporter/vpn_gateway.prom")
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, _, labels = line.split(" ")[0].partition("{")
+                pairs = tuple(sorted((k, v) for k, v in re.findall(
+                    r'(\w+)="((?:[^"\\]|\\.)*)"', labels) if v))  # "" is no label
+                assert (name, pairs) in series, line
+        rules = prometheus_api(lab, "/api/v1/rules")["groups"]
+        loaded = {r["name"]: r["health"] for g in rules for r in g["rules"]}
+        assert len(loaded) == 6 and set(loaded.values()) == {"ok"}, loaded
+    finally:
+        master.run(["systemctl", "stop", "prometheus-lab"])
