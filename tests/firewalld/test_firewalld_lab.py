@@ -312,10 +312,29 @@ SPELLINGS = {
 
 
 def test_other_spellings_are_recognised_as_the_same_rule(lab):
-    for test in (True, False):
-        ret = states(lab, "rich_rule_present", SPELLINGS, test=test)
-        assert set(ret) == set(SPELLINGS)
-        assert all(r["result"] is True and r["changes"] == {} for r in ret.values()), ret
+    # The ESP rule is taken away by hand first: a state that did nothing at all would
+    # pass "no changes" for the rules that are there, not the ESP rule coming back.
+    esp = 'rule family="ipv4" source address="198.18.0.22" protocol value="esp" accept'
+    assert esp in held(lab) and esp in held(lab, permanent=True)
+    firewall_cmd(lab, f"--remove-rich-rule={esp}")
+    firewall_cmd(lab, "--permanent", f"--remove-rich-rule={esp}")
+    try:
+        predicted = states(lab, "rich_rule_present", SPELLINGS, test=True)
+        applied = states(lab, "rich_rule_present", SPELLINGS)
+        for ret in (predicted, applied):
+            assert set(ret) == set(SPELLINGS)
+            assert all(r["result"] is True and r["changes"] == {}
+                       for case, r in ret.items() if case != "esp"), ret
+        assert predicted["esp"]["result"] is None and applied["esp"]["result"] is True
+        assert predicted["esp"]["changes"] == applied["esp"]["changes"] == {
+            "runtime": {"add": [esp]}, "permanent": {"add": [esp]}}, applied["esp"]
+        assert esp in held(lab) and esp in held(lab, permanent=True)
+        again = states(lab, "rich_rule_present", SPELLINGS)
+        assert all(r["result"] is True and r["changes"] == {} for r in again.values()), again
+    finally:
+        for side in ([], ["--permanent"]):
+            if esp not in held(lab, permanent=bool(side)):
+                firewall_cmd(lab, *side, f"--add-rich-rule={esp}")
 
 
 def test_a_rule_written_by_hand_is_recognised_and_removed_in_its_own_spelling(lab):
