@@ -4,7 +4,7 @@ the package's own instance over predicts in test=True what the real run changes.
 No host changes (Salt's functions are stand-ins)."""
 import pytest
 from repo_modules import load
-from salt.exceptions import CommandExecutionError
+from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 pytestmark = pytest.mark.unit
 
@@ -47,8 +47,8 @@ def test_version_from_the_package_manager_when_pgbouncer_is_not_installed(pgb, m
     assert pgb.render_settings({"max_prepared_statements": 200}) == {
         "max_prepared_statements": "200"}
     pgb.__salt__["pkg.latest_version"] = lambda name, refresh=True: "1.18.0-1+deb12u1"
-    with pytest.raises(Exception, match="settings:max_prepared_statements: is not a "
-                                        "PgBouncer 1.18 setting"):
+    with pytest.raises(SaltInvocationError,
+                       match="settings:max_prepared_statements: is not a PgBouncer 1.18 setting"):
         pgb.render_settings({"max_prepared_statements": 200})
 
 
@@ -65,7 +65,7 @@ def test_pgbouncer_1_24_settings_are_typed(pgb):
          "track_extra_parameters": "IntervalStyle", "max_db_client_connections": 400,
          "auth_dbname": "postgres"}, version="1.24")
     assert rendered["max_prepared_statements"] == "100"
-    with pytest.raises(Exception, match="settings:max_prepared_statements: "):
+    with pytest.raises(SaltInvocationError, match="settings:max_prepared_statements: "):
         pgb.render_settings({"max_prepared_statements": "lots"}, version="1.24")
     assert "track_extra_parameters" in pgb.RESTART_SETTINGS
 
