@@ -29,8 +29,12 @@ import copy
 import ipaddress
 import json
 import logging
+import os
 import re
+import time
 
+import salt.utils.atomicfile
+import salt.utils.files
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 try:
@@ -54,6 +58,8 @@ __load__ = [
     "apply_endpointslices",
     "delete_endpointslices",
     "set_endpoints_ready",
+    "set_endpoint_conditions",
+    "sync_readiness",
 ]
 
 FIELD_MANAGER = "vpn-gateway"
@@ -66,9 +72,19 @@ FAMILIES = {4: "IPv4", 6: "IPv6"}
 REQUEST_TIMEOUT = 20
 # Read-compute-apply rounds when another writer changed a slice in between (409 Conflict).
 CONFLICT_RETRIES = 5
+# 429 and 5xx: tries per request, the longest wait between two, and the whole budget (s).
+# The wait is the answer's Retry-After when it has one (capped), else 1, 2, 4 ... s.
+TRANSIENT_TRIES = 5
+TRANSIENT_WAIT_MAX = 10
+TRANSIENT_BUDGET = 30
+TRANSIENT_STATUSES = (429, 500, 502, 503, 504)
+DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+QUALIFIED_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
+LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 PROTOCOLS = ("TCP", "UDP", "SCTP")
+CONDITIONS = ("ready", "serving", "terminating")
 
 
 def __virtual__():
@@ -95,6 +111,11 @@ def check_address(address):
         ip = ipaddress.ip_address(str(address))
     except ValueError:
         raise ValueError(f"{address!r} is not an IPv4 or IPv6 address") from None
+    if ip.version == 6 and ip.ipv4_mapped:
+        # The API server parses it as IPv4: refused in an IPv6 slice; write it as IPv4.
+        raise ValueError(
+            f"{address} is an IPv4-mapped IPv6 address; write it as {ip.ipv4_mapped}"
+        )
     for test, what in (
         (ip.is_unspecified, "unspecified"),
         (ip.is_loopback, "a loopback address"),
@@ -107,10 +128,12 @@ def check_address(address):
 
 
 def normalize_endpoints(endpoints):
-    """Endpoints as a list of {"address", "family", "hostname", "ready"} dicts.
+    """Endpoints as a list of {"address", "family", "hostname", "ready", "serving",
+    "terminating"} dicts.
 
     Accepts addresses as strings or dicts with ``address`` and optional
-    ``hostname`` and ``ready``. Raises ValueError for a bad or repeated address.
+    ``hostname``, ``ready``, ``serving`` and ``terminating``. Raises ValueError
+    for a bad or repeated address.
     """
     if not isinstance(endpoints, (list, tuple)) or not endpoints:
         raise ValueError("endpoints must be a non-empty list of addresses")
@@ -125,18 +148,50 @@ def normalize_endpoints(endpoints):
         hostname = entry.get("hostname")
         if hostname is not None and not DNS1123_LABEL.match(hostname):
             raise ValueError(f"hostname {hostname!r} of {address} is not a DNS label")
-        ready = entry.get("ready")
-        if ready is not None and not isinstance(ready, bool):
-            raise ValueError(f"ready of {address} must be true or false")
-        result.append({"address": address, "family": family, "hostname": hostname, "ready": ready})
+        conditions = {}
+        for condition in CONDITIONS:
+            value = entry.get(condition)
+            if value is not None and not isinstance(value, bool):
+                raise ValueError(f"{condition} of {address} must be true or false")
+            conditions[condition] = value
+        result.append({"address": address, "family": family, "hostname": hostname, **conditions})
     return result
+
+
+def label_errors(labels):
+    """The API server's label rules (keys: qualified names; values): a list of messages."""
+    errors = []
+    if not isinstance(labels, dict):
+        return [f"labels must be a mapping, not {labels!r}"]
+    for key, value in labels.items():
+        key = str(key)
+        prefix, _, name = key.rpartition("/")
+        if key.count("/") > 1:
+            errors.append(f"label key {key!r}: at most one '/' (an optional DNS subdomain prefix)")
+            continue
+        if "/" in key and not prefix:
+            errors.append(f"label key {key!r}: the prefix before '/' must be non-empty")
+        elif prefix and (len(prefix) > 253 or not DNS1123_SUBDOMAIN.match(prefix)):
+            errors.append(f"label key {key!r}: the prefix must be a lowercase DNS subdomain "
+                          "(a-z, 0-9, '-', '.'), at most 253 characters")
+        if not name:
+            errors.append(f"label key {key!r}: the name part must be non-empty")
+        elif len(name) > 63 or not QUALIFIED_NAME.match(name):
+            errors.append(f"label key {key!r}: the name part must be at most 63 characters of "
+                          "a-z, A-Z, 0-9, '-', '_', '.', starting and ending with a letter or "
+                          "digit")
+        if not isinstance(value, str) or len(value) > 63 or not LABEL_VALUE.match(value):
+            errors.append(f"label {key!r}: value {value!r} must be empty or at most 63 characters "
+                          "of a-z, A-Z, 0-9, '-', '_', '.', starting and ending with a letter or "
+                          "digit")
+    return errors
 
 
 def normalize_service_ports(ports):
     """Service ports as [{"name", "port", "targetPort", "protocol"}]; ValueError when wrong."""
     if not isinstance(ports, (list, tuple)) or not ports:
         raise ValueError("ports must be a non-empty list of {name, port, target_port, protocol}")
-    result, names = [], set()
+    result, names, numbers = [], set(), set()
     for entry in ports:
         entry = dict(entry)
         name = entry.get("name", "")
@@ -159,6 +214,9 @@ def normalize_service_ports(ports):
             raise ValueError(
                 f"protocol of port {name or port!r} must be one of {', '.join(PROTOCOLS)}"
             )
+        if (port, protocol) in numbers:  # the API server's rule: 422 Duplicate value
+            raise ValueError(f"port {port}/{protocol} is listed twice (port {name!r})")
+        numbers.add((port, protocol))
         result.append({"name": name, "port": port, "targetPort": target, "protocol": protocol})
     return result
 
@@ -192,6 +250,9 @@ def service_manifest(name, namespace, ports, labels=None):
         )
     metadata = {"name": name, "namespace": namespace}
     if labels:
+        errors = label_errors(labels)
+        if errors:
+            raise ValueError("; ".join(errors))
         metadata["labels"] = dict(labels)
     return {
         "apiVersion": "v1",
@@ -202,13 +263,16 @@ def service_manifest(name, namespace, ports, labels=None):
 
 
 def endpointslice_manifests(
-    service, namespace, endpoints, ports, ready_default=True, max_per_slice=MAX_ENDPOINTS_PER_SLICE
+    service, namespace, endpoints, ports, ready_default=True, max_per_slice=MAX_ENDPOINTS_PER_SLICE,
+    owner=None,
 ):
     """The EndpointSlices for a Service: one list per family, max_per_slice endpoints each.
 
-    ``endpoints`` come from normalize_endpoints; an endpoint whose ``ready`` is
-    None gets ready_default. Slice names are stable (``SERVICE-ipv4-0``) so a
-    re-apply updates the same objects.
+    ``endpoints`` come from normalize_endpoints; see ``conditions`` for how
+    ready, serving and terminating are derived (ready_default for an unknown
+    serving). Slice names are stable (``SERVICE-ipv4-0``) so a re-apply updates
+    the same objects. ``owner`` (the live Service: its uid) becomes each slice's
+    ownerReference, so the garbage collector deletes the slices with the Service.
     """
     manifests = []
     for family in ("IPv4", "IPv6"):
@@ -223,6 +287,7 @@ def endpointslice_manifests(
                         "name": f"{service}-{family.lower()}-{index}",
                         "namespace": namespace,
                         "labels": {SERVICE_NAME_LABEL: service, MANAGED_BY_LABEL: MANAGED_BY},
+                        **({"ownerReferences": [owner_reference(owner)]} if owner else {}),
                     },
                     "addressType": family,
                     "endpoints": [_endpoint(e, ready_default) for e in chunk],
@@ -232,9 +297,33 @@ def endpointslice_manifests(
     return manifests
 
 
+def conditions(serving=None, terminating=None, ready_default=True):
+    """EndpointConditions with the API's meaning.
+
+    serving: the gateway can carry connections (its tunnel is up, as seen from
+    outside it); None (unknown) becomes ready_default. terminating: the gateway
+    is drained through pillar before it is removed. ready = serving and not
+    terminating ("ready should never be true for terminating endpoints").
+    """
+    serving = ready_default if serving is None else serving
+    terminating = bool(terminating)
+    return {"ready": serving and not terminating, "serving": serving,
+            "terminating": terminating}
+
+
+def owner_reference(service):
+    """The ownerReference of a slice to its (live) Service."""
+    metadata = service["metadata"]
+    return {"apiVersion": "v1", "kind": "Service", "name": metadata["name"],
+            "uid": metadata["uid"], "controller": True, "blockOwnerDeletion": True}
+
+
 def _endpoint(entry, ready_default):
-    ready = ready_default if entry["ready"] is None else entry["ready"]
-    endpoint = {"addresses": [entry["address"]], "conditions": {"ready": ready}}
+    serving = entry.get("serving")
+    if serving is None:  # an explicit ready (state, old callers) stands for serving
+        serving = entry.get("ready")
+    endpoint = {"addresses": [entry["address"]],
+                "conditions": conditions(serving, entry.get("terminating"), ready_default)}
     if entry["hostname"]:
         endpoint["hostname"] = entry["hostname"]
     return endpoint
@@ -260,15 +349,19 @@ def view(obj):
                 for p in spec.get("ports") or []
             },
         }
+    owners = (obj.get("metadata") or {}).get("ownerReferences") or []
     return {
         "labels": labels,
+        "owner": next((f"{o.get('kind')}/{o.get('name')}" for o in owners
+                       if o.get("controller")), None),
         "addressType": obj.get("addressType"),
         "ports": {
             p.get("name") or "": {"port": p.get("port"), "protocol": p.get("protocol", "TCP")}
             for p in obj.get("ports") or []
         },
         "endpoints": {
-            a: {"ready": (e.get("conditions") or {}).get("ready"), "hostname": e.get("hostname")}
+            a: {**{c: (e.get("conditions") or {}).get(c) for c in CONDITIONS},
+                "hostname": e.get("hostname")}
             for e in obj.get("endpoints") or []
             for a in e.get("addresses", [])
         },
@@ -289,12 +382,51 @@ def diff(old, new):
 
 def live_ready(slices):
     """{address: ready} of existing slices (what the monitoring last set)."""
-    return {
-        a: (e.get("conditions") or {}).get("ready")
-        for s in slices
-        for e in s.get("endpoints") or []
-        for a in e.get("addresses", [])
-    }
+    return {a: c["ready"] for a, c in live_conditions(slices).items()}
+
+
+def live_conditions(slices):
+    """{address: {ready, serving, terminating}} of existing slices (serving defaults to
+    ready, as the API says consumers should read a missing serving)."""
+    result = {}
+    for s in slices:
+        for e in s.get("endpoints") or []:
+            found = e.get("conditions") or {}
+            current = {"ready": found.get("ready"),
+                       "serving": found.get("serving", found.get("ready")),
+                       "terminating": found.get("terminating")}
+            for a in e.get("addresses", []):
+                result[a] = current
+    return result
+
+
+def readiness_decision(gateways, beats, memory, now, deadline, require_tunnel=True):
+    """Who serves, from the gateways' heartbeats as the observer sees them (pure).
+
+    ``gateways`` {minion: address}; ``beats`` {minion: the mine's latest beat or
+    None}; ``memory`` {minion: {"beat", "seen"}} from the previous call (``seen``
+    on the observer's clock when the beat last changed). A gateway first seen
+    gets one deadline of grace. Returns (memory, {address: serving}, report).
+    """
+    memory, serving, report = dict(memory or {}), {}, {}
+    for minion, address in sorted(gateways.items()):
+        beat = beats.get(minion)
+        beat = beat if isinstance(beat, dict) else {}
+        previous, value = memory.get(minion), beat.get("beat")
+        if not previous or "seen" not in previous:  # first look: one deadline of grace
+            entry = {"beat": value, "seen": now}
+        elif value is not None and value != previous.get("beat"):
+            entry = {"beat": value, "seen": now}
+        else:
+            entry = dict(previous)
+        silent = max(0.0, now - entry["seen"])
+        fresh = silent <= deadline
+        up = fresh and (bool(beat.get("serving")) if require_tunnel else True)
+        memory[minion] = entry
+        serving[address] = up
+        report[minion] = {"address": address, "silent_for": round(silent, 1), "fresh": fresh,
+                          "tunnels": beat.get("tunnels"), "serving": up}
+    return memory, serving, report
 
 
 # --- the API client ----------------------------------------------------------------
@@ -326,7 +458,10 @@ class _Api:
                 f"{' context ' + self.context if self.context else ''}: {exc}; set "
                 "vpn_gateway:kubernetes:kubeconfig (and :context) in pillar or minion config"
             ) from None
-        configuration.retries = 1
+        # One reconnect, but no retry on an HTTP status: urllib3 would sleep any Retry-After
+        # of a 429/503 itself, unbounded; request() retries those within its own bounds.
+        configuration.retries = urllib3.util.Retry(
+            total=1, status=0, respect_retry_after_header=False)
         self.host = configuration.host
         self.client = k8s_client.ApiClient(configuration)
 
@@ -352,6 +487,28 @@ class _Api:
             body=body,
             auth_settings=["BearerToken"],
         )
+        started, tries = time.monotonic(), 0
+        while True:
+            tries += 1
+            response, answer = self._call(serialized)
+            wait = _transient_wait(response, answer, tries, time.monotonic() - started)
+            if wait is None:
+                break
+            log.info("k8s: %s %s answered %s: trying again in %.1f s (try %d of %d)", method,
+                     path, response.status, wait, tries + 1, TRANSIENT_TRIES)
+            time.sleep(wait)
+        if tries > 1 and response.status in TRANSIENT_STATUSES:
+            what = f"{what or path} ({tries} tries in {time.monotonic() - started:.0f} s)"
+        if response.status < 400:
+            return answer
+        if response.status == 404 and missing_ok and not _namespace_missing(answer):
+            return None
+        if _stale(response.status, answer):
+            raise _StaleWrite(self.explain(response.status, answer, what or path, namespace))
+        raise CommandExecutionError(self.explain(response.status, answer, what or path, namespace))
+
+    def _call(self, serialized):
+        """One HTTP exchange: (response, decoded answer)."""
         try:
             response = self.client.call_api(*serialized, _request_timeout=REQUEST_TIMEOUT)
             data = response.read()
@@ -364,15 +521,9 @@ class _Api:
             ) from None
         try:
             answer = json.loads(data) if data else None
-        except ValueError:  # not the API server (a proxy's error page?)
-            answer = {"message": data[:200].decode(errors="replace")}
-        if response.status < 400:
-            return answer
-        if response.status == 404 and missing_ok and not _namespace_missing(answer):
-            return None
-        if _stale(response.status, answer):
-            raise _StaleWrite(self.explain(response.status, answer, what or path, namespace))
-        raise CommandExecutionError(self.explain(response.status, answer, what or path, namespace))
+        except ValueError:  # not JSON: a proxy's page, or the priority-and-fairness 429 text
+            answer = {"message": data[:200].decode(errors="replace").strip()}
+        return response, answer
 
     def explain(self, status, answer, what, namespace):
         answer = answer if isinstance(answer, dict) else {}
@@ -405,7 +556,54 @@ class _Api:
             )
         if status == 422:
             return f"{what}: the API server refused it (422 Invalid): {message}"
+        if status == 400 and "does not support dry run" in message:
+            return (
+                f"{what}: the API server refused the dry run (400): {message}; this cluster "
+                "cannot predict changes (test=True). Set vpn_gateway:kubernetes:dry_run: "
+                "test_only so that real runs apply without a dry run first (docs/k8s.md)"
+            )
+        if status in TRANSIENT_STATUSES:
+            return (
+                f"{what}: the API server at {self.host} is overloaded or failing ({status} "
+                f"{answer.get('reason') or ''}): {message}; try again later"
+            )
         return f"{what}: {status} {answer.get('reason') or ''}: {message}"
+
+
+def _retry_after(response):
+    """Seconds from a Retry-After header (delta-seconds; an HTTP date counts as 1), or None."""
+    value = response.headers.get("Retry-After") if response.headers is not None else None
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return 1.0
+
+
+def _transient_wait(response, answer, tries, elapsed):
+    """How long to wait before trying a request again, or None (not transient, or the
+    tries or the time budget are spent).
+
+    429 (priority and fairness, storage initializing) and 500/502/503/504 are transient
+    (API conventions: retry after Retry-After, or with exponential backoff), except the
+    server-side apply 500 for a field not in the schema: that one answers the same
+    every time.
+    """
+    status = response.status
+    if status not in TRANSIENT_STATUSES or tries >= TRANSIENT_TRIES:
+        return None
+    answer = answer if isinstance(answer, dict) else {}
+    if status == 500 and "failed to create typed patch object" in (answer.get("message") or ""):
+        return None
+    hinted = _retry_after(response)
+    if hinted is None:
+        hinted = ((answer.get("details") or {}).get("retryAfterSeconds"))
+    wait = float(hinted) if isinstance(hinted, (int, float)) else 2.0 ** (tries - 1)
+    wait = min(wait, TRANSIENT_WAIT_MAX)
+    if elapsed + wait > TRANSIENT_BUDGET:
+        return None
+    return wait
 
 
 def _stale(status, answer):
@@ -451,6 +649,7 @@ def _apply(api, path, manifest, force, dry_run, what):
     query = {
         "fieldManager": FIELD_MANAGER,
         "force": "true" if force else "false",
+        "fieldValidation": "Strict",  # an unknown field is an error, never silently dropped
         "dryRun": "All" if dry_run else None,
     }
     return api.request(
@@ -585,6 +784,7 @@ def apply_endpointslices(
     dry_run=False,
     kubeconfig=None,
     context=None,
+    terminating=None,
 ):
     """
     Server-side apply the EndpointSlices that point Service NAMESPACE/SERVICE at endpoints.
@@ -597,9 +797,16 @@ def apply_endpointslices(
         ``[{name, port, protocol}]``; default: the Service's port names with
         their target ports. When given, the names must equal the Service's.
     ready
-        conditions.ready for every endpoint; None keeps each live value
-        (new endpoints start ready).
+        conditions.serving for every endpoint (ready follows it); None keeps
+        each live value, which the readiness check sets (new endpoints start
+        serving).
+    terminating
+        Addresses being drained (``vpn_gateway:kubernetes:draining``): their
+        conditions.terminating is true and ready false (serving still follows
+        the gateway's health); every other endpoint is not terminating.
 
+    Each slice carries an ownerReference to the Service (its uid), so the
+    garbage collector deletes the slices when the Service is deleted.
     Slices of this module that are no longer needed are deleted. Returns
     ``{"changes": {...}, "slices": {name: view}}``; dry_run=True uses the
     server's dry run and writes nothing.
@@ -616,6 +823,14 @@ def apply_endpointslices(
         raise _invalid("vpn_gateway:kubernetes:gateway_addresses", exc) from None
     if ready is not None and not isinstance(ready, bool):
         raise SaltInvocationError(f"ready must be true, false or None, not {ready!r}")
+    try:
+        draining = {str(ipaddress.ip_address(a)) for a in terminating or []}
+    except (ValueError, TypeError) as exc:
+        raise _invalid("vpn_gateway:kubernetes:draining", exc) from None
+    unknown = draining - {e["address"] for e in entries}
+    if unknown:
+        raise _invalid("vpn_gateway:kubernetes:draining",
+                       f"{sorted(unknown)} are not among the endpoints")
     api = _Api(kubeconfig, context)
     what = f"Service {namespace}/{service}"
     svc = api.request(
@@ -626,17 +841,28 @@ def apply_endpointslices(
 
     def attempt():
         existing = _list_slices(api, service, namespace, managed_only=True)
-        wanted = entries
-        if ready is None:
-            known = live_ready(existing)
-            wanted = [
-                dict(e, ready=known.get(e["address"])) if e["ready"] is None else e
-                for e in entries
-            ]
+        known = live_conditions(existing)
+        wanted = []
+        for entry in entries:
+            serving = entry["serving"] if entry["serving"] is not None else entry["ready"]
+            if serving is None:
+                serving = ready if ready is not None else (known.get(entry["address"]) or {}).get(
+                    "serving")
+            wanted.append(dict(entry, serving=serving,
+                               terminating=entry["address"] in draining or bool(
+                                   entry["terminating"])))
         manifests = endpointslice_manifests(
-            service, namespace, wanted, ports, ready_default=True if ready is None else ready
+            service, namespace, wanted, ports, ready_default=True, owner=svc
         )
-        return _sync_slices(api, manifests, existing, force, dry_run)
+        result = _sync_slices(api, manifests, existing, force, dry_run)
+        if svc is None:  # a dry run before the Service exists: it will own them
+            for name, predicted in result["slices"].items():
+                predicted["owner"] = f"Service/{service}"
+                change = diff(view(next((s for s in existing if s["metadata"]["name"] == name),
+                                        None)), predicted)
+                if change:
+                    result["changes"][f"EndpointSlice {namespace}/{name}"] = change
+        return result
 
     return _retrying(f"the EndpointSlices of {what}", attempt)
 
@@ -718,12 +944,14 @@ def delete_endpointslices(service, namespace, dry_run=False, kubeconfig=None, co
 
 def set_endpoints_ready(service, namespace, ready, addresses=None, kubeconfig=None, context=None):
     """
-    Set conditions.ready on the endpoints of a Service's slices (for the tunnel's health).
+    Set the serving condition (and so ready) of a Service's endpoints (for the tunnel's health).
 
-    Re-applies this module's slices as they are with ready changed, for all
-    endpoints or only for ``addresses``. Pods stop getting a not-ready
-    endpoint from kube-proxy without the slice going away. Returns the changes
-    (empty when nothing changed: no new resourceVersion).
+    Re-applies this module's slices as they are with conditions.serving set to
+    ``ready``, for all endpoints or only for ``addresses``; conditions.ready
+    becomes ``ready`` unless the endpoint is terminating (drained: never ready).
+    Pods stop getting a not-ready endpoint from kube-proxy without the slice
+    going away. Returns the changes (empty when nothing changed: no write, no
+    new resourceVersion).
 
     CLI Example:
 
@@ -733,8 +961,33 @@ def set_endpoints_ready(service, namespace, ready, addresses=None, kubeconfig=No
     """
     if not isinstance(ready, bool):
         raise SaltInvocationError(f"ready must be true or false, not {ready!r}")
-    api = _Api(kubeconfig, context)
     only = None if addresses is None else {str(ipaddress.ip_address(a)) for a in addresses}
+    return _set_serving(_Api(kubeconfig, context), service, namespace,
+                        lambda address: ready if only is None or address in only else None)
+
+
+def set_endpoint_conditions(service, namespace, serving, kubeconfig=None, context=None):
+    """
+    Set conditions.serving per address (``{address: true|false}``); ready follows it
+    unless the endpoint is terminating. Addresses not listed keep their conditions.
+    Writes nothing when every condition already has its value.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call k8s.set_endpoint_conditions postgres databases '{"198.18.2.12": false}'
+    """
+    if not isinstance(serving, dict) or not all(isinstance(v, bool) for v in serving.values()):
+        raise SaltInvocationError(f"serving must be a mapping of address to true/false, "
+                                  f"not {serving!r}")
+    wanted = {str(ipaddress.ip_address(a)): v for a, v in serving.items()}
+    return _set_serving(_Api(kubeconfig, context), service, namespace, wanted.get)
+
+
+def _set_serving(api, service, namespace, serving_of):
+    """Re-apply the managed slices with serving_of(address) (None: unchanged) where it
+    differs; nothing at all when no condition changes."""
 
     def attempt():
         existing = _list_slices(api, service, namespace, managed_only=True)
@@ -743,7 +996,7 @@ def set_endpoints_ready(service, namespace, ready, addresses=None, kubeconfig=No
                 f"Service {namespace}/{service} has no EndpointSlices managed by "
                 f"{MANAGED_BY}; apply k8s.endpointslice_present first"
             )
-        manifests = []
+        manifests, changed = [], False
         for current in existing:
             manifest = {
                 k: copy.deepcopy(current[k])
@@ -758,11 +1011,79 @@ def set_endpoints_ready(service, namespace, ready, addresses=None, kubeconfig=No
                 "namespace": metadata["namespace"],
                 "labels": {SERVICE_NAME_LABEL: service, MANAGED_BY_LABEL: MANAGED_BY},
             }
+            if metadata.get("ownerReferences"):
+                manifest["metadata"]["ownerReferences"] = copy.deepcopy(
+                    metadata["ownerReferences"])
             manifest["endpoints"] = copy.deepcopy(current.get("endpoints") or [])
             for endpoint in manifest["endpoints"]:
-                if only is None or set(endpoint.get("addresses", [])) & only:
-                    endpoint.setdefault("conditions", {})["ready"] = ready
+                found = endpoint.get("conditions") or {}
+                serving = next((serving_of(a) for a in endpoint.get("addresses", [])
+                                if serving_of(a) is not None), None)
+                if serving is None:
+                    continue
+                new = conditions(serving, found.get("terminating"))
+                if {c: found.get(c) for c in CONDITIONS} != new:
+                    changed = True
+                endpoint["conditions"] = new
             manifests.append(manifest)
-        return _sync_slices(api, manifests, existing, False, False)
+        if not changed:
+            return {}
+        return _sync_slices(api, manifests, existing, False, False)["changes"]
 
     return _retrying(f"the EndpointSlices of Service {namespace}/{service}", attempt)
+
+
+READINESS_DEFAULTS = {"enabled": False, "deadline": 30, "require_tunnel": True, "gateways": {}}
+HEARTBEAT_MINE = "vpn_gateway_heartbeat"
+
+
+def sync_readiness(kubeconfig=None, context=None):
+    """
+    Set each gateway's endpoint serving (and ready) from its heartbeat, seen from here.
+
+    For the minion that writes the EndpointSlices (``vpn_gateway:kubernetes:minion``),
+    run by its schedule every few seconds. Reads every gateway's latest beat
+    (``vpn_heartbeat.beat``, sent to the master's mine by each gateway's schedule)
+    for ``vpn_gateway:kubernetes:readiness:gateways`` ({minion: address}). A gateway
+    whose beat has not changed for ``readiness:deadline`` seconds (host down, minion
+    down, network cut), or whose tunnel is not carried (``require_tunnel``), is not
+    serving; ready = serving and not terminating. Writes only what changes.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call k8s.sync_readiness
+    """
+    settings = __salt__["config.get"]("vpn_gateway:kubernetes", {}) or {}
+    readiness = dict(READINESS_DEFAULTS, **(settings.get("readiness") or {}))
+    if not readiness["enabled"]:
+        return {"enabled": False, "comment": "vpn_gateway:kubernetes:readiness:enabled is false"}
+    gateways = {str(m): str(ipaddress.ip_address(a))
+                for m, a in (readiness.get("gateways") or {}).items()}
+    service = settings.get("service") or {}
+    if not gateways or not service.get("name") or not service.get("namespace"):
+        raise SaltInvocationError(
+            "vpn_gateway:kubernetes:readiness needs gateways ({minion: address}) and "
+            "vpn_gateway:kubernetes:service:name and :namespace")
+    beats = __salt__["mine.get"](sorted(gateways), HEARTBEAT_MINE, tgt_type="list") or {}
+    path = os.path.join(
+        __salt__["config.get"]("vpn_gateway:monitoring:state_dir", "/var/lib/vpn-gateway")
+        or "/var/lib/vpn-gateway", "readiness.json")
+    try:
+        with salt.utils.files.fopen(path) as handle:
+            memory = json.load(handle)
+    except (OSError, ValueError):
+        memory = {}
+    memory, serving, report = readiness_decision(
+        gateways, beats, memory, time.time(), float(readiness["deadline"]),
+        bool(readiness["require_tunnel"]))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with salt.utils.atomicfile.atomic_open(path, "w") as handle:
+        json.dump(memory, handle)
+    changes = _set_serving(_Api(kubeconfig, context), service["name"], service["namespace"],
+                           serving.get)
+    if changes:
+        log.warning("k8s: readiness from heartbeats changed: %s",
+                    {m: r["serving"] for m, r in report.items()})
+    return {"enabled": True, "gateways": report, "changes": changes}

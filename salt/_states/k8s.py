@@ -5,6 +5,11 @@ no difference means no write (so no new resourceVersion); ``test=True``
 reports that difference and stops. After a real apply the state reads the
 objects back and fails when they differ from what the dry run predicted.
 
+``dry_run: test_only`` (pillar ``vpn_gateway:kubernetes:dry_run``) is for
+clusters whose admission webhooks refuse dry runs (400 "does not support dry
+run"): real runs apply directly (an apply that changes nothing writes nothing
+either, so the changes are still exact); only ``test=True`` asks for a dry run.
+
 .. code-block:: yaml
 
     postgres-service:
@@ -36,11 +41,29 @@ def __virtual__():
     )
 
 
-def _run(name, apply, read_back, predicted_key):
-    """Dry run, then (unless test) apply and compare the read-back with the prediction."""
+DRY_RUN_MODES = ("always", "test_only")
+
+
+def _run(name, apply, read_back, predicted_key, dry_run="always"):
+    """Dry run, then (unless test) apply and compare the read-back with the prediction.
+
+    dry_run=test_only: no dry run before a real apply (for clusters whose admission
+    webhooks refuse dry runs)."""
     ret = {"name": name, "result": False, "changes": {}, "comment": ""}
+    if dry_run not in DRY_RUN_MODES:
+        ret["comment"] = (f"dry_run must be one of {', '.join(DRY_RUN_MODES)}, not {dry_run!r} "
+                          "(vpn_gateway:kubernetes:dry_run)")
+        return ret
     try:
-        plan = apply(dry_run=True)
+        if dry_run == "test_only" and not __opts__["test"]:
+            done = apply(dry_run=False)
+            if not done["changes"]:
+                ret.update(result=True, comment="in sync with the API server (applied without "
+                                                "a dry run: dry_run is test_only)")
+                return ret
+            plan = done
+        else:
+            plan = apply(dry_run=True)
         if not plan["changes"]:
             ret.update(result=True, comment="in sync with the API server")
             return ret
@@ -51,7 +74,7 @@ def _run(name, apply, read_back, predicted_key):
                 comment="would apply (the API server's dry run)",
             )
             return ret
-        done = apply(dry_run=False)
+        done = plan if dry_run == "test_only" else apply(dry_run=False)
         actual = read_back()
     except (CommandExecutionError, SaltInvocationError) as exc:
         ret["comment"] = str(exc)
@@ -68,7 +91,8 @@ def _run(name, apply, read_back, predicted_key):
 
 
 def service_present(
-    name, namespace, ports, labels=None, force=False, kubeconfig=None, context=None
+    name, namespace, ports, labels=None, force=False, kubeconfig=None, context=None,
+    dry_run="always",
 ):
     """
     Ensure the selector-less Service NAMESPACE/NAME exists with these ports.
@@ -86,6 +110,9 @@ def service_present(
         Take over fields another field manager owns (409 conflicts).
     kubeconfig, context
         Default: vpn_gateway:kubernetes:kubeconfig / :context (config.get).
+    dry_run
+        ``always`` (default): a server dry run before every apply; ``test_only``:
+        only for test=True (clusters whose admission webhooks refuse dry runs).
     """
     conn = {"kubeconfig": kubeconfig, "context": context}
 
@@ -97,11 +124,12 @@ def service_present(
     def read_back():
         return __salt__["k8s.get_service"](name, namespace, summary=True, **conn)
 
-    return _run(name, apply, read_back, "object")
+    return _run(name, apply, read_back, "object", dry_run)
 
 
 def endpointslice_present(
-    name, namespace, endpoints, ports=None, ready=None, force=False, kubeconfig=None, context=None
+    name, namespace, endpoints, ports=None, ready=None, force=False, kubeconfig=None, context=None,
+    terminating=None, dry_run="always",
 ):
     """
     Ensure the EndpointSlices of Service NAMESPACE/NAME point at endpoints.
@@ -115,10 +143,16 @@ def endpointslice_present(
         ``[{name, port, protocol}]``; default: the Service's port names with
         their target ports. Needed with test=True before the Service exists.
     ready
-        conditions.ready of every endpoint; None (default) keeps the live
-        value, which the monitoring sets (k8s.set_endpoints_ready).
+        conditions.serving (and so ready) of every endpoint; None (default)
+        keeps the live value, which the readiness check sets
+        (k8s.sync_readiness, k8s.set_endpoints_ready).
+    terminating
+        Addresses drained for maintenance (vpn_gateway:kubernetes:draining):
+        terminating true, ready false; serving still follows health.
     force
         Take over fields another field manager owns.
+    dry_run
+        ``always`` or ``test_only`` (see service_present).
     """
     conn = {"kubeconfig": kubeconfig, "context": context}
 
@@ -131,6 +165,7 @@ def endpointslice_present(
             ready=ready,
             force=force,
             dry_run=dry_run,
+            terminating=terminating,
             **conn,
         )
 
@@ -139,10 +174,10 @@ def endpointslice_present(
             name, namespace, managed_only=True, summary=True, **conn
         )
 
-    return _run(name, apply, read_back, "slices")
+    return _run(name, apply, read_back, "slices", dry_run)
 
 
-def endpointslice_absent(name, namespace, kubeconfig=None, context=None):
+def endpointslice_absent(name, namespace, kubeconfig=None, context=None, dry_run="always"):
     """
     Ensure Service NAMESPACE/NAME has no EndpointSlices managed by this module.
 
@@ -158,4 +193,4 @@ def endpointslice_absent(name, namespace, kubeconfig=None, context=None):
             name, namespace, managed_only=True, summary=True, **conn
         )
 
-    return _run(name, apply, read_back, "slices")
+    return _run(name, apply, read_back, "slices", dry_run)

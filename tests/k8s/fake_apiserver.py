@@ -83,6 +83,8 @@ class ApiError(Exception):
             "reason": self.reason,
             "code": self.code,
         }
+        if not self.reason:  # a plain Go error: StatusReasonUnknown ("") is left out
+            del body["reason"]
         if self.details:
             body["details"] = self.details
         return body
@@ -90,6 +92,46 @@ class ApiError(Exception):
 
 def now():
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# --- schemas (the fields each kind knows, for fieldValidation) ------------------
+
+ANY, MAP = None, "map"  # any value / a map with free keys
+OBJECT_META = {
+    **{k: ANY for k in ("name", "generateName", "namespace", "selfLink", "uid",
+                        "resourceVersion", "generation", "creationTimestamp",
+                        "deletionTimestamp", "deletionGracePeriodSeconds", "finalizers",
+                        "managedFields")},
+    "labels": MAP,
+    "annotations": MAP,
+    "ownerReferences": [{k: ANY for k in ("apiVersion", "kind", "name", "uid", "controller",
+                                          "blockOwnerDeletion")}],
+}
+
+
+def unknown_fields(schema, value, path=""):
+    """The paths of the fields ``value`` has that ``schema`` does not know."""
+    found = []
+    if isinstance(schema, dict) and isinstance(value, dict):
+        for key, child in value.items():
+            where = f"{path}.{key}" if path else key
+            if key not in schema:
+                found.append(where)
+            else:
+                found += unknown_fields(schema[key], child, where)
+    elif isinstance(schema, list) and isinstance(value, list):
+        for i, item in enumerate(value):
+            found += unknown_fields(schema[0], item, f"{path}[{i}]")
+    return found
+
+
+def prune(schema, value):
+    """``value`` without the fields ``schema`` does not know (what Ignore and Warn store)."""
+    if isinstance(schema, dict) and isinstance(value, dict):
+        return {k: prune(schema[k], v) for k, v in value.items() if k in schema}
+    if isinstance(schema, list) and isinstance(value, list):
+        return [prune(schema[0], item) for item in value]
+    return value
 
 
 # --- resource kinds ---------------------------------------------------------
@@ -144,11 +186,57 @@ class Kind:
         return []
 
     columns = []
+    spec_schema = {}
+
+    @property
+    def schema(self):
+        return {"apiVersion": ANY, "kind": ANY, "metadata": OBJECT_META, **self.spec_schema}
+
+
+QUALIFIED_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
+QUALIFIED_NAME_RULE = ("must consist of alphanumeric characters, '-', '_' or '.', and must "
+                       "start and end with an alphanumeric character (e.g. 'MyName',  or "
+                       "'my.name',  or '123-abc', regex used for validation is "
+                       "'([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')")
+SUBDOMAIN_RULE = ("a lowercase RFC 1123 subdomain must consist of lower case alphanumeric "
+                  "characters, '-' or '.', and must start and end with an alphanumeric character "
+                  "(e.g. 'example.com', regex used for validation is "
+                  "'[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')")
+
+
+def qualified_name_errors(value):
+    """apimachinery's IsQualifiedName: the messages for one label key."""
+    parts = value.split("/")
+    if len(parts) == 1:
+        prefix, name = None, parts[0]
+    elif len(parts) == 2:
+        prefix, name = parts
+    else:
+        return ["a qualified name " + QUALIFIED_NAME_RULE + " with an optional DNS subdomain "
+                "prefix and '/' (e.g. 'example.com/MyName')"]
+    errors = []
+    if prefix is not None:
+        if not prefix:
+            errors.append("prefix part must be non-empty")
+        else:
+            if len(prefix) > 253:
+                errors.append("prefix part must be no more than 253 characters")
+            if not DNS1123_SUBDOMAIN.match(prefix):
+                errors.append("prefix part " + SUBDOMAIN_RULE)
+    if not name:
+        errors.append("name part must be non-empty")
+    elif len(name) > 63:
+        errors.append("name part must be no more than 63 characters")
+    if not QUALIFIED_NAME.match(name):
+        errors.append("name part " + QUALIFIED_NAME_RULE)
+    return errors
 
 
 def label_errors(labels, path="metadata.labels"):
     errors = []
     for key, value in (labels or {}).items():
+        for message in qualified_name_errors(str(key)):
+            errors.append((path, "FieldValueInvalid", f'Invalid value: "{key}": {message}'))
         if not isinstance(value, str) or len(value) > 63 or not LABEL_VALUE.match(value):
             errors.append(
                 (
@@ -156,9 +244,29 @@ def label_errors(labels, path="metadata.labels"):
                     "FieldValueInvalid",
                     f'Invalid value: "{value}": a valid label must be an empty string or consist '
                     "of alphanumeric characters, '-', '_' or '.', and must start and end with an "
-                    "alphanumeric character",
+                    "alphanumeric character (e.g. 'MyValue',  or 'my_value',  or '12345', regex "
+                    "used for validation is '(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')",
                 )
             )
+    return errors
+
+
+def owner_reference_errors(references, path="metadata.ownerReferences"):
+    """ValidateOwnerReferences: apiVersion (its version), kind, name and uid must be set."""
+    errors = []
+    for ref in references or []:
+        for field, value, message in (
+            ("apiVersion", ref.get("apiVersion") or "", "version must not be empty"),
+            ("kind", ref.get("kind") or "", "kind must not be empty"),
+            ("name", ref.get("name") or "", "name must not be empty"),
+            ("uid", ref.get("uid") or "", "uid must not be empty"),
+        ):
+            if not (value.rpartition("/")[2] if field == "apiVersion" else value):
+                errors.append((f"{path}.{field}", "FieldValueInvalid",
+                               f'Invalid value: "{value}": {message}'))
+    if sum(bool(r.get("controller")) for r in references or []) > 1:
+        errors.append((path, "FieldValueInvalid",
+                       "Invalid value: []: Only one reference can have Controller set to true"))
     return errors
 
 
@@ -207,6 +315,7 @@ class Namespace(Kind):
                  "character (e.g. 'my-name',  or '123-abc', regex used for validation is "
                  "'[a-z0-9]([-a-z0-9]*[a-z0-9])?')")
     columns = ["Status", "Age"]
+    spec_schema = {"spec": {"finalizers": ANY}, "status": ANY}
 
     def default(self, obj, server):
         obj.setdefault("spec", {}).setdefault("finalizers", ["kubernetes"])
@@ -229,6 +338,21 @@ class Service(Kind):
     list_keys = {("spec", "ports"): ("port", "protocol")}
     atomic_maps = {("spec", "selector")}
     columns = ["Type", "Cluster-IP", "External-IP", "Port(s)", "Age"]
+    spec_schema = {
+        "spec": {
+            **{k: ANY for k in (
+                "clusterIP", "clusterIPs", "type", "externalIPs", "sessionAffinity",
+                "loadBalancerIP", "loadBalancerSourceRanges", "externalName",
+                "externalTrafficPolicy", "healthCheckNodePort", "publishNotReadyAddresses",
+                "sessionAffinityConfig", "ipFamilies", "ipFamilyPolicy",
+                "allocateLoadBalancerNodePorts", "loadBalancerClass", "internalTrafficPolicy",
+                "trafficDistribution")},
+            "selector": MAP,
+            "ports": [{k: ANY for k in ("name", "protocol", "appProtocol", "port", "targetPort",
+                                        "nodePort")}],
+        },
+        "status": ANY,
+    }
 
     def normalize(self, obj):
         for port in (obj.get("spec") or {}).get("ports") or []:
@@ -259,6 +383,16 @@ class Service(Kind):
         ):
             errors.append(("spec.ports", "FieldValueRequired", "Required value"))
         errors += port_errors("spec.ports", ports, port_required=True)
+        seen = set()
+        for i, port in enumerate(ports):  # ValidateService: (port, protocol) pairs are unique
+            key = (port.get("port"), port.get("protocol", "TCP"))
+            if key in seen:
+                errors.append((
+                    f"spec.ports[{i}]", "FieldValueDuplicate",
+                    f'Duplicate value: core.ServicePort{{Name:"", Protocol:"{key[1]}", '
+                    f'AppProtocol:(*string)(nil), Port:{key[0]}, '
+                    'TargetPort:intstr.IntOrString{Type:0, IntVal:0, StrVal:""}, NodePort:0}'))
+            seen.add(key)
         if old and old["spec"].get("clusterIP") != spec.get("clusterIP"):
             errors.append(
                 (
@@ -282,6 +416,15 @@ class EndpointSlice(Kind):
     resource, kind, singular = "endpointslices", "EndpointSlice", "endpointslice"
     group = "discovery.k8s.io"
     columns = ["AddressType", "Ports", "Endpoints", "Age"]
+    spec_schema = {
+        "addressType": ANY,
+        "endpoints": [{
+            "addresses": ANY, "hostname": ANY, "targetRef": ANY, "nodeName": ANY, "zone": ANY,
+            "hints": ANY, "deprecatedTopology": MAP,
+            "conditions": {"ready": ANY, "serving": ANY, "terminating": ANY},
+        }],
+        "ports": [{k: ANY for k in ("name", "protocol", "port", "appProtocol")}],
+    }
 
     def validate(self, obj, old):
         errors = label_errors(obj["metadata"].get("labels"))
@@ -385,6 +528,10 @@ def address_error(family, address):
         ip = ipaddress.ip_address(address)
     except ValueError:
         ip = None
+    # Go's net.ParseIP: an IPv4-mapped IPv6 address is an IPv4 address (To4() != nil), so
+    # it is valid in an IPv4 slice and refused in an IPv6 one.
+    if ip is not None and ip.version == 6 and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped
     if (
         ip is None
         or (family == "IPv4") != (ip.version == 4)
@@ -597,6 +744,9 @@ class FakeApiServer:
         self.cluster_ips = itertools.count(2)
         self.current = "1"  # the latest resourceVersion, as lists report it
         self.requests = []  # (method, path, query) for tests that look at the traffic
+        self.faults = []  # fail_next
+        self.dry_run_refused_by = None  # refuse_dry_run
+        self.gc_delay = 0.2  # s before the garbage collector sweeps after a delete
         for name in ("default", "kube-system"):
             self._store(
                 KINDS[0],
@@ -681,6 +831,22 @@ class FakeApiServer:
             yaml.safe_dump(config, f)
         return str(path)
 
+    # -- knobs for tests: what real clusters do under load and with admission webhooks --
+
+    def fail_next(self, count, code, retry_after=None, methods=("GET", "POST", "PUT", "PATCH",
+                                                                "DELETE")):
+        """Answer the next ``count`` requests (of ``methods``) with ``code`` (429: the
+        priority-and-fairness plain-text answer; 500/503/504: a Status), with a
+        Retry-After header when given, as an overloaded or failing server does."""
+        with self.lock:
+            self.faults.append({"left": count, "code": code, "retry_after": retry_after,
+                                "methods": set(methods)})
+
+    def refuse_dry_run(self, webhook="deny-dry-run.example.com"):
+        """From now on, refuse every dry-run write as a cluster with an admission webhook
+        of sideEffects Unknown/Some does (None: accept again)."""
+        self.dry_run_refused_by = webhook
+
     def allocate_cluster_ip(self):
         # Data only, never routed: stays inside the lab's 198.18.0.0/15.
         return f"198.18.254.{next(self.cluster_ips) % 250 + 2}"
@@ -693,6 +859,7 @@ class FakeApiServer:
         kind.default(obj, self)
         errors = kind.name_errors(meta.get("name")) if old is None else []
         errors += kind.validate(obj, old)
+        errors += owner_reference_errors(meta.get("ownerReferences"))
         if errors:
             raise invalid(kind, meta.get("name"), errors)
         if managed is None:  # an update: the manager takes the fields it changed
@@ -853,7 +1020,7 @@ class FakeApiServer:
         live["metadata"].pop("managedFields", None)
         return self._store(kind, live, manager, "Apply", old=old, dry_run=dry_run, managed=managed)
 
-    def delete(self, kind, namespace, name, dry_run):
+    def delete(self, kind, namespace, name, dry_run, propagation="Background"):
         obj = self.get(kind, namespace, name)
         if kind.resource == "namespaces":
             for key in [k for k in self.objects if k[1] == name]:
@@ -861,7 +1028,43 @@ class FakeApiServer:
                     del self.objects[key]
         if not dry_run:
             del self.objects[(kind.resource, namespace, name)]
+            uid = obj["metadata"].get("uid")
+            if propagation == "Orphan":  # the dependents stay, without this owner
+                for dependent in self.objects.values():
+                    refs = dependent["metadata"].get("ownerReferences")
+                    if refs and any(r.get("uid") == uid for r in refs):
+                        kept = [r for r in refs if r.get("uid") != uid]
+                        if kept:
+                            dependent["metadata"]["ownerReferences"] = kept
+                        else:
+                            del dependent["metadata"]["ownerReferences"]
+                        dependent["metadata"]["resourceVersion"] = self.current = str(
+                            next(self.revision))
+            else:
+                # Background propagation: the owner is gone at once; the garbage
+                # collector (kube-controller-manager) deletes its dependents a little later.
+                timer = threading.Timer(self.gc_delay, self.collect_garbage)
+                timer.daemon = True
+                timer.start()
         return obj
+
+    def collect_garbage(self):
+        """Delete every object whose owners are all gone (by uid; a namespaced owner must be
+        in the dependent's namespace), until none is left: the garbage collector, as a
+        stand-in (the real one works from its own informer graph, in the background)."""
+        with self.lock:
+            while True:
+                owners = {o["metadata"].get("uid"): key[1] for key, o in self.objects.items()}
+                orphans = [
+                    key for key, o in self.objects.items()
+                    if o["metadata"].get("ownerReferences") and not any(
+                        r.get("uid") in owners and owners[r.get("uid")] in (None, key[1])
+                        for r in o["metadata"]["ownerReferences"])
+                ]
+                if not orphans:
+                    return
+                for key in orphans:
+                    del self.objects[key]
 
     def list(self, kind, namespace, selector):
         predicates = parse_selector(selector)
@@ -1031,6 +1234,8 @@ ROUTE = re.compile(
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     api = None  # set by FakeApiServer
+    warnings = ()  # Warning headers of the current answer
+    field_validation = "Warn"
 
     def log_message(self, *args):
         pass
@@ -1050,13 +1255,36 @@ class Handler(BaseHTTPRequestHandler):
     def do_DELETE(self):
         self.handle_api("DELETE")
 
-    def send(self, code, body):
-        data = json.dumps(body).encode()
+    def send(self, code, body, headers=()):
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
         self.send_response(code)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", "text/plain; charset=utf-8"
+                         if isinstance(body, bytes) else "application/json")
         self.send_header("Content-Length", str(len(data)))
+        for name, value in list(headers) + [("Warning", w) for w in self.warnings]:
+            self.send_header(name, value)
         self.end_headers()
         self.wfile.write(data)
+
+    def fault(self, method):
+        """An injected 429/5xx for this request (FakeApiServer.fail_next), or None."""
+        with self.api.lock:
+            for fault in self.api.faults:
+                if fault["left"] and method in fault["methods"]:
+                    fault["left"] -= 1
+                    return fault
+        return None
+
+    def send_fault(self, fault):
+        headers = [("Retry-After", str(fault["retry_after"]))] if fault["retry_after"] else []
+        if fault["code"] == 429:  # priority and fairness: a plain-text body (filters/maxinflight)
+            return self.send(429, b"Too many requests, please try again later.\n", headers)
+        reason, message = {
+            500: ("InternalError", "Internal error occurred: etcdserver: request timed out"),
+            503: ("ServiceUnavailable", "the server is currently unable to handle the request"),
+            504: ("Timeout", "Timeout: request did not complete within requested timeout"),
+        }.get(fault["code"], ("InternalError", "Internal error occurred"))
+        return self.send(fault["code"], ApiError(fault["code"], reason, message).status(), headers)
 
     def read_body(self):
         if self.headers.get("Transfer-Encoding") == "chunked":  # as kubectl sends
@@ -1095,6 +1323,10 @@ class Handler(BaseHTTPRequestHandler):
         except ApiError as exc:
             return self.send(exc.code, exc.status())
         self.api.requests.append((method, url.path, query))
+        self.warnings = []
+        fault = self.fault(method)
+        if fault:
+            return self.send_fault(fault)
         try:
             user = self.authenticate()
             discovery = self.discovery(url.path)
@@ -1199,6 +1431,18 @@ class Handler(BaseHTTPRequestHandler):
         dry_run = query.get("dryRun") == "All"
         if "dryRun" in query and not dry_run:
             raise ApiError(400, "BadRequest", f'Invalid dryRun value: "{query["dryRun"]}"')
+        webhook = self.api.dry_run_refused_by
+        if dry_run and webhook and verb not in READ_VERBS and kind.resource != "namespaces":
+            # A webhook with sideEffects Unknown/Some matches: the whole request is refused.
+            raise ApiError(400, "BadRequest",
+                           f'admission webhook "{webhook}" does not support dry run')
+        validation = query.get("fieldValidation", "Warn")
+        if validation not in ("Ignore", "Warn", "Strict"):
+            raise ApiError(400, "BadRequest",
+                           f'fieldValidation parameter unsupported: "{validation}"')
+        self.field_validation = validation
+        if verb in ("create", "update") and isinstance(body, dict):
+            body = self.validate_fields(kind, body)
         manager = query.get("fieldManager") or self.default_manager()
         with self.api.lock:
             if verb == "get":
@@ -1214,7 +1458,9 @@ class Handler(BaseHTTPRequestHandler):
             if verb == "patch":
                 return 200, self.patch(kind, namespace, name, body, manager, query, dry_run)
             if verb == "delete":
-                self.api.delete(kind, namespace, name, dry_run)
+                policy = query.get("propagationPolicy") or (
+                    body.get("propagationPolicy") if isinstance(body, dict) else None)
+                self.api.delete(kind, namespace, name, dry_run, policy or "Background")
                 return 200, {
                     "kind": "Status",
                     "apiVersion": "v1",
@@ -1227,6 +1473,21 @@ class Handler(BaseHTTPRequestHandler):
                 self.api.delete(kind, namespace, obj["metadata"]["name"], dry_run)
             return 200, self.render_list(kind, items, table=False)
 
+    def validate_fields(self, kind, obj):
+        """fieldValidation for create, update and non-apply patches: Strict refuses an
+        unknown field (400), Warn drops it with a Warning header, Ignore drops it."""
+        unknown = unknown_fields(kind.schema, obj)
+        if not unknown:
+            return obj
+        if self.field_validation == "Strict":
+            raise ApiError(
+                400, "BadRequest",
+                f'{kind.kind} in version "{kind.version}" cannot be handled as a {kind.kind}: '
+                "strict decoding error: " + ", ".join(f'unknown field "{u}"' for u in unknown))
+        if self.field_validation == "Warn":
+            self.warnings += [f'299 - "unknown field \\"{u}\\""' for u in unknown]
+        return prune(kind.schema, obj)
+
     def default_manager(self):
         # As the real server: the user agent up to the first "/".
         return (self.headers.get("User-Agent") or "unknown").split("/")[0]
@@ -1237,6 +1498,16 @@ class Handler(BaseHTTPRequestHandler):
         if force and content_type != "application/apply-patch+yaml":
             raise ApiError(400, "BadRequest", "force is only allowed for apply patches")
         if content_type == "application/apply-patch+yaml":
+            unknown = unknown_fields(kind.schema, body) if isinstance(body, dict) else []
+            if unknown:
+                # Whatever fieldValidation says: the typed conversion of the applied object
+                # fails, and the server answers with a plain error (500, no reason).
+                gvk = f"{kind.group}/{kind.version}, Kind={kind.kind}"
+                where = f"{namespace}/{name}" if namespace else f"/{name}"
+                lines = [f".{u}: field not declared in schema" for u in unknown]
+                detail = lines[0] if len(lines) == 1 else "errors:\n  " + "\n  ".join(lines)
+                raise ApiError(500, "", f"failed to create typed patch object ({where}; {gvk}): "
+                                        + detail)
             return self.api.apply(
                 kind, namespace, name, body, query.get("fieldManager"), force, dry_run
             )
@@ -1257,6 +1528,7 @@ class Handler(BaseHTTPRequestHandler):
                 "accepted media types include: application/json-patch+json, "
                 "application/merge-patch+json, application/apply-patch+yaml",
             )
+        new = self.validate_fields(kind, new)
         version = (
             (body or {}).get("metadata", {}).get("resourceVersion")
             if isinstance(body, dict)

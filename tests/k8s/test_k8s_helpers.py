@@ -39,8 +39,10 @@ def test_normalize_endpoints_accepts_strings_and_dicts_and_canonicalizes():
         ["198.18.2.11", {"address": "2001:DB8:0::11", "ready": False, "hostname": "gw1"}]
     )
     assert entries == [
-        {"address": "198.18.2.11", "family": "IPv4", "hostname": None, "ready": None},
-        {"address": "2001:db8::11", "family": "IPv6", "hostname": "gw1", "ready": False},
+        {"address": "198.18.2.11", "family": "IPv4", "hostname": None, "ready": None,
+         "serving": None, "terminating": None},
+        {"address": "2001:db8::11", "family": "IPv6", "hostname": "gw1", "ready": False,
+         "serving": None, "terminating": None},
     ]
 
 
@@ -129,7 +131,8 @@ def test_endpointslices_split_per_family_and_per_thousand():
             "endpointslice.kubernetes.io/managed-by": "vpn-gateway.salt",
         }
         assert m["ports"] == ports
-        assert all(e["conditions"] == {"ready": True} for e in m["endpoints"])
+        assert all(e["conditions"] == {"ready": True, "serving": True, "terminating": False}
+                   for e in m["endpoints"])
 
 
 def test_endpointslices_ready_default_and_per_endpoint_ready():
@@ -159,8 +162,10 @@ def test_view_and_diff_name_the_addresses_that_change():
     assert k8s.diff(k8s.view(old), k8s.view(new)) == {
         "endpoints": {
             "198.18.2.11": {"ready": {"old": True, "new": False}},
-            "198.18.2.12": {"old": {"ready": True, "hostname": None}, "new": None},
-            "198.18.2.13": {"old": None, "new": {"ready": True, "hostname": None}},
+            "198.18.2.12": {"old": {"ready": True, "serving": None, "terminating": None,
+                                    "hostname": None}, "new": None},
+            "198.18.2.13": {"old": None, "new": {"ready": True, "serving": None,
+                                                 "terminating": None, "hostname": None}},
         }
     }
     assert k8s.diff(k8s.view(old), k8s.view(old)) == {}

@@ -123,8 +123,9 @@ def test_ready_is_driven_by_set_endpoints_ready_and_kept_by_later_applies(
     changed = salt_call(
         "k8s.set_endpoints_ready", "pg", namespace, False, addresses=["198.18.2.12"], **conn
     )
-    [change] = changed["changes"].values()
-    assert change == {"endpoints": {"198.18.2.12": {"ready": {"old": True, "new": False}}}}
+    [change] = changed.values()
+    assert change == {"endpoints": {"198.18.2.12": {"ready": {"old": True, "new": False},
+                                                    "serving": {"old": True, "new": False}}}}
     [live] = slices(cluster, namespace).values()
     assert [e["conditions"]["ready"] for e in live["endpoints"]] == [True, False]
     # A later apply of the same endpoints (ready unset) keeps what the monitoring set.
@@ -215,17 +216,21 @@ def test_field_manager_conflicts_are_explained_and_force_takes_over(salt_call, c
     assert done["object"]["ports"]["postgres"]["targetPort"] == 6433
 
 
-def test_server_validation_errors_are_422(salt_call, cluster, namespace):
-    message = failure(
-        salt_call,
-        "k8s.apply_service",
-        "pg",
-        namespace,
-        ports=PORTS,
-        labels={"team": "not a label value!"},
-        **cluster.conn,
-    )
-    assert "422 Invalid" in message and "metadata.labels" in message
+@pytest.mark.parametrize("labels, named", [
+    ({"team": "not a label value!"}, "value 'not a label value!'"),
+    ({"bad key!": "x"}, "label key 'bad key!'"),
+    ({"Example.com/x": "y"}, "label key 'Example.com/x'"),
+    ({"a/b/c": "y"}, "label key 'a/b/c'"),
+])
+def test_labels_the_server_would_refuse_are_refused_before_any_request(
+    salt_call, cluster, namespace, labels, named
+):
+    requests = len(cluster.fake.requests) if cluster.fake else None
+    message = failure(salt_call, "k8s.apply_service", "pg", namespace, ports=PORTS,
+                      labels=labels, **cluster.conn)
+    assert "vpn_gateway:kubernetes:service" in message and named in message, message
+    if cluster.fake:
+        assert len(cluster.fake.requests) == requests  # test=True tells the truth, offline
 
 
 def test_missing_namespace_is_named(salt_call, cluster):

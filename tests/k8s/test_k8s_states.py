@@ -48,7 +48,9 @@ def test_formula_predicts_applies_and_then_has_nothing_to_do(salt_call, cluster,
     }
     assert new_service["selector"] == {}
     new_slice = slices[1][f"EndpointSlice {namespace}/postgres-ipv4-0"]["new"]
-    assert new_slice["endpoints"] == {"198.18.2.11": {"ready": True, "hostname": None}}
+    assert new_slice["endpoints"] == {"198.18.2.11": {"ready": True, "serving": True,
+                                                      "terminating": False, "hostname": None}}
+    assert new_slice["owner"] == "Service/postgres"  # the prediction names the owner-to-be
     assert new_slice["ports"] == {"postgres": {"port": 6543, "protocol": "TCP"}}
     assert cluster.core.list_namespaced_service(namespace).items == []  # test=True wrote nothing
 

@@ -24,6 +24,7 @@ vpn_gateway_k8s_service:
         port: {{ service.get('port', 5432) }}
         target_port: {{ pooler_port }}
     - force: {{ k8s.get('force_conflicts', False) }}
+    - dry_run: {{ k8s.get('dry_run', 'always') | json }}
 
 vpn_gateway_k8s_endpointslices:
   k8s.endpointslice_present:
@@ -34,6 +35,8 @@ vpn_gateway_k8s_endpointslices:
       - name: {{ service.get('port_name', 'postgres') }}
         port: {{ pooler_port }}
     - force: {{ k8s.get('force_conflicts', False) }}
+    - dry_run: {{ k8s.get('dry_run', 'always') | json }}
+    - terminating: {{ k8s.get('draining', []) | json }}
     - require:
       - k8s: vpn_gateway_k8s_service
 
