@@ -30,11 +30,11 @@ import re
 import shutil
 import socket
 import subprocess
-import tempfile
 from dataclasses import dataclass
 from xml.etree import ElementTree
 
 try:
+    import salt.utils.atomicfile
     from salt.exceptions import CommandExecutionError, SaltInvocationError
 except ImportError:  # imported by a unit test without Salt: the same contract
     class CommandExecutionError(Exception):
@@ -1012,11 +1012,9 @@ def _write_owned(zone, keys, path=OWNED_FILE):
     else:
         owned.pop(zone, None)
     os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".owned-")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+    with salt.utils.atomicfile.atomic_open(path, "w") as handle:
         json.dump(owned, handle, indent=1, sort_keys=True)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    os.chmod(path, 0o644)
 
 
 # -- public functions -----------------------------------------------------------------------
