@@ -48,3 +48,17 @@ schedule:
     function: vpn_metrics.write
     seconds: 15
     return_job: false
+  # Readiness decided from outside (docs/k8s.md): every gateway's heartbeat goes to
+  # the master's mine; the minion with the kubeconfig (vpn_gateway:kubernetes:minion)
+  # sets a gateway whose heartbeat stops not ready (vpn_gateway:kubernetes:readiness).
+  vpn_gateway_heartbeat:
+    function: mine.send
+    args: [vpn_gateway_heartbeat]
+    kwargs: {mine_function: vpn_heartbeat.beat}
+    seconds: 5
+    return_job: false
+  vpn_gateway_readiness:
+    function: k8s.sync_readiness
+    seconds: 5
+    return_job: false
+    enabled: {{ grains['id'] == 'vpn-gw1' }}

@@ -6,6 +6,7 @@ the pillar's vpn_gateway:kubernetes:minion, vpn-gw2 renders a no-op. Tests run
 in file order and share one lab.
 """
 import json
+import time
 
 import pytest
 
@@ -18,11 +19,27 @@ HOSTS = ["salt-master", "vpn-gw1", "vpn-gw2"]
 KUBECONFIG = "/etc/vpn-gateway/kubeconfig"  # as in pillar/vpn_gateway/kubernetes.sls
 
 
+GW1, GW2 = "198.18.2.11", "198.18.2.12"  # as in the example pillar's readiness:gateways
+DEADLINE = 20  # vpn_gateway:kubernetes:readiness:deadline of the example pillar
+HEARTBEAT = 5  # the schedules' period (monitoring.sls)
+
+
 @pytest.fixture(scope="module")
 def lab(lab_factory):
     lab = lab_factory(HOSTS)
     lab["vpn-gw1"].put(KUBECONFIG, kubeapi.start(lab), mode=0o600)
     saltstack.salt(lab, "vpn-gw*", "saltutil.sync_all")
+    # This lab's gateways carry no tunnel (no remote peers): serving is the heartbeat
+    # alone here; require_tunnel (the production default) is unit-tested.
+    master = lab["salt-master"]
+    master.run(["rm", "-rf", "/root/pillar-read"], check=True)
+    master.run(["git", "clone", "-q", saltstack.PILLAR_REPO, "/root/pillar-read"], check=True)
+    current = master.read("/root/pillar-read/vpn_gateway/kubernetes.sls")
+    assert "require_tunnel: true" in current
+    saltstack.commit_pillar(lab, "vpn_gateway/kubernetes.sls",
+                            current.replace("require_tunnel: true", "require_tunnel: false"),
+                            "kubernetes: no tunnels in this lab")
+    saltstack.salt(lab, "vpn-gw*", "saltutil.refresh_pillar", "wait=True")
     return lab
 
 
@@ -61,7 +78,10 @@ def test_apply_creates_the_service_and_slice_then_nothing_changes(lab):
     service, endpointslice = items["Service"], items["EndpointSlice"]
     assert "selector" not in service["spec"]
     assert service["spec"]["ports"][0]["port"] == 5432
-    assert endpointslice["endpoints"][0]["addresses"] == ["198.18.2.11"]
+    assert [e["addresses"] for e in endpointslice["endpoints"]] == [[GW1], [GW2]]
+    [owner] = endpointslice["metadata"]["ownerReferences"]
+    assert (owner["kind"], owner["name"], owner["uid"]) == (
+        "Service", "postgres", service["metadata"]["uid"])
     assert endpointslice["ports"][0]["name"] == service["spec"]["ports"][0]["name"]
     assert endpointslice["ports"][0]["port"] == service["spec"]["ports"][0]["targetPort"]
     versions = sorted(o["metadata"]["resourceVersion"] for o in items.values())
@@ -69,3 +89,49 @@ def test_apply_creates_the_service_and_slice_then_nothing_changes(lab):
     again = apply(lab)
     assert all(r["result"] is True and r["changes"] == {} for r in again["vpn-gw1"].values())
     assert sorted(o["metadata"]["resourceVersion"] for o in objects(lab)) == versions
+
+
+def ready(lab):
+    """{address: conditions.ready} of the Service's slices, as the API server has them."""
+    return {a: (e.get("conditions") or {}).get("ready")
+            for o in objects(lab) if o["kind"] == "EndpointSlice"
+            for e in o.get("endpoints") or [] for a in e["addresses"]}
+
+
+def watch(lab, until, timeout):
+    """Poll ready() each second until ``until(seen)``; (seen, the samples, seconds taken)."""
+    started, samples = time.monotonic(), []
+    while True:
+        seen = ready(lab)
+        samples.append(seen)
+        if until(seen) or time.monotonic() - started > timeout:
+            return seen, samples, time.monotonic() - started
+        time.sleep(1)
+
+
+@pytest.mark.platforms("debian13")
+def test_a_gateway_whose_minion_stops_is_set_not_ready_from_outside_and_comes_back(lab):
+    """Readiness decided from outside (issue 16): vpn-gw2's minion stops (its host, the
+    tunnel and the pooler keep running: only its heartbeat ends), and vpn-gw1, the
+    minion with the kubeconfig, sets vpn-gw2's endpoint not ready within the deadline
+    while its own stays ready; vpn-gw2's minion starts again and its endpoint comes back.
+    Stopping the whole host gives the same signal (no heartbeat); this tests the minion."""
+    seen, _, _ = watch(lab, lambda r: r == {GW1: True, GW2: True}, 60)
+    assert seen == {GW1: True, GW2: True}
+    gw2 = lab["vpn-gw2"]
+    gw2.run(["systemctl", "stop", "salt-minion"], check=True)
+    try:
+        seen, samples, took = watch(lab, lambda r: r.get(GW2) is False,
+                                    DEADLINE + 4 * HEARTBEAT + 20)
+        assert seen.get(GW2) is False, samples[-3:]
+        # the deadline, plus one heartbeat period before the last beat was sent and one
+        # for the observer's next run, plus the lab's slowness
+        assert took <= DEADLINE + 2 * HEARTBEAT + 15, took
+        assert all(s.get(GW1) is True for s in samples), samples
+        print(f"vpn-gw2 not ready {took:.0f}s after its minion stopped")
+    finally:
+        gw2.run(["systemctl", "start", "salt-minion"], check=True)
+    seen, samples, took = watch(lab, lambda r: r.get(GW2) is True, 90)
+    assert seen == {GW1: True, GW2: True}, samples[-3:]
+    assert all(s.get(GW1) is True for s in samples), samples
+    print(f"vpn-gw2 back ready {took:.0f}s after its minion started")

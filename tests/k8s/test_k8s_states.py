@@ -48,8 +48,9 @@ def test_formula_predicts_applies_and_then_has_nothing_to_do(salt_call, cluster,
     }
     assert new_service["selector"] == {}
     new_slice = slices[1][f"EndpointSlice {namespace}/postgres-ipv4-0"]["new"]
-    assert new_slice["endpoints"] == {"198.18.2.11": {"ready": True, "serving": True,
-                                                      "terminating": False, "hostname": None}}
+    assert new_slice["endpoints"] == {
+        a: {"ready": True, "serving": True, "terminating": False, "hostname": None}
+        for a in ("198.18.2.11", "198.18.2.12")}
     assert new_slice["owner"] == "Service/postgres"  # the prediction names the owner-to-be
     assert new_slice["ports"] == {"postgres": {"port": 6543, "protocol": "TCP"}}
     assert cluster.core.list_namespaced_service(namespace).items == []  # test=True wrote nothing
@@ -62,7 +63,8 @@ def test_formula_predicts_applies_and_then_has_nothing_to_do(salt_call, cluster,
     svc, [endpointslice] = live(cluster, namespace)
     assert "selector" not in svc["spec"] and svc["spec"]["ports"][0]["targetPort"] == 6543
     assert endpointslice["addressType"] == "IPv4"
-    assert endpointslice["endpoints"][0]["addresses"] == ["198.18.2.11"]
+    assert [e["addresses"] for e in endpointslice["endpoints"]] == [["198.18.2.11"],
+                                                                    ["198.18.2.12"]]
     versions = (svc["metadata"]["resourceVersion"], endpointslice["metadata"]["resourceVersion"])
 
     again = states(salt_call("state.apply", "vpn_gateway.k8s", pillar=data))
@@ -149,3 +151,24 @@ def test_other_minions_render_a_noop(salt_call, cluster, namespace):
     ).values()
     assert result is True and changes == {} and "k8s-admin" in comment
     assert cluster.core.list_namespaced_service(namespace).items == []
+
+
+def test_formula_drains_through_pillar_on_a_cluster_that_refuses_dry_runs(
+    salt_call, cluster, namespace
+):
+    """vpn_gateway:kubernetes:draining marks an address terminating (never ready), and
+    dry_run: test_only applies without the dry run such a cluster refuses."""
+    if not cluster.fake:
+        pytest.skip("needs the stand-in's refuse_dry_run")
+    data = pillar(cluster, namespace, draining=["198.18.2.12"], dry_run="test_only")
+    cluster.fake.refuse_dry_run("policy.example.com")
+    try:
+        applied = states(salt_call("state.apply", "vpn_gateway.k8s", pillar=data))
+    finally:
+        cluster.fake.refuse_dry_run(None)
+    assert all(result is True for result, _, _ in applied.values()), applied
+    _, [endpointslice] = live(cluster, namespace)
+    assert {e["addresses"][0]: e["conditions"] for e in endpointslice["endpoints"]} == {
+        "198.18.2.11": {"ready": True, "serving": True, "terminating": False},
+        "198.18.2.12": {"ready": False, "serving": True, "terminating": True},
+    }
