@@ -19,7 +19,7 @@ def __virtual__():
     return __virtualname__
 
 
-def serving_of(health):
+def _serving_of(health):
     """Whether a gateway can carry connections: every declared tunnel carried (up or
     on the backup). No tunnel, or any tunnel partial or down: not serving."""
     return bool(health) and all(t.get("up") for t in health.values())
@@ -44,5 +44,5 @@ def beat():
         result["error"] = f"{type(exc).__name__}: {exc}"
         return result
     result["tunnels"] = {name: t.get("state") for name, t in health.items()}
-    result["serving"] = serving_of(health)
+    result["serving"] = _serving_of(health)
     return result
