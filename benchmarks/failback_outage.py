@@ -108,7 +108,9 @@ def main():
         sys.exit("failback benchmark: needs root (it starts a lab)")
     if args.guest:
         from lab import qemu
-        result = qemu.run(["python3", "benchmarks/failback_outage.py", "--runs", str(args.runs)],
+        # the venv's interpreter: the lab's Salt and the script's imports live there
+        result = qemu.run([sys.executable, "benchmarks/failback_outage.py", "--runs",
+                           str(args.runs)],
                           cwd=REPO, timeout=3600, stream=True)
         sys.exit(result.returncode)
     rows = []

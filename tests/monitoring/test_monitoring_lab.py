@@ -14,7 +14,8 @@ import time
 
 import pytest
 from monitoring_helpers import (ALERTS, GATEWAY_ENDPOINT, HOSTS, KUBECONFIG, PEERS, SETTINGS,
-                                WEBHOOK_TOKEN, alerts, established, prepare, salt1, wait_for)
+                                WEBHOOK_TOKEN, alerts, established, prepare, salt1, start_peer,
+                                wait_for)
 
 from lab import saltstack
 
@@ -195,7 +196,7 @@ def test_primary_down_fails_over_and_fails_back(lab):
     assert state["failback_last"]["result"] == "primary_silent"
     assert ike_serial(gw, "remote-db-backup") == serial and established(gw) == {"backup"}
 
-    primary.run(["systemctl", "start", "ipsec"], check=True)
+    start_peer(primary)
     _, took = wait_for(lambda: established(gw) == {"primary"}, 120, "failback to the primary")
     print(f"primary back -> failback: {took:.1f}s (failback_after {SETTINGS['failback_after']}s)")
     # (the failback's own "up" alert may fall in the rate window of the previous recovery's)
@@ -230,7 +231,7 @@ def test_both_peers_down_alerts_once_per_window_without_a_restart_storm(lab):
     assert endpoint_ready(lab) == {GATEWAY_ENDPOINT: False}
 
     for name in PEERS:
-        lab[name].run(["systemctl", "start", "ipsec"], check=True)
+        start_peer(lab[name])
     salt1(lab, "libreswan.reset_recovery", "remote-db")
     _, took = wait_for(lambda: established(gw), 120, "the tunnel back after both peers")
     print(f"both peers back -> tunnel up: {took:.1f}s")
