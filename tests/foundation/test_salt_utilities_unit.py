@@ -14,16 +14,12 @@ from repo_modules import REPO, load  # noqa: E402
 
 pytestmark = pytest.mark.unit
 
-# Other work owns these two modules (issue 16/17 metrics, k8s): listed, not hidden.
-NOT_YET = {"vpn_metrics.py"}
 LOADER_FILES = sorted(p for kind in ("_modules", "_states", "_beacons")
                       for p in (REPO / "salt" / kind).glob("*.py"))
 
 
 @pytest.mark.parametrize("path", LOADER_FILES, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_no_hand_written_atomic_write_or_dict_merge(path):
-    if path.name in NOT_YET and path.parent.name == "_modules":
-        pytest.skip(f"{path.name}: owned by other work for now")
     text = path.read_text()
     assert "mkstemp(" not in text, "write through salt.utils.atomicfile.atomic_open"
     assert not re.search(r"def _?(deep_)?merge\(", text), "use salt.utils.dictupdate"
