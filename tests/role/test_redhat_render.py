@@ -3,7 +3,8 @@ with the example pillar, through ``salt-call --local state.show_sls``: rendering
 succeeds and the states carry the EL packages' names and paths (map.jinja's
 RedHat values). No RedHat host runs in the suite: this render is the only
 check. The expected values are written out here, not read from map.jinja, each
-from the EL package's spec file named in docs/role.md, "RedHat family"."""
+from the EL package's spec file named in docs/role.md, "RedHat family".
+The same render, one sub-state at a time, shows each takes the recovery lock."""
 import json
 import subprocess
 import sys
@@ -31,13 +32,10 @@ TOOLS = ["postgresql", "tcpdump", "nmap", "traceroute"]
 NOT_REDHAT = ["/usr/sbin/pgbouncer", "/var/run/pgbouncer", "postgresql-client", "nmap-ncat"]
 
 
-@pytest.fixture(scope="module", params=[9, 10], ids=["rocky9", "rocky10"])
-def rendered(request, tmp_path_factory):
-    """The role's states as ``state.show_sls vpn_gateway`` returns them on a Rocky
-    minion; grains come from the minion config's ``grains:`` key (they override
-    the core grains of the machine running the test)."""
-    major = request.param
-    root = tmp_path_factory.mktemp(f"rocky{major}")
+def write_minion_config(root, major):
+    """A ``salt-call --local`` config over this repo with the example pillar on a
+    Rocky ``major`` minion; grains come from the config's ``grains:`` key (they
+    override the core grains of the machine running the test)."""
     (root / "minion").write_text(yaml.safe_dump({
         **saltstack.local_minion_config(REPO, REPO / "pillar"),
         "gpg_keydir": str(pillar_gpg.keyring()),  # the example pillar's secrets (lab key)
@@ -51,6 +49,16 @@ def rendered(request, tmp_path_factory):
                    # vpn-gw1's Kubernetes-side address: monitoring's endpoint_ready needs it.
                    "ipv4": ["127.0.0.1", "198.18.2.11"]},
     }))
+
+
+@pytest.fixture(scope="module", params=[9, 10], ids=["rocky9", "rocky10"])
+def rendered(request, tmp_path_factory):
+    """The role's states as ``state.show_sls vpn_gateway`` returns them on a Rocky
+    minion; grains come from the minion config's ``grains:`` key (they override
+    the core grains of the machine running the test)."""
+    major = request.param
+    root = tmp_path_factory.mktemp(f"rocky{major}")
+    write_minion_config(root, major)
     argv = [str(SALT_CALL), "--local", f"--config-dir={root}", "--out=json",
             "--retcode-passthrough"]
     grains = subprocess.run([*argv, "grains.item", "os_family", "os", "osmajorrelease"],
@@ -81,7 +89,8 @@ def test_the_role_renders_every_sub_state(rendered):
     assert {state["__sls__"] for state_id, state in rendered.items()
             if state_id != "__extend__"} == {
         f"vpn_gateway.{sls}" for sls in
-        ["sysctl", "ipsec", "pgbouncer", "firewall", "k8s", "monitoring", "tools"]}
+        ["recovery_lock", "sysctl", "ipsec", "pgbouncer", "firewall", "k8s", "monitoring",
+         "tools"]}
 
 
 def test_libreswan_uses_the_el_package_service_and_nss_directory(rendered):
@@ -139,3 +148,30 @@ def test_firewalld_logrotate_and_tools_use_the_el_package_names(rendered):
 def test_no_debian_value_is_left_in_the_render(rendered):
     text = json.dumps(rendered)
     assert [value for value in NOT_REDHAT if value in text] == []
+
+
+# Each sub-state applied alone, rendered in one process (Salt's Caller).
+SHOW_EACH_SUB_STATE = """
+import json, sys
+import salt.client, salt.config
+caller = salt.client.Caller(mopts=salt.config.minion_config(sys.argv[1] + "/minion"))
+print(json.dumps({sls: caller.cmd("state.show_sls", sls) for sls in sys.argv[2:]}))
+"""
+
+
+def test_every_sub_state_applied_alone_holds_the_recovery_lock(tmp_path):
+    """``state.apply vpn_gateway.ipsec`` (or any sub-state) takes the host's recovery
+    lock first and lets go last, as the whole role does (docs/monitoring.md,
+    "Recovery and state runs"): a ladder never restarts a service mid-run."""
+    write_minion_config(tmp_path, 10)
+    subs = [f"vpn_gateway.{sls}" for sls in
+            ["sysctl", "ipsec", "pgbouncer", "firewall", "k8s", "monitoring", "tools"]]
+    proc = subprocess.run([sys.executable, "-c", SHOW_EACH_SUB_STATE, str(tmp_path), *subs],
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for sls, states in json.loads(proc.stdout.splitlines()[-1]).items():
+        assert isinstance(states, dict), (sls, states)
+        lock = states.get("vpn_gateway_recovery_lock", {}).get("libreswan", [])
+        released = states.get("vpn_gateway_recovery_lock_released", {}).get("libreswan", [])
+        assert "recovery_lock" in lock and {"order": "first"} in lock, (sls, sorted(states))
+        assert "recovery_lock_released" in released and {"order": "last"} in released, sls

@@ -5,6 +5,9 @@
     runtime and permanent configuration in one batch, without a reload. Rules this pack
     added and no longer derives are removed (prune_owned); a rule set that would cut
     SSH from a management network or the salt-master's connection is refused. #}
+include:
+  - vpn_gateway.recovery_lock
+
 {%- from "vpn_gateway/map.jinja" import gateway with context %}
 {%- set fw = salt['pillar.get']('vpn_gateway:firewall', {}) %}
 {%- set master = fw.get('salt_master') or salt['config.get']('master') %}

@@ -10,6 +10,7 @@
                     'salifetime', 'dpddelay', 'fragmentation', 'narrowing', 'auto',
                     'ike_version', 'allow_weak_algorithms'] %}
 include:
+  - vpn_gateway.recovery_lock
   - vpn_gateway.sysctl
 
 libreswan_package:

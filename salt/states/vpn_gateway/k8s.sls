@@ -4,6 +4,9 @@
     this renders to a no-op, so the gateway role can include it everywhere. The k8s
     module finds the kubeconfig itself (vpn_gateway:kubernetes:kubeconfig/context,
     from the minion config or this pillar). #}
+include:
+  - vpn_gateway.recovery_lock
+
 {%- set k8s = salt['pillar.get']('vpn_gateway:kubernetes', {}) %}
 {%- set service = k8s.get('service', {}) %}
 {%- set pooler_port = salt['pillar.get']('vpn_gateway:pooler:listen_port', service.get('port', 5432)) %}

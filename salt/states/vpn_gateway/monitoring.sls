@@ -16,17 +16,8 @@
          else [gateway.pgbouncer.log_dir ~ '/*.log'])
       + monitoring.logrotate.logs) %}
 
-# The host's recovery lock for the whole run (docs/monitoring.md, "Recovery and
-# state runs"): first, it waits while a recovery ladder runs; last, it lets go.
-vpn_gateway_recovery_lock:
-  libreswan.recovery_lock:
-    - timeout: 300
-    - order: first
-    - failhard: True
-
-vpn_gateway_recovery_lock_released:
-  libreswan.recovery_lock_released:
-    - order: last
+include:
+  - vpn_gateway.recovery_lock
 
 vpn_gateway_monitoring_memory:
   file.directory:

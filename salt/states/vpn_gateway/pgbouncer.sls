@@ -3,6 +3,9 @@
     formula's unit has the same name), account, directories, a hardened unit, and
     pgbouncer.ini / auth file / HBA rules from pillar vpn_gateway:pooler through the
     pgbouncer states (validated, applied with RELOAD; a restart only with pooler:restart). #}
+include:
+  - vpn_gateway.recovery_lock
+
 {%- from "vpn_gateway/map.jinja" import gateway with context %}
 {%- set pgb = gateway.pgbouncer %}
 {%- set pooler = salt['pillar.get']('vpn_gateway:pooler', {}) %}

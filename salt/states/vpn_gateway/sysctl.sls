@@ -1,6 +1,9 @@
 {#- Kernel settings of a tunnel gateway, persisted in /etc/sysctl.d and applied
     now: it forwards between the tunnel and the pooler side, and neither
     reverse-path filtering nor ICMP redirects may reroute decrypted traffic. #}
+include:
+  - vpn_gateway.recovery_lock
+
 {%- set settings = {
   'net.ipv4.ip_forward': 1,
   'net.ipv4.conf.all.rp_filter': 0,
