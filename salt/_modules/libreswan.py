@@ -485,8 +485,28 @@ def _base(whack_name):
     return whack_name.split("/", 1)[0]
 
 
+_ID_BRACKETS_RE = re.compile(r"\[[^\]]*\]")
+
+
+def _masked(text):
+    """``text`` with the ``.`` and ``-`` inside ``[id]`` replaced by NUL and SOH:
+    an id may hold ``...`` and ``---`` (ID_RE allows them), the separators of
+    a connection line do not."""
+    return _ID_BRACKETS_RE.sub(lambda m: m.group(0).replace(".", "\0").replace("-", "\1"), text)
+
+
+def _unmasked(text):
+    return text.replace("\0", ".").replace("\1", "-") if isinstance(text, str) else text
+
+
 def _endpoint(text, side):
     """``sub===host:port[id]---hop`` (left) or ``hop---host[id]===sub`` (right)."""
+    endpoint = _masked_endpoint(_masked(text), side)
+    return {"address": _unmasked(endpoint["address"]), "id": _unmasked(endpoint["id"]),
+            "subnets": endpoint["subnets"]}
+
+
+def _masked_endpoint(text, side):
     if side == "left":
         subnet, _, host = text.rpartition("===")
         host = host.split("---", 1)[0]
@@ -505,7 +525,7 @@ def _endpoint(text, side):
 def _selector_pairs(topology):
     """``(local, remote)`` CIDR pairs of one connection line's ``left...right``
     (5.x prints one line per pair; a protocol/port suffix is dropped)."""
-    left, _, right = topology.partition("...")
+    left, _, right = _masked(topology).partition("...")
     local, remote = _endpoint(left, "left"), _endpoint(right, "right")
     return [(_cidr(mine), _cidr(theirs)) for mine in local["subnets"]
             for theirs in remote["subnets"]]
@@ -570,13 +590,15 @@ def _parse_status(status_text, traffic_text="", now=None):
         if state:
             entry = conn_entry(_base(state["conn"]))
             rest, name = state["rest"], state["state"]
+            replace_in = _seconds_after(rest, "REPLACE")  # "REPLACE in 0s" is 0, not absent
             sa = {
                 "serial": int(state["serial"]),
                 "conn": f'"{state["conn"]}"' + (f'[{state["inst"]}]' if state["inst"] else ""),
                 "state": name,
                 "description": state["desc"],
                 "established": "ESTABLISHED" in name,
-                "replace_in": _seconds_after(rest, "REPLACE") or _seconds_after(rest, "EXPIRE"),
+                "replace_in": (replace_in if replace_in is not None
+                               else _seconds_after(rest, "EXPIRE")),
             }
             if "CHILD" in name or re.search(r"\bIKE SA #\d+", rest):
                 parent = re.search(r"\bIKE SA #(\d+)", rest)
@@ -605,7 +627,7 @@ def _parse_status(status_text, traffic_text="", now=None):
                 target += [p for p in pairs if p not in target]
         if "..." in rest and not match["inst"]:
             topology = rest.split(";", 1)[0]
-            left, _, right = topology.partition("...")
+            left, _, right = _masked(topology).partition("...")
             local, remote = _endpoint(left, "left"), _endpoint(right, "right")
             if entry["local"] is None:
                 entry["local"], entry["remote"] = local, remote
