@@ -589,23 +589,29 @@ def port_in_use(listen_addr, port):
 
 
 def _saslprep(password):
-    """RFC 4013 SASLprep as PostgreSQL applies it (pure ASCII and failures pass through)."""
+    """RFC 4013 SASLprep as PostgreSQL applies it (pure ASCII and failures pass through).
+
+    As PostgreSQL's pg_saslprep does: a code point in both tables (U+200B) maps
+    to a space, not to nothing; the prohibited, unassigned and bidi checks look
+    at the mapped code points, before NFKC (U+0340, prohibited, normalizes to
+    U+0300, allowed: PostgreSQL uses such a password as it is).
+    tests/pgbouncer/test_saslprep_postgres.py compares with PostgreSQL itself.
+    """
     if password.isascii():
         return password
-    mapped = "".join(" " if stringprep.in_table_c12(c) else c
-                     for c in password if not stringprep.in_table_b1(c))
-    normal = unicodedata.normalize("NFKC", mapped)
+    mapped = "".join(" " if stringprep.in_table_c12(c) else c for c in password
+                     if stringprep.in_table_c12(c) or not stringprep.in_table_b1(c))
     prohibited = (stringprep.in_table_c12, stringprep.in_table_c21_c22, stringprep.in_table_c3,
                   stringprep.in_table_c4, stringprep.in_table_c5, stringprep.in_table_c6,
                   stringprep.in_table_c7, stringprep.in_table_c8, stringprep.in_table_c9,
                   stringprep.in_table_a1)
-    if not normal or any(check(c) for c in normal for check in prohibited):
+    if not mapped or any(check(c) for c in mapped for check in prohibited):
         return password
-    if any(stringprep.in_table_d1(c) for c in normal):
-        if not (stringprep.in_table_d1(normal[0]) and stringprep.in_table_d1(normal[-1])) or any(
-                stringprep.in_table_d2(c) for c in normal):
+    if any(stringprep.in_table_d1(c) for c in mapped):
+        if not (stringprep.in_table_d1(mapped[0]) and stringprep.in_table_d1(mapped[-1])) or any(
+                stringprep.in_table_d2(c) for c in mapped):
             return password
-    return normal
+    return unicodedata.normalize("NFKC", mapped)
 
 
 def scram_verifier(password_pillar=None, salt=None, iterations=4096, password_file=None):
