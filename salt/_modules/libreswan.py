@@ -677,7 +677,10 @@ def _parse_status(status_text, traffic_text="", now=None):
         entry["subnets_covered"], entry["subnets_missing"] = _coverage(wanted, covered)
         carried = entry["ike_established"] and bool(children)
         entry["up"] = carried and not entry["subnets_missing"]
-        entry["partial"] = carried and bool(entry["subnets_missing"])
+        # Partial: some declared subnets carried. Child SAs narrowed to none of them
+        # carry nothing the tunnel is for: down, so that recovery may fail over.
+        entry["partial"] = (carried and bool(entry["subnets_covered"])
+                            and bool(entry["subnets_missing"]))
         entry["state"] = "up" if entry["up"] else ("partial" if entry["partial"] else "down")
         entry["reason"] = None if entry["up"] else _state_reason(entry)
     return {"conns": conns, "tunnels": _tunnels(conns), "summary": _summary(conns)}
@@ -693,6 +696,9 @@ def _state_reason(entry):
         return "no IKE SA"
     if not ike["established"]:
         return f"IKE SA #{ike['serial']} in {ike['state']} ({ike['description']})"
+    if entry.get("child_established") and entry["subnets_missing"]:
+        return (f"Child SAs carry none of the {len(entry['subnets_missing'])} remote subnets; "
+                f"missing {', '.join(entry['subnets_missing'])}")
     if entry["child_sas"]:
         child = entry["child_sas"][-1]
         return f"Child SA #{child['serial']} in {child['state']} ({child['description']})"

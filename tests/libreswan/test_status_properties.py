@@ -407,7 +407,7 @@ def expected_conn(c, version):
     missing = [s for s in subnets if s not in negotiated]
     ike_up = c["ike_kind"] == "established"
     carried = ike_up and bool(established)
-    up, partial = carried and not missing, carried and bool(missing)
+    up, partial = carried and not missing, carried and bool(covered) and bool(missing)
     children = sorted((ch for _, ch in c["children"]), key=lambda ch: ch["serial"])
     if up:
         reason = None
@@ -418,6 +418,9 @@ def expected_conn(c, version):
         reason = "no IKE SA"
     elif c["ike_kind"] == "negotiating":
         reason = f'IKE SA #{c["ike_serial"]} in {c["ike_state"][0]} ({c["ike_state"][1]})'
+    elif carried:  # established Child SAs narrowed to none of the declared subnets
+        reason = (f"Child SAs carry none of the {len(missing)} remote subnets; "
+                  f"missing {', '.join(missing)}")
     elif children:
         last = children[-1]
         state = CHILD_ESTABLISHED[version] if last["established"] else CHILD_NEGOTIATING[version]
