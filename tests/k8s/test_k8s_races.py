@@ -101,3 +101,24 @@ def test_a_writer_that_keeps_losing_gives_up_with_a_clear_error(cluster, namespa
     k8s._list_slices = always_changed
     with pytest.raises(k8s.CommandExecutionError, match="409.*5 tries"):
         k8s.apply_endpointslices("pg", namespace, [A, B], **cluster.conn)
+
+
+def test_the_readiness_check_between_a_state_runs_write_and_its_read_back(cluster, namespace,
+                                                                          slice_with_a):
+    """k8s.sync_readiness runs on a schedule, also during a state run: when it sets an
+    endpoint not ready after the state's write, the state's read-back differs only in
+    the conditions it leaves to that check (ready=None), and the state still succeeds."""
+    k8s, states = slice_with_a
+    read_back = states.__salt__["k8s.list_endpointslices"]
+
+    def after_the_readiness_check(*args, **kwargs):
+        k8s.set_endpoints_ready("pg", namespace, False, addresses=[B], **cluster.conn)
+        return read_back(*args, **kwargs)
+
+    states.__salt__["k8s.list_endpointslices"] = after_the_readiness_check
+    ret = states.endpointslice_present("pg", namespace, [A, B], **cluster.conn)
+    assert ret["result"] is True, ret
+    assert live_ready(cluster, namespace) == {A: True, B: False}
+    # A state that sets ready itself owns it: the same race is then reported.
+    ret = states.endpointslice_present("pg", namespace, [A, B], ready=True, **cluster.conn)
+    assert ret["result"] is False and "another writer" in ret["comment"], ret
