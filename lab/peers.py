@@ -65,5 +65,9 @@ def configure(lab, psk=EXAMPLE_PSK, subnets=DATABASE_SUBNETS):
 
 
 def reload(host, gateway):
-    """Load the conn for ``gateway`` anew in the remote gateway ``host`` (its SAs go)."""
+    """Load the conn for ``gateway`` anew in the remote gateway ``host`` (its SAs go).
+    Deleted first (by its name, the alias of 4.x's sub-conns): on 4.x ``addconn``
+    replaces only the sub-conns it loads, so a subnet dropped from the file would
+    stay loaded as ``GATEWAY/0x3`` and keep accepting its Child SA."""
+    host.run(["ipsec", "whack", "--delete", "--name", gateway], check=True, timeout=120)
     host.run(["ipsec", "addconn", gateway], check=True, timeout=120)

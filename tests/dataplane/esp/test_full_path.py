@@ -101,12 +101,6 @@ def test_select_1_from_k8s_node_through_pooler_and_tunnel(path):
           + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
 
 
-# Libreswan 5.2 only, for now: in a clean-clone run on 4.10 the Child SA made before
-# (``"remote-db/0x1"[2]``, 655 s old) was still there after restart_conn, so the
-# tunnel kept reading up with all three subnets. Whether restart_conn misses 4.x
-# sub-conn instances is open (issue 13 note); 4.x partial readings are held by
-# tests/libreswan's fixtures.
-@pytest.mark.platforms("debian13")
 def test_a_peer_that_narrows_a_subnet_away_leaves_the_tunnel_partial(path):
     """The remote side offers two of the three declared database subnets (a
     narrowing peer): the Child SAs that come up carry only those, and the
