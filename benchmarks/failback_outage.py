@@ -1,30 +1,37 @@
-"""The outage one failback costs, make before break (issue 13). UNMEASURED:
-it needs ESP (Child SAs), which this project's host kernel lacks; run it in
-the QEMU guest (``--guest``), which has ESP but takes the whole machine for
-10+ minutes.
+"""The outage one failback costs, make before break (issue 13), under client
+load, on real Child SAs. It needs ESP, which this project's host kernel
+lacks: run it in the QEMU guest (``--guest``), which has ESP but takes the
+whole machine for 15+ minutes per platform.
 
-Run by hand, as root:
+Run by hand, as root, on a quiet machine:
 
-    .venv/bin/python benchmarks/failback_outage.py [--runs 3]           # on a kernel with ESP
-    .venv/bin/python benchmarks/failback_outage.py --guest [--runs 3]   # inside a QEMU guest
+    .venv/bin/python benchmarks/failback_outage.py --guest [--platform debian12] [--runs 3]
+    .venv/bin/python benchmarks/failback_outage.py [--runs 3]   # on a kernel with ESP
 
-The lab and the settings are the monitoring tests' (tests/monitoring:
-beacon every 2 s, holddown 2 s, step_timeout 5 s, failback_after 8 s). Per
-run: the primary peer is stopped, the tunnel fails over to the backup; then
+The lab is masterless, like the ESP tests (under TCG every master round trip
+takes minutes): vpn-gw1 gets vpn_gateway.sysctl, .ipsec and .pgbouncer with
+the example pillar through ``salt-call --local``, with ``up_when: child_sa``,
+``failback_after`` 8 s and ``step_timeout`` 20 s (TCG's pace);
+the remote primary and backup gateways answer (lab/peers.py) and forward to
+remote-db only what IPsec decrypted. Load: k8s-node1 runs ``SELECT 1``
+through vpn-gw1's pooler in a loop (a new psql each time, one every ~0.2 s
+plus psql's own start under TCG). Per run, the tunnel is put on the backup
+(``libreswan.switch``, the failover's own step), then:
 
-- *dead primary*: one failback attempt while the primary stays dead
-  (``libreswan.failback`` once due): the longest gap without an installed
-  Child SA on vpn-gw1 (``ipsec whack --trafficstatus``, sampled every 0.1 s)
-  and whether the backup's IKE SA serial changed. Make before break: 0 s and
-  unchanged; the former switch-and-back probe: about 2 x step_timeout.
-- *primary back*: the primary is started and the failback moves the tunnel:
-  the longest gap without a Child SA.
+- *dead primary*: the primary peer stopped, one failback is due and runs
+  (``libreswan.failback``): outcome, whether the backup's IKE SA serial
+  changed, the longest gap without a Child SA on vpn-gw1 (``ipsec whack
+  --trafficstatus`` sampled in the host) and the longest gap between two
+  answered queries. Make before break: no gap beyond the load's own period.
+- *primary back*: the primary started, the failback moves the tunnel: the
+  same gaps.
 
-A sampled gap is an upper bound of the SA outage, not of a client's: TCP
-retransmits across a short gap. Load: QEMU's TCG makes the guest's CPU
-about 10x slower, which is the load this measures under.
+A sampled gap is an upper bound of the SA outage; the query gap is what a
+client saw (a query that failed or hung is a gap). QEMU's TCG makes the
+guest's CPU about 10x slower: that is the load this measures under.
 """
 import argparse
+import json
 import os
 import re
 import statistics
@@ -34,11 +41,69 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "tests"), str(REPO / "tests" / "monitoring")]
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
-from monitoring_helpers import HOSTS, established, prepare, salt1, wait_for  # noqa: E402
+from lab import DEFAULT, Lab, peers, postgres, role, saltstack  # noqa: E402
 
-from lab import DEFAULT, Lab  # noqa: E402
+HOSTS = ["vpn-gw1", "remote-gw-primary", "remote-gw-backup", "remote-db", "k8s-node1"]
+TUNNEL = "remote-db"
+ROLE_SLS = "vpn_gateway.sysctl,vpn_gateway.ipsec,vpn_gateway.pgbouncer"
+# step_timeout: under TCG an IKE SA and its Child SAs take 5-10 s to negotiate.
+SETTINGS = {"up_when": "child_sa", "holddown": 2, "step_timeout": 20, "failback": "auto",
+            "failback_after": 8}
+# As in tests/dataplane/esp: the remote gateways pass to the database only what was decrypted.
+ONLY_DECRYPTED = """\
+table inet dataplane {
+    chain forward {
+        type filter hook forward priority 0; policy accept;
+        ip daddr 198.19.1.0/24 meta ipsec missing drop
+    }
+}
+"""
+# The client: one SELECT 1 through the pooler at a time, each line "<start> <end> ok|fail".
+LOAD = """\
+while :; do
+  start=$(date +%s.%N)
+  if psql -X -At -h {host} -p {port} -U {user} -d {database} -c 'SELECT 1' >/dev/null 2>&1
+  then result=ok; else result=fail; fi
+  echo "$start $(date +%s.%N) $result" >> /run/load.log
+  sleep 0.2
+done
+"""
+
+
+def wait_for(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"failback benchmark: no {what} after {timeout}s")
+        time.sleep(0.5)
+    return value
+
+
+def call(lab, function, *args):
+    return saltstack.call_local(lab, lab["vpn-gw1"], function, *args, timeout=600)
+
+
+def established(gw):
+    """Which peers vpn-gw1 has an established IKE SA with (whack itself)."""
+    text = gw.run(["ipsec", "whack", "--status"]).stdout
+    return {"backup" if m.group(1).endswith("-backup") else "primary"
+            for m in re.finditer(r'#\d+: "([^"/]+)[^ ]* \S+ (?:STATE_V2_)?ESTABLISHED_IKE_SA',
+                                 text)}
+
+
+def child_sa_peers(gw):
+    """The conns (primary/backup) with an installed Child SA on vpn-gw1."""
+    text = gw.run(["ipsec", "whack", "--trafficstatus"]).stdout
+    return {"backup" if m.group(1).endswith("-backup") else "primary"
+            for m in re.finditer(r'"([^"/]+)[^"]*"', text)}
+
+
+def backup_serial(gw):
+    found = re.search(r'#(\d+): "remote-db-backup"[^ ]* \S+ (?:STATE_V2_)?ESTABLISHED_IKE_SA',
+                      gw.run(["ipsec", "whack", "--status"]).stdout)
+    return found and int(found.group(1))
 
 
 class ChildSaGaps:
@@ -51,57 +116,119 @@ class ChildSaGaps:
 
     def run(self):
         while not self.stop.is_set():
-            text = self.gw.run(["ipsec", "whack", "--trafficstatus"]).stdout
-            self.samples.append((time.monotonic(), bool(re.search(r'"remote-db', text))))
+            self.samples.append((time.time(), bool(child_sa_peers(self.gw))))
             time.sleep(self.period)
 
     def __enter__(self):
+        self.started = time.time()
         self.thread.start()
         return self
 
     def __exit__(self, *exc):
         self.stop.set()
-        self.thread.join(30)
+        self.thread.join(60)
+        self.ended = time.time()
 
     def longest(self):
-        longest, since = 0.0, None
-        for at, up in self.samples:
-            if not up and since is None:
-                since = at
-            elif up and since is not None:
-                longest, since = max(longest, at - since), None
-        if since is not None:
-            longest = max(longest, self.samples[-1][0] - since)
-        return longest
+        return longest_gap([at for at, up in self.samples if up], self.started, self.ended)
 
 
-def backup_serial(gw):
-    found = re.search(r'#(\d+): "remote-db-backup"[^ ]* \S+ (?:STATE_V2_)?ESTABLISHED_IKE_SA',
-                      gw.run(["ipsec", "whack", "--status"]).stdout)
-    return found and int(found.group(1))
+def longest_gap(times, started, ended):
+    """The longest stretch in [started, ended] with no time in ``times``."""
+    points = [started] + sorted(t for t in times if started <= t <= ended) + [ended]
+    return max(b - a for a, b in zip(points, points[1:]))
+
+
+def answered(node, started, ended):
+    """End times of the queries that k8s-node1 saw answered in [started, ended]; failures."""
+    ok, failed = [], 0
+    for line in node.run(["cat", "/run/load.log"]).stdout.splitlines():
+        begin, end, result = line.split()
+        if started <= float(end) and float(begin) <= ended:
+            if result == "ok":
+                ok.append(float(end))
+            else:
+                failed += 1
+    return ok, failed
+
+
+def prepare(lab):
+    gw = lab["vpn-gw1"]
+    for name in peers.REMOTE_GATEWAYS:
+        lab[name].run(["nft", "-f", "-"], input=ONLY_DECRYPTED, check=True)
+    peers.configure(lab)
+    postgres.start(lab["remote-db"])
+    saltstack.masterless(lab, gw)
+    gw.put("/etc/salt/minion.d/monitoring.conf",
+           json.dumps({"vpn_gateway": {"monitoring": SETTINGS}}))
+    started = time.monotonic()
+    returns = call(lab, "state.apply", ROLE_SLS)
+    failed = {r.get("__id__"): r["comment"] for r in returns.values() if r["result"] is False}
+    if failed:
+        raise RuntimeError(f"failback benchmark: the formulas failed: {failed}")
+    slowest = sorted(returns.values(), key=lambda r: -r.get("duration", 0))[:6]
+    print(f"formulas applied in {time.monotonic() - started:.0f}s; slowest states (s): "
+          + ", ".join(f"{r['__id__']} {r.get('duration', 0) / 1000:.1f}" for r in slowest),
+          flush=True)
+    wait_for(lambda: child_sa_peers(gw) == {"primary"}, 300, "Child SA on the primary")
+    host, port, database = role.POOLER
+    lab["k8s-node1"].run(["systemd-run", "--unit", "load",
+                          f"--setenv=PGPASSWORD={postgres.PASSWORD}",
+                          "--setenv=PGCONNECT_TIMEOUT=10", "sh", "-c",
+                          LOAD.format(host=host, port=port, user=postgres.ROLE,
+                                      database=database)], check=True)
+
+
+def to_backup(lab):
+    gw = lab["vpn-gw1"]
+    call(lab, "libreswan.switch", TUNNEL, "to=backup", "wait=60")
+    wait_for(lambda: child_sa_peers(gw) == {"backup"}, 300, "Child SA on the backup")
+    call(lab, "libreswan.failback", TUNNEL)  # remembers since when the backup carries it
+
+
+def measured(lab, action):
+    """Run ``action`` while sampling; (its return, Child SA gap, query gap, failed queries)."""
+    gw, node = lab["vpn-gw1"], lab["k8s-node1"]
+    with ChildSaGaps(gw) as gaps:
+        time.sleep(3)
+        value = action()
+        time.sleep(5)
+    ok, failed = answered(node, gaps.started, gaps.ended)
+    return value, gaps.longest(), longest_gap(ok, gaps.started, gaps.ended), failed
 
 
 def one_run(lab):
     gw, primary = lab["vpn-gw1"], lab["remote-gw-primary"]
+    to_backup(lab)
     primary.run(["systemctl", "stop", "ipsec"], check=True)
-    wait_for(lambda: established(gw) == {"backup"}, 180, "failover to the backup")
+    time.sleep(SETTINGS["failback_after"] + 1)
     serial = backup_serial(gw)
-    with ChildSaGaps(gw) as dead:
-        time.sleep(10)  # failback_after 8 s: the failback is due
-        outcome = salt1(lab, "libreswan.failback", "remote-db")["remote-db"].get("outcome")
-        time.sleep(2)
-    kept = backup_serial(gw) == serial
-    with ChildSaGaps(gw) as back:
-        primary.run(["systemctl", "start", "ipsec"], check=True)
-        wait_for(lambda: established(gw) == {"primary"}, 180, "failback to the primary")
-        time.sleep(2)
-    return {"dead primary: gap (s)": dead.longest(), "dead primary: outcome": outcome,
-            "dead primary: backup SA kept": kept, "primary back: gap (s)": back.longest()}
+    outcome, sa_gap, query_gap, failed = measured(
+        lab, lambda: call(lab, "libreswan.failback", TUNNEL)[TUNNEL].get("outcome"))
+    print(f"dead primary: {outcome}, Child SA gap {sa_gap:.1f}s, query gap {query_gap:.1f}s",
+          flush=True)
+    row = {"dead primary: outcome": outcome,
+           "dead primary: backup SA kept": backup_serial(gw) == serial,
+           "dead primary: Child SA gap (s)": sa_gap, "dead primary: query gap (s)": query_gap,
+           "dead primary: failed queries": failed}
+    primary.run(["systemctl", "start", "ipsec"], check=True)
+    time.sleep(SETTINGS["failback_after"] + 1)
+
+    def failback_to_primary():
+        result = call(lab, "libreswan.failback", TUNNEL)[TUNNEL]
+        wait_for(lambda: child_sa_peers(gw) == {"primary"}, 300, "Child SA on the primary")
+        return result.get("outcome")
+
+    outcome, sa_gap, query_gap, failed = measured(lab, failback_to_primary)
+    row.update({"primary back: outcome": outcome, "primary back: Child SA gap (s)": sa_gap,
+                "primary back: query gap (s)": query_gap, "primary back: failed queries": failed})
+    return row
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--platform", default="debian13")
     parser.add_argument("--guest", action="store_true", help="run inside a QEMU guest (ESP)")
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -110,21 +237,23 @@ def main():
         from lab import qemu
         # the venv's interpreter: the lab's Salt and the script's imports live there
         result = qemu.run([sys.executable, "benchmarks/failback_outage.py", "--runs",
-                           str(args.runs)],
-                          cwd=REPO, timeout=3600, stream=True)
+                           str(args.runs), "--platform", args.platform],
+                          cwd=REPO, timeout=5400, stream=True)
         sys.exit(result.returncode)
     rows = []
-    with Lab(DEFAULT.subset(HOSTS), name=f"vgwlab-failback{os.getpid()}") as lab:
+    with Lab(DEFAULT.subset(HOSTS), name=f"vgwlab-failback{os.getpid()}",
+             platform=args.platform) as lab:
         prepare(lab)
         for run in range(args.runs):
             rows.append(one_run(lab))
             print(f"run {run + 1}/{args.runs}: {rows[-1]}", flush=True)
-    print(f"\n{args.runs} runs (load: {os.getloadavg()[0]:.1f})")
+    print(f"\n{args.platform}, {args.runs} runs (load average: {os.getloadavg()[0]:.1f})")
     for key in rows[0]:
         values = [r[key] for r in rows]
         shown = (f"median {statistics.median(values):.2f}, max {max(values):.2f}"
-                 if isinstance(values[0], float) else ", ".join(map(str, values)))
-        print(f"{key:<30} {shown}")
+                 if isinstance(values[0], (int, float)) and not isinstance(values[0], bool)
+                 else ", ".join(map(str, values)))
+        print(f"{key:<34} {shown}")
 
 
 if __name__ == "__main__":

@@ -1009,6 +1009,34 @@ def _pluto_log(lines=400, timeout=LOG_TIMEOUT):
     return result["stdout"].splitlines() if result["retcode"] == 0 else []
 
 
+def _ike_established_in(lines, name):
+    """Whether pluto's log ``lines`` record an IKE SA of conn ``name`` (or of its 4.x
+    sub-conns ``name/0x1``...) established, as initiator or responder."""
+    conn = re.compile(rf'^"{re.escape(name)}(?:/0x[0-9a-f]+)?"(?:\[\d+\])? .*'
+                      r"\b(?:initiator|responder) established IKE SA\b")
+    return any(conn.search(line) for line in lines)
+
+
+def peer_answered(name, since):
+    """
+    Whether conn ``name``'s peer completed an IKE SA with this host since ``since``
+    (UNIX time), from pluto's log: the peer answers, even where that IKE SA did
+    not last (Libreswan 4.10 deletes it at once when its first Child SA cannot
+    route over another conn's, as a primary's cannot beside the backup that
+    carries the tunnel: ``cannot route -- route already in use``).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'vpn-gw1' libreswan.peer_answered remote-db 1796000000
+    """
+    result = _run_bounded(
+        ["journalctl", "-u", "ipsec.service", "-o", "cat", "--since", f"@{int(float(since))}",
+         "--no-pager"], LOG_TIMEOUT, f"journalctl did not answer within {LOG_TIMEOUT} s")
+    return result["retcode"] == 0 and _ike_established_in(result["stdout"].splitlines(), name)
+
+
 def status(timeout=None):
     """
     Structured tunnel status from one ``whack --status`` and one

@@ -821,7 +821,7 @@ def _failback_one(settings, tunnel):
         return dict(result, comment=f"staying on the backup ({why})")
     memory.update(backup_since=since, failback_tried=now)
     _remember(tunnel, memory)
-    final, outcome = _make_before_break(settings, tunnel)
+    final, outcome = _make_before_break(settings, tunnel, answered_since=max(since, last_try))
     memory = _memory(tunnel)
     memory["failback_last"] = {"started": now, "time": time.time(), "result": outcome}
     if final["state"] != "up":
@@ -839,22 +839,28 @@ def _failback_one(settings, tunnel):
                                               "back on the primary peer"))
 
 
-def _make_before_break(settings, tunnel):
-    """Bring the primary conn up beside the backup; only once its IKE SA is
-    established is the backup taken down (the primary's Child SA, which the
-    backup's SA may have kept from installing over the same selectors, is
-    initiated again once the backup is gone). A primary that stays silent for
-    ``step_timeout`` is left to pluto, the backup's SAs never touched: its
-    conn is not terminated while it negotiates (Libreswan 4.10's pluto
-    crashes terminating a narrowing conn with queued Child SAs, and takes the
-    backup's SAs with it); pluto keeps initiating it, a later failback does
+def _make_before_break(settings, tunnel, answered_since):
+    """Bring the primary conn up beside the backup; only once the primary is known
+    to answer is the backup taken down (the primary's Child SA, which the backup's
+    SA may have kept from installing over the same selectors, is initiated again
+    once the backup is gone). The primary answers when its IKE SA is established
+    now, or was at any time since ``answered_since`` (pluto's log,
+    ``libreswan.peer_answered``): on Libreswan 4.10 with real Child SAs the
+    primary's IKE SA lasts well under a second beside the backup (its first Child
+    SA cannot route over the backup's, and pluto deletes the IKE SA with it), then
+    pluto revives it every ~40 s, the same again; seen in the QEMU guest. A primary
+    that stays silent for ``step_timeout`` is left to pluto, the backup's SAs never
+    touched: its conn is not terminated while it negotiates (Libreswan 4.10's
+    pluto crashes terminating a narrowing conn with queued Child SAs, and takes
+    the backup's SAs with it); pluto keeps initiating it, a later failback does
     not initiate it twice (``libreswan.up``), and once it is up beside the
     backup, ``ensure_up`` (the beacon's ``up`` event) takes the backup down.
     Returns (health, outcome): failed_back, primary_silent or
     primary_child_failed (then back on the backup)."""
     wait = settings["step_timeout"]
     probe = __salt__["libreswan.up"](tunnel, wait=wait)
-    if not probe.get("ike_established"):
+    if not probe.get("ike_established") and not __salt__["libreswan.peer_answered"](
+            tunnel, answered_since):
         return _health_now(settings, tunnel), "primary_silent"
     __salt__["libreswan.down"](tunnel + BACKUP_SUFFIX)
     current = _health_now(settings, tunnel)

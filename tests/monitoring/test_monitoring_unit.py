@@ -303,9 +303,10 @@ def test_a_ladder_that_took_the_lock_backs_off_from_a_rendering_state_run(tmp_pa
 class FakePluto:
     """libreswan.up/down/switch on a two-conn tunnel; the primary answers or not."""
 
-    def __init__(self, primary_alive):
-        self.alive = primary_alive
+    def __init__(self, primary_alive, lasts_beside_backup=True):
+        self.alive, self.lasts = primary_alive, lasts_beside_backup
         self.ike = {"remote-db": False, "remote-db-backup": True}
+        self.answered = False  # what pluto's log says (libreswan.peer_answered)
         self.calls = []
 
     def status(self):
@@ -316,7 +317,11 @@ class FakePluto:
     def up(self, name, wait=10):
         self.calls.append(("up", name))
         if name == "remote-db-backup" or self.alive:
-            self.ike[name] = True
+            self.answered = self.answered or name == "remote-db"
+            # 4.10 with Child SAs: the primary's IKE SA is deleted at once while the
+            # backup's SAs hold the routes
+            self.ike[name] = self.lasts or name == "remote-db-backup" or not self.ike[
+                "remote-db-backup"]
         return {"name": name, "ike_established": self.ike[name], "up": self.ike[name]}
 
     def down(self, name):
@@ -333,6 +338,7 @@ class FakePluto:
     def salt(self):
         return {"libreswan.status": self.status, "libreswan.up": self.up,
                 "libreswan.down": self.down, "libreswan.switch": self.switch,
+                "libreswan.peer_answered": lambda name, since: self.answered,
                 "saltutil.is_running": lambda fun: []}
 
 
@@ -360,6 +366,36 @@ def test_failback_to_a_live_primary_makes_before_it_breaks(tmp_path, monkeypatch
     assert result["outcome"] == "failed_back" and result["state"] == "up"
     assert pluto.calls == [("up", "remote-db"), ("down", "remote-db-backup")]
     assert pluto.ike == {"remote-db": True, "remote-db-backup": False}
+
+
+def test_failback_to_a_live_primary_whose_ike_sa_does_not_last_beside_the_backup(
+        tmp_path, monkeypatch):
+    """Libreswan 4.10 with real Child SAs (the QEMU guest): the primary's IKE SA is
+    deleted at once while the backup holds the routes. Pluto's log says the primary
+    answered: the backup goes, the primary is initiated again and carries."""
+    pluto = FakePluto(primary_alive=True, lasts_beside_backup=False)
+    module, _ = fresh_recovery(tmp_path, monkeypatch, salt=pluto.salt())
+    result = due_failback(module)
+    assert result["outcome"] == "failed_back" and result["state"] == "up", result
+    assert pluto.calls == [("up", "remote-db"), ("down", "remote-db-backup"),
+                           ("up", "remote-db")]
+    assert pluto.ike == {"remote-db": True, "remote-db-backup": False}
+
+
+def test_the_log_tells_which_conns_peer_established_an_ike_sa():
+    module = load("salt/_modules/libreswan.py")
+    # Captured in the QEMU guest (Libreswan 4.10): the primary's IKE SA beside the backup.
+    lines = ['"remote-db/0x3"[3] 198.18.0.21 #35: initiating IKEv2 connection',
+             '"remote-db/0x3"[3] 198.18.0.21 #35: initiator established IKE SA; authenticated '
+             "peer using authby=secret and ID_FQDN '@remote-gw-primary'",
+             '"remote-db/0x3"[3] 198.18.0.21 #36: cannot route -- route already in use for '
+             '"remote-db-backup/0x3"[1] 198.18.0.22',
+             '"remote-db/0x3"[3] 198.18.0.21 #35: deleting state (STATE_V2_ESTABLISHED_IKE_SA) '
+             "aged 0.322413s and NOT sending notification"]
+    assert module._ike_established_in(lines, "remote-db")
+    assert not module._ike_established_in(lines, "remote-db-backup")
+    assert not module._ike_established_in([lines[0], lines[3]], "remote-db")
+    assert not module._ike_established_in([lines[1]], "remote")
 
 
 def test_a_primary_that_came_up_beside_the_backup_takes_over_on_the_up_event(
