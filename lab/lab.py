@@ -10,6 +10,7 @@ lab creates carries its name (``vgwlab`` by default): ``clean(name)`` removes
 whatever a killed run left, and ``leftovers(name)`` proves nothing is left.
 """
 import ipaddress
+import json
 import os
 import re
 import signal
@@ -69,6 +70,7 @@ class LabHost:
         self.platform = images.PLATFORMS[spec.platform or lab.platform]
         self.nspawn = None  # the systemd-nspawn process
         self.pid = None  # the container's PID 1, as seen from the root namespace
+        self.macs = {}  # {interface: MAC} kept over a power cycle, as a cloud NIC's
 
     def address(self, segment):
         return self.spec.address(segment)
@@ -79,6 +81,8 @@ class LabHost:
         Returns a Result; with ``check=True`` raises LabError on a non-zero exit.
         The environment is a clean one, as a login on the host would have.
         """
+        if self.pid is None:
+            raise LabError(f"{self.name} is not running (powered off, or not started)")
         if isinstance(cmd, str):
             cmd = ["/bin/sh", "-c", cmd]
         environment = [f"PATH={HOST_PATH}", "LANG=C.UTF-8", "HOME=/root", "TERM=dumb"]
@@ -249,24 +253,35 @@ class Lab:
         fabric = [f"link add br-{seg.name} type bridge" for seg in self.topology.segments]
         fabric += [f"link set br-{seg.name} up" for seg in self.topology.segments]
         sh(["ip", "-n", self.fabric, "-batch", "-"], input="\n".join(fabric) + "\n")
-        for index, host in enumerate(self.hosts.values()):
-            spec = host.spec
-            sh(["ip", "netns", "add", host.netns])
-            inside = ["link set lo up"]
-            for seg, addr in spec.addresses.items():
-                port = f"h{index}-{seg}"[:15]
-                sh(["ip", "-n", self.fabric, "link", "add", port, "type", "veth",
-                    "peer", "name", f"{seg}0", "netns", host.netns])
-                sh(["ip", "-n", self.fabric, "link", "set", port, "master", f"br-{seg}", "up"])
-                prefix = self._segment_prefix(seg)
-                inside += [f"addr add {addr}/{prefix} dev {seg}0", f"link set {seg}0 up"]
-            inside += [f"addr add {addr}/32 dev lo" for addr in spec.loopback]
-            for dst, via in spec.routes:
-                if self._on_link(spec, via):
-                    inside.append(f"route add {dst} via {via}")
-            sh(["ip", "-n", host.netns, "-batch", "-"], input="\n".join(inside) + "\n")
-            if spec.forwarding:
-                sh(["ip", "netns", "exec", host.netns, "sysctl", "-qw", "net.ipv4.ip_forward=1"])
+        for host in self.hosts.values():
+            self._wire_host(host)
+
+    def _ports(self, host):
+        """{segment: the fabric end of the host's veth on it}."""
+        index = list(self.hosts).index(host.name)
+        return {seg: f"h{index}-{seg}"[:15] for seg in host.spec.addresses}
+
+    def _wire_host(self, host):
+        """The host's namespace, its veths to the segments' bridges, addresses, routes."""
+        spec = host.spec
+        sh(["ip", "netns", "add", host.netns])
+        inside = ["link set lo up"]
+        for seg, port in self._ports(host).items():
+            mac = host.macs.get(f"{seg}0")
+            sh(["ip", "-n", self.fabric, "link", "add", port, "type", "veth",
+                "peer", "name", f"{seg}0", *(["address", mac] if mac else []),
+                "netns", host.netns])
+            sh(["ip", "-n", self.fabric, "link", "set", port, "master", f"br-{seg}", "up"])
+            prefix = self._segment_prefix(seg)
+            inside += [f"addr add {spec.addresses[seg]}/{prefix} dev {seg}0",
+                       f"link set {seg}0 up"]
+        inside += [f"addr add {addr}/32 dev lo" for addr in spec.loopback]
+        for dst, via in spec.routes:
+            if self._on_link(spec, via):
+                inside.append(f"route add {dst} via {via}")
+        sh(["ip", "-n", host.netns, "-batch", "-"], input="\n".join(inside) + "\n")
+        if spec.forwarding:
+            sh(["ip", "netns", "exec", host.netns, "sysctl", "-qw", "net.ipv4.ip_forward=1"])
 
     def _segment_prefix(self, seg):
         return next(s.cidr.split("/")[1] for s in self.topology.segments if s.name == seg)
@@ -299,7 +314,7 @@ class Lab:
         host.put("/etc/hosts", "\n".join(hosts) + "\n")
 
     def _boot(self, host):
-        log = open(host.dir / "console.log", "w")
+        log = open(host.dir / "console.log", "a")  # after a power_on, both boots
         # The repo, the venv and its interpreter's tree (Salt's programs), at their own paths.
         shared = {self.repo, self.venv, _python_home(self.venv)}
         binds = [f"--bind-ro={path}" for path in sorted(shared)]
@@ -329,6 +344,52 @@ class Lab:
                 raise LabError(f"{host.name}: systemd-nspawn exited: {host.console()}")
             else:
                 time.sleep(0.02)
+
+    # -- one host's power ----------------------------------------------------
+    def power_off(self, name, timeout=30):
+        """Cut host ``name``'s power, as a cloud host is stopped by force.
+
+        Its PID 1 is killed (the kernel ends every process of the container, no
+        shutdown runs, nothing says goodbye) and its network namespace goes with
+        what the host's software set in it (firewall rules, XFRM, routes and
+        sysctls of its own), as a machine's memory does. Its disk stays: the
+        overlay is left mounted, so ``power_on`` boots the same /etc and /var;
+        its interfaces come back with the same MACs (the neighbours' ARP caches
+        stay right, as with a cloud's NIC).
+        ``stop()`` tears a lab down with hosts powered off too.
+        """
+        host = self.hosts[name]
+        if host.pid is None:
+            raise LabError(f"{name} is not running")
+        _kill(host.pid)
+        try:
+            host.nspawn.wait(timeout=timeout * SLOWDOWN)
+        except subprocess.TimeoutExpired:
+            _kill(host.nspawn.pid)
+            host.nspawn.wait(timeout=10)
+        host.pid = host.nspawn = None
+        links = json.loads(sh(["ip", "-n", host.netns, "-j", "link", "show"]).stdout)
+        host.macs = {link["ifname"]: link.get("address") for link in links}
+        # Deleting the fabric ends first takes the veths away at once (a deleted
+        # namespace's devices go later, in the kernel's own time), so that
+        # power_on can make the same names again.
+        for port in self._ports(host).values():
+            sh(["ip", "-n", self.fabric, "link", "delete", port], check=False)
+        sh(["ip", "netns", "delete", host.netns])
+        self.log(f"lab: {name} powered off")
+
+    def power_on(self, name, timeout=180):
+        """Boot host ``name`` again after ``power_off`` (a cloud host started): the
+        same disk, its network namespace made again as ``start`` made it (same
+        addresses and routes: the cloud's network); returns once systemd has booted."""
+        host = self.hosts[name]
+        if host.pid is not None:
+            raise LabError(f"{name} is running already")
+        started = time.monotonic()
+        self._wire_host(host)
+        self._boot(host)
+        host.wait_booted(timeout)
+        self.log(f"lab: {name} powered on, booted in {time.monotonic() - started:.1f}s")
 
     # -- stop --------------------------------------------------------------
     def stop(self):

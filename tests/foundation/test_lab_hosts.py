@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from lab import DEFAULT, Lab, images, leftovers, saltstack
+from lab import DEFAULT, Lab, LabError, images, leftovers, saltstack
 
 pytestmark = pytest.mark.lab
 REPO = Path(__file__).resolve().parents[2]
@@ -108,6 +108,27 @@ def test_gateways_answer_the_master_and_apply_a_state_then_nothing_is_left(platf
         assert roles() == {"vpn-gw1": ["vpn-gw"], "vpn-gw2": ["vpn-gw"]}
         again = saltstack.salt(lab, "vpn-gw*", "state.apply", "vpn_gateway.grains")
         assert state_changes(again) == {"vpn-gw1": 0, "vpn-gw2": 0}
+
+        # a host powered off and on again, as a cloud host stopped and started: its
+        # disk stays, what it set in its own kernel does not, its address answers
+        # again; left powered off, it does not keep the lab from tearing down
+        gw2, remote = lab["vpn-gw2"], lab["remote-gw-primary"]
+        gw2.run("echo kept > /var/lib/vgw-lab-power-marker && "
+                "ip addr add 198.18.3.2/32 dev lo", check=True)
+        mac = gw2.run(["cat", "/sys/class/net/wan0/address"], check=True).stdout
+        lab.power_off("vpn-gw2")
+        with pytest.raises(LabError, match="not running"):
+            gw2.run("true")
+        assert not remote.run(["busybox", "ping", "-c1", "-W1", "198.18.0.12"]).ok
+        lab.power_on("vpn-gw2")
+        assert gw2.run(["cat", "/var/lib/vgw-lab-power-marker"]).stdout == "kept\n"
+        addresses = gw2.run(["ip", "-4", "-o", "addr"], check=True).stdout
+        assert "198.18.3.2/" not in addresses
+        # the same NIC, as in a cloud
+        assert gw2.run(["cat", "/sys/class/net/wan0/address"], check=True).stdout == mac
+        assert all(f" {a}/" in addresses for a in ("198.18.0.12", "198.18.1.12", "198.19.10.2"))
+        assert remote.run(["busybox", "ping", "-c1", "-W2", "198.18.0.12"]).ok
+        lab.power_off("vpn-gw2")
 
         # nothing of the lab listens in the root namespace beyond loopback
         assert not_loopback(root_listeners()) <= not_loopback(before)
