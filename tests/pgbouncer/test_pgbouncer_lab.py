@@ -201,15 +201,96 @@ def test_k8s_node_connects_through_the_pooler_with_psql_and_psycopg(lab):
     assert pool["user"] == "app" and pool["cl_waiting"] == 0
     assert 1 <= database["server_connections"] <= database["limit"] == 50
     assert database["server_connections"] == remote_db.backends(lab["remote-db"])
-    # The rest of the console, in one compound call.
-    functions = ["show", "console", "pause", "resume", "reconnect", "wait_close"]
-    ret = saltstack.salt(lab, "vpn-gw1", ",".join(f"pgbouncer.{f}" for f in functions),
-                         "servers,SHOW STATS,appdb,appdb,appdb,appdb")["vpn-gw1"]
-    assert {row["type"] for row in ret["pgbouncer.show"]} == {"S"}
-    assert {row["database"] for row in ret["pgbouncer.show"]} == {"appdb"}
-    stats = next(row for row in ret["pgbouncer.console"] if row["database"] == "appdb")
+    # The rest of the console (PAUSE and the others: the next test), in one compound call.
+    show, stats = console_calls(lab, ("show", "servers"), ("console", "SHOW STATS"))
+    assert {row["type"] for row in show} == {"S"}
+    assert {row["database"] for row in show} == {"appdb"}
+    stats = next(row for row in stats if row["database"] == "appdb")
     assert stats["total_xact_count"] >= 21
-    assert [ret[f"pgbouncer.{f}"] for f in functions[2:]] == [True] * 4
+
+
+def console_calls(lab, *calls):
+    """(function, argument) pairs as one compound salt call on vpn-gw1, run in that order
+    (each function once: the returns are keyed by function) -> their returns, in order."""
+    functions = [f"pgbouncer.{function}" for function, _ in calls]
+    assert len(set(functions)) == len(functions), functions
+    ret = saltstack.salt(lab, "vpn-gw1", ",".join(functions),
+                         ",".join(argument for _, argument in calls))["vpn-gw1"]
+    return [ret[function] for function in functions]
+
+
+def appdb_row(rows, key="database", field=None):
+    row = next(row for row in rows if row[key] == "appdb")
+    return row[field] if field else row
+
+
+def appdb_servers(rows):
+    """SHOW SERVERS rows of the appdb pool by their PostgreSQL backend's pid."""
+    return {row["remote_pid"]: row for row in rows if row["database"] == "appdb"}
+
+
+def in_thread(function):
+    """Run ``function()`` in a thread; its return lands in the dict returned, as "value"."""
+    out = {}
+    thread = threading.Thread(target=lambda: out.update(value=function()), daemon=True)
+    thread.start()
+    return thread, out
+
+
+BUSY = "SELECT pg_sleep(6), pg_backend_pid()"
+ACTIVE_BUSY = f"SELECT pid FROM pg_stat_activity WHERE state = 'active' AND query = '{BUSY}'"
+
+
+def backend_pids(db):
+    """The pids of the backends PostgreSQL runs for database app (PgBouncer's connections)."""
+    return {int(pid) for [pid] in remote_db.sql(
+        db, "SELECT pid FROM pg_stat_activity WHERE datname = 'app' AND "
+            "backend_type = 'client backend'")}
+
+
+def test_pause_resume_reconnect_and_wait_close_act_on_the_pool(lab):
+    """The console commands' effects on the real PgBouncer, not only their True: while appdb
+    is PAUSEd (SHOW DATABASES paused=1) a client's query through the pooler waits in it
+    (cl_waiting); RESUME lets it complete (paused=0). RECONNECT marks the pool's server
+    connections to close (a busy one, close_needed=1, stays until its query ends); WAIT_CLOSE
+    returns only once every old one is gone, and the next query gets a new backend."""
+    db = lab["remote-db"]
+    try:
+        paused, databases = console_calls(lab, ("pause", "appdb"), ("show", "databases"))
+        assert paused is True and appdb_row(databases, "name", "paused") == 1, databases
+        client, answer = in_thread(lambda: psql(lab, "SELECT 41 + 1"))
+        wait_for(lambda: appdb_row(saltstack.salt(lab, "vpn-gw1", "pgbouncer.show", "pools")[
+            "vpn-gw1"], field="cl_waiting") >= 1, "the client's query waiting in PgBouncer", 30)
+        assert client.is_alive(), answer  # still waiting, not answered, not refused
+    finally:
+        pools, resumed, databases = console_calls(
+            lab, ("show", "pools"), ("resume", "appdb"), ("console", "SHOW DATABASES"))
+    assert appdb_row(pools, field="cl_waiting") >= 1, pools
+    assert resumed is True and appdb_row(databases, "name", "paused") == 0, databases
+    client.join(30)
+    assert answer["value"].ok and answer["value"].stdout.strip() == "42", answer
+
+    # A busy server connection (its query sleeps on the server) through RECONNECT.
+    busy, slept = in_thread(lambda: psql(lab, BUSY))
+    wait_for(lambda: remote_db.sql(db, ACTIVE_BUSY), "the busy query")
+    [[busy_pid]] = remote_db.sql(db, ACTIVE_BUSY)
+    busy_pid, before = int(busy_pid), backend_pids(db)  # the pool's server connections
+    reconnected, marked, closed, after = console_calls(
+        lab, ("reconnect", "appdb"), ("show", "servers"), ("wait_close", "appdb"),
+        ("console", "SHOW SERVERS"))
+    assert reconnected is True and closed is True
+    marked, after = appdb_servers(marked), appdb_servers(after)
+    # RECONNECT closes the idle ones and marks the rest: the busy one is still serving.
+    assert (marked[busy_pid]["state"], marked[busy_pid]["close_needed"]) == ("active", 1), marked
+    assert all(marked[pid]["close_needed"] == 1 for pid in before & set(marked)), marked
+    # WAIT_CLOSE returned once every old connection was gone: also the busy one, whose query
+    # had to finish first (it was answered, not cut).
+    assert not before & set(after), (before, after)
+    busy.join(30)
+    assert slept["value"].ok and slept["value"].stdout.strip() == f"|{busy_pid}", slept
+    wait_for(lambda: not before & backend_pids(db), "the old backends gone in PostgreSQL", 15)
+    fresh = psql(lab, "SELECT pg_backend_pid()")
+    assert fresh.ok and int(fresh.stdout) not in before, (fresh, before)
 
 
 def test_scram_verifier_equals_postgresql_and_logs_in_to_the_server(lab):
