@@ -249,10 +249,12 @@ def test_stopped_firewalld_test_mode_predicts_from_its_permanent_configuration(l
     gw.run(["systemctl", "stop", "firewalld"], check=True)
     try:
         gw.run(["firewall-offline-cmd", "--zone=public", f"--remove-rich-rule={ike}"], check=True)
-        # firewalld's files and the pack's record of its rules (not the beacon's
-        # state beside it, which the pillar's beacon rewrites every poll)
+        # firewalld's files and the pack's record of its rules (not the beacon's or
+        # the readiness check's memory beside it, which the pillar's beacon and
+        # k8s.sync_readiness schedule rewrite every few seconds)
         files = ("find /etc/firewalld /var/lib/vpn-gateway -type f "
-                 "! -path '/var/lib/vpn-gateway/beacon*' -exec md5sum {} + | sort")
+                 "! -path '/var/lib/vpn-gateway/beacon*' "
+                 "! -path '/var/lib/vpn-gateway/readiness*' -exec md5sum {} + | sort")
         before = gw.run(files, check=True).stdout
         rules = apply_formula(lab, test=True)[RULE_STATE]
         assert rules["result"] is None and "its permanent configuration" in rules["comment"], rules
