@@ -26,8 +26,16 @@ plus psql's own start under TCG). Per run, the tunnel is put on the backup
 - *primary back*: the primary started, the failback moves the tunnel: the
   same gaps.
 
-A sampled gap is an upper bound of the SA outage; the query gap is what a
-client saw (a query that failed or hung is a gap). QEMU's TCG makes the
+The remote cloud's routing follows the tunnel: the lab's remote-db routes the
+gateway's tunnel address through the primary only (lab/topology.py), so a
+thread plays the remote side's route table (a real cloud's BGP or route
+update), pointing remote-db's route at whichever remote gateway holds a
+Child SA with vpn-gw1, checked about once a second. Without it every query
+over the backup hangs (its answer goes to the primary).
+
+A sampled gap is an upper bound of the SA outage (at most one sampling
+interval, a whack call under TCG: about 1-2 s, is the resolution); the
+query gap is what a client saw (a query that failed or hung is a gap). QEMU's TCG makes the
 guest's CPU about 10x slower: that is the load this measures under.
 """
 import argparse
@@ -131,6 +139,36 @@ class ChildSaGaps:
 
     def longest(self):
         return longest_gap([at for at, up in self.samples if up], self.started, self.ended)
+
+
+class RemoteRouting:
+    """remote-db's route to vpn-gw1's tunnel address through the remote gateway that
+    holds a Child SA with it (the remote cloud's routing), in a thread."""
+
+    VIA = {"remote-gw-primary": "198.19.0.1", "remote-gw-backup": "198.19.0.2"}
+
+    def __init__(self, lab, tunnel_ip="198.19.10.1/32"):
+        self.lab, self.tunnel_ip, self.via = lab, tunnel_ip, None
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self):
+        while not self.stop.is_set():
+            for peer, via in self.VIA.items():
+                text = self.lab[peer].run(["ipsec", "whack", "--trafficstatus"]).stdout
+                if '"vpn-gw1' in text and via != self.via:
+                    self.lab["remote-db"].run(["ip", "route", "replace", self.tunnel_ip,
+                                               "via", via], check=True)
+                    self.via = via
+            time.sleep(0.5)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(60)
 
 
 def longest_gap(times, started, ended):
@@ -242,7 +280,7 @@ def main():
         sys.exit(result.returncode)
     rows = []
     with Lab(DEFAULT.subset(HOSTS), name=f"vgwlab-failback{os.getpid()}",
-             platform=args.platform) as lab:
+             platform=args.platform) as lab, RemoteRouting(lab):
         prepare(lab)
         for run in range(args.runs):
             rows.append(one_run(lab))
