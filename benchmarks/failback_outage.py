@@ -49,7 +49,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "tests")]
+sys.path[:0] = [str(REPO), str(REPO / "tests"), str(REPO / "tests" / "monitoring")]
+
+from monitoring_helpers import wait_for  # noqa: E402
 
 from lab import DEFAULT, Lab, peers, postgres, role, saltstack  # noqa: E402
 
@@ -59,15 +61,6 @@ ROLE_SLS = "vpn_gateway.sysctl,vpn_gateway.ipsec,vpn_gateway.pgbouncer"
 # step_timeout: under TCG an IKE SA and its Child SAs take 5-10 s to negotiate.
 SETTINGS = {"up_when": "child_sa", "holddown": 2, "step_timeout": 20, "failback": "auto",
             "failback_after": 8}
-# As in tests/dataplane/esp: the remote gateways pass to the database only what was decrypted.
-ONLY_DECRYPTED = """\
-table inet dataplane {
-    chain forward {
-        type filter hook forward priority 0; policy accept;
-        ip daddr 198.19.1.0/24 meta ipsec missing drop
-    }
-}
-"""
 # The client: one SELECT 1 through the pooler at a time, each line "<start> <end> ok|fail".
 LOAD = """\
 while :; do
@@ -80,25 +73,8 @@ done
 """
 
 
-def wait_for(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"failback benchmark: no {what} after {timeout}s")
-        time.sleep(0.5)
-    return value
-
-
 def call(lab, function, *args):
     return saltstack.call_local(lab, lab["vpn-gw1"], function, *args, timeout=600)
-
-
-def established(gw):
-    """Which peers vpn-gw1 has an established IKE SA with (whack itself)."""
-    text = gw.run(["ipsec", "whack", "--status"]).stdout
-    return {"backup" if m.group(1).endswith("-backup") else "primary"
-            for m in re.finditer(r'#\d+: "([^"/]+)[^ ]* \S+ (?:STATE_V2_)?ESTABLISHED_IKE_SA',
-                                 text)}
 
 
 def child_sa_peers(gw):
@@ -193,7 +169,7 @@ def answered(node, started, ended):
 def prepare(lab):
     gw = lab["vpn-gw1"]
     for name in peers.REMOTE_GATEWAYS:
-        lab[name].run(["nft", "-f", "-"], input=ONLY_DECRYPTED, check=True)
+        lab[name].run(["nft", "-f", "-"], input=peers.ONLY_DECRYPTED, check=True)
     peers.configure(lab)
     postgres.start(lab["remote-db"])
     saltstack.masterless(lab, gw)

@@ -31,6 +31,16 @@ conn {gateway}
 \tauto=add
 """
 
+# On a remote gateway (nft -f): forward to the database network only what IPsec decrypted.
+ONLY_DECRYPTED = """\
+table inet dataplane {
+    chain forward {
+        type filter hook forward priority 0; policy accept;
+        ip daddr 198.19.1.0/24 meta ipsec missing drop
+    }
+}
+"""
+
 
 def major(host):
     """The Libreswan major version a lab host runs (``ipsec --version``)."""

@@ -31,15 +31,6 @@ GATEWAY, GATEWAY_WAN, PEER_WAN = "vpn-gw1", "198.18.0.11", "198.18.0.21"
 TUNNEL, TUNNEL_IP = "remote-db", "198.19.10.1"  # vpn_gateway:tunnel of vpn-gw1
 PEER = "remote-gw-primary"
 ROLE_SLS = "vpn_gateway.sysctl,vpn_gateway.ipsec,vpn_gateway.pgbouncer"
-# On the remote gateway: forward to the database network only what IPsec decrypted.
-ONLY_DECRYPTED = """\
-table inet dataplane {
-    chain forward {
-        type filter hook forward priority 0; policy accept;
-        ip daddr 198.19.1.0/24 meta ipsec missing drop
-    }
-}
-"""
 timings = {}
 
 
@@ -48,7 +39,7 @@ def path(lab_factory):
     started = time.monotonic()
     lab = lab_factory(HOSTS)
     timings["lab up"] = time.monotonic() - started
-    lab[PEER].run(["nft", "-f", "-"], input=ONLY_DECRYPTED, check=True)
+    lab[PEER].run(["nft", "-f", "-"], input=peers.ONLY_DECRYPTED, check=True)
     peers.configure(lab)
     postgres.start(lab["remote-db"])
     gateway = lab[GATEWAY]
