@@ -221,14 +221,17 @@ def _point(link, target):
     tmp.rename(link)
 
 
-def _in_use(path):
+def in_use(path):
+    """Whether a running lab mounts ``path`` (an overlay's lower layer)."""
     mounts = Path("/proc/mounts").read_text()
     return str(path) in mounts
 
 
 def _prune(cache, platform, keep):
-    """Remove this platform's older images that no running lab mounts."""
+    """Remove this platform's older images that no running lab mounts (not the
+    converged gateways of lab/converged.py, which prunes its own)."""
     keep = set(keep)
-    for path in cache.glob(f"{platform.name}-*-*"):
-        if path.is_dir() and not path.is_symlink() and path not in keep and not _in_use(path):
+    kinds = ("fresh", "provisioned", "repo")
+    for path in (p for kind in kinds for p in cache.glob(f"{platform.name}-{kind}-*")):
+        if path.is_dir() and not path.is_symlink() and path not in keep and not in_use(path):
             shutil.rmtree(path, ignore_errors=True)

@@ -296,7 +296,8 @@ class Lab:
     def _prepare(self, host):
         for sub in ("upper", "work", "root"):
             (host.dir / sub).mkdir(parents=True)
-        image = self.images[host.platform.name][host.spec.image]
+        image = host.spec.image  # a kind of lab/images.py, or a root's path (lab/converged.py)
+        image = image if image.startswith("/") else self.images[host.platform.name][image]
         sh(["mount", "-t", "overlay", host.machine, "-o",
             f"lowerdir={image},upperdir={host.dir / 'upper'},workdir={host.dir / 'work'}",
             str(host.root)])

@@ -27,7 +27,8 @@ class Host:
     are ``(destination, gateway)`` pairs; ``forwarding`` makes it a router.
     ``salt`` is ``"master"``, ``"minion"`` or None. ``image`` is the root
     filesystem it boots (lab/images.py): ``"fresh"`` (nothing of the role: the
-    gateways, which the role must install) or ``"provisioned"``; ``platform``
+    gateways, which the role must install), ``"provisioned"``, or the path of a
+    root of its own (lab/converged.py: a gateway the role converged); ``platform``
     (``debian12``, ``debian13``) overrides the lab's.
     """
 

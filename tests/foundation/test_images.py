@@ -83,6 +83,8 @@ def test_images_are_built_once_then_rebuilt_and_swapped_when_the_recipe_changes(
         tmp_path, fake_builds, monkeypatch):
     first = images.ensure("debian13", cache=tmp_path, log=lambda *a: None)
     assert len(fake_builds) == 2
+    kept = tmp_path / "debian13-converged-0123456789ab"  # lab/converged.py prunes its own
+    kept.mkdir()
     assert images.ensure("debian13", cache=tmp_path, log=lambda *a: None) == first
     assert len(fake_builds) == 2  # cached
     for kind, path in first.items():
@@ -95,9 +97,29 @@ def test_images_are_built_once_then_rebuilt_and_swapped_when_the_recipe_changes(
     for kind, path in second.items():
         assert images.current("debian13", kind, cache=tmp_path) == path
         assert not first[kind].exists()  # pruned: no lab mounts it
+    assert kept.is_dir()
     assert not list(tmp_path.glob(".*.link"))
 
 
 def test_an_unknown_platform_is_refused(tmp_path):
     with pytest.raises(images.ImageError, match="debian12"):
         images.ensure("debian11", cache=tmp_path)
+
+
+def test_a_converged_gateway_is_keyed_by_the_fresh_image_and_the_roles_sources(
+        tmp_path, fake_builds):
+    from lab import converged
+
+    repo = tmp_path / "repo"
+    for path in ("salt/states/vpn_gateway/init.sls", "pillar/top.sls"):
+        (repo / path).parent.mkdir(parents=True, exist_ok=True)
+        (repo / path).write_text("first\n")
+    (repo / "salt/_modules/__pycache__").mkdir(parents=True)
+    cache = tmp_path / "cache"
+    images.ensure("debian13", cache=cache, log=lambda *a: None)
+    first = converged.key("debian13", repo, cache)
+    (repo / "salt/_modules/__pycache__/x.pyc").write_bytes(b"compiled")
+    assert converged.key("debian13", repo, cache) == first  # not a source
+    assert converged.key("debian12", repo, cache) != first
+    (repo / "pillar/top.sls").write_text("second\n")
+    assert converged.key("debian13", repo, cache) != first

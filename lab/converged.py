@@ -1,0 +1,108 @@
+"""A gateway the role has converged, kept as an image for the QEMU guest.
+
+Under TCG, dpkg unpacking and the packages' maintainer scripts take most of
+a guest's time: the role's installs took 515 s (debian13) and 688 s (debian12)
+of a guest run (docs/lab.md). So the guest's gateway is converged here, at
+this machine's speed, by the same means as in the guest: the fresh image, the
+role's formulas (``ROLE_SLS``) with the example pillar by masterless Salt,
+every package installed by real apt from the platform's offline repository.
+Its whole root is then kept in the image cache, keyed by the fresh image and
+the role's sources, and the guest's gateway boots from it
+(``Host.image`` = its path), where the role is applied again.
+
+The decrypted pillar and Salt's caches are left out of the kept root.
+
+    path = converged.ensure("debian13")   # built when missing or stale
+    lab = Lab(converged.topology(["vpn-gw1", "remote-gw-primary"], "debian13"), ...)
+"""
+import fcntl
+import hashlib
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from . import images, saltstack
+from . import topology as topo
+from .lab import PREFIX, REPO, Lab, LabError
+
+GATEWAY = "vpn-gw1"
+ROLE_SLS = "vpn_gateway.sysctl,vpn_gateway.ipsec,vpn_gateway.pgbouncer"
+# What the kept root must not carry: the masterless minion's decrypted pillar
+# (the guest's run writes it again) and what Salt cached from it.
+LEFT_OUT = ("srv/pillar", "var/cache/salt", "etc/salt/minion.d/masterless.conf")
+RECIPE_VERSION = 1  # bump when the steps below change meaning
+
+
+def role_sources(repo=REPO):
+    """The files whose content the converged root depends on (besides the image)."""
+    files = []
+    for top in ("salt", "pillar"):
+        files += [p for p in sorted((Path(repo) / top).rglob("*"))
+                  if p.is_file() and "__pycache__" not in p.parts]
+    return files
+
+
+def key(platform, repo=REPO, cache=images.CACHE):
+    fresh = images.current(platform, "fresh", cache)
+    recipe = f"{RECIPE_VERSION} {platform} {ROLE_SLS} {fresh and fresh.name}"
+    digest = hashlib.sha256(recipe.encode())
+    for path in role_sources(repo):
+        digest.update(str(path.relative_to(repo)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:12]
+
+
+def ensure(platform=images.DEFAULT_PLATFORM, repo=REPO, cache=images.CACHE, log=print):
+    """The path of ``platform``'s converged gateway root, built if missing or stale."""
+    images.ensure(platform, cache=cache, log=log)
+    cache = Path(cache)
+    final = cache / f"{platform}-converged-{key(platform, repo, cache)}"
+    with open(cache / ".converged.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not final.is_dir():
+            _build(platform, final, repo, log)
+        for older in cache.glob(f"{platform}-converged-*"):
+            if older != final and not images.in_use(older):
+                shutil.rmtree(older, ignore_errors=True)
+    return final
+
+
+def topology(hosts, platform=images.DEFAULT_PLATFORM, log=print):
+    """The default topology's ``hosts``, the gateway booting from its converged root."""
+    subset = topo.DEFAULT.subset(hosts)
+    root = str(ensure(platform, log=log))
+    return replace(subset, hosts=tuple(replace(h, image=root) if h.name == GATEWAY else h
+                                       for h in subset.hosts))
+
+
+def _build(platform, final, repo, log):
+    started = time.monotonic()
+    lab = Lab(topo.DEFAULT.subset([GATEWAY]), name=f"{PREFIX}-conv{os.getpid()}",
+              repo=repo, platform=platform, log=None)
+    staging = final.with_name(f".{final.name}.{os.getpid()}")
+    with lab:
+        gateway = lab[GATEWAY]
+        saltstack.masterless(lab, gateway)
+        returns = saltstack.call_local(lab, gateway, "state.apply", ROLE_SLS, timeout=900)
+        if not isinstance(returns, dict):
+            raise LabError(f"converged {platform}: the formulas did not render: {returns}")
+        failed = {r["__id__"]: r["comment"] for r in returns.values() if r["result"] is False}
+        if failed:
+            raise LabError(f"converged {platform}: state.apply failed: {failed}")
+        # a clean shutdown, so that the kept root is as a stopped host leaves it
+        gateway.run(["systemctl", "poweroff"])
+        gateway.nspawn.wait(timeout=120)
+        gateway.pid = gateway.nspawn = None
+        shutil.rmtree(staging, ignore_errors=True)
+        subprocess.run(["cp", "-a", "--reflink=auto", f"{gateway.root}/.", str(staging)],
+                       check=True)
+    for path in LEFT_OUT:
+        target = staging / path
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        else:
+            target.unlink(missing_ok=True)
+    staging.rename(final)
+    log(f"converged: {final.name} ({platform}, {ROLE_SLS}) in {time.monotonic() - started:.0f}s")
