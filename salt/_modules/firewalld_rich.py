@@ -1126,12 +1126,36 @@ def apply_rich_rules(zone=None, present=None, absent=None, prune_owned=False,
         result["predicted_from"] = found.source
     if test or not _has_changes(plan):
         return result
-    for side in ("permanent", "runtime"):
-        if plan[side]["add"] or plan[side]["remove"]:
-            found.write(side, plan["rules"][side])
+    _write_sides(found, plan)
     _write_owned(found.name, plan["owned"])
     _verify(_Zone(found.name), plan)
     return result
+
+
+def _write_sides(found, plan):
+    """Write the permanent configuration, then the runtime one. When the runtime write
+    fails after the permanent one was written, the permanent rules are put back as they
+    were, so the zone ends as it was (both sides agree, the next run applies both again)
+    instead of half changed; the error says what happened."""
+    written = False
+    for side in ("permanent", "runtime"):
+        if not (plan[side]["add"] or plan[side]["remove"]):
+            continue
+        try:
+            found.write(side, plan["rules"][side])
+        except CommandExecutionError as exc:
+            if not written:
+                raise
+            try:
+                found.write("permanent", found.rules["permanent"])
+            except CommandExecutionError as again:
+                raise CommandExecutionError(
+                    f"{exc}; putting back the permanent configuration of zone {found.name} "
+                    f"failed too: {again}") from None
+            raise CommandExecutionError(
+                f"{exc}; the permanent configuration of zone {found.name} was put back as it "
+                "was (nothing changed)") from None
+        written = side == "permanent"
 
 
 def _verify(found, plan):

@@ -1441,15 +1441,21 @@ def apply_conn(name, psk_pillar, backup_psk_pillar=None, source="conn", **spec):
     changes = {}  # plan_conn ran check_config on the rendered file (test=True too)
     old_conf, old_secrets = _read(conf_path), _read(secrets_path)
     conns = plan["conns"]
-    if plan["secrets_changed"]:
-        _write_atomic(secrets_path, _render_secrets(conn, _psks(psk_pillar, backup_psk_pillar)),
-                      0o600)
-        reread_secrets()
-        changes["psk"] = "changed"
+    writing = None
+    try:
+        if plan["secrets_changed"]:
+            writing = secrets_path
+            _write_atomic(secrets_path,
+                          _render_secrets(conn, _psks(psk_pillar, backup_psk_pillar)), 0o600)
+            reread_secrets()
+            changes["psk"] = "changed"
+        if plan["conf_changed"]:
+            writing = conf_path
+            _write_atomic(conf_path, _render_conf(conn, major), 0o644)
+            changes["diff"] = plan["diff"]
+    except OSError as exc:  # disk full, read-only /etc: the atomic write left the old file
+        return _unwritten(writing, exc, secrets_path, old_secrets, "psk" in changes)
     to_load = plan["to_load"]
-    if plan["conf_changed"]:
-        _write_atomic(conf_path, _render_conf(conn, major), 0o644)
-        changes["diff"] = plan["diff"]
     for stale in plan["stale_loaded"]:
         _ipsec("whack", "--name", stale, "--delete")
         changes.setdefault("deleted", []).append(stale)
@@ -1483,6 +1489,28 @@ def apply_conn(name, psk_pillar, backup_psk_pillar=None, source="conn", **spec):
     comment = f"conn {name} updated" if changes else f"conn {name} is as declared"
     return {"result": True, "changes": changes,
             "comment": comment + (f"; initiated {initiated}" if initiated else "")}
+
+
+def _unwritten(path, exc, secrets_path, old_secrets, secrets_written):
+    """The return of apply_conn when ``path`` could not be written (``exc``: disk full,
+    read-only /etc): nothing is loaded, so pluto keeps running the previous tunnel; a
+    secrets file written before a failing conf file is put back (and re-read). Only the
+    reason's text goes out (never a secret)."""
+    comment = (f"cannot write {path}: {exc.strerror or type(exc).__name__}; the previous "
+               "file stays and pluto was not reloaded")
+    if not secrets_written:
+        return {"result": False, "changes": {}, "comment": comment}
+    try:
+        if old_secrets is None:
+            os.unlink(secrets_path)
+        else:
+            _write_atomic(secrets_path, old_secrets, 0o600)
+        reread_secrets()
+    except (OSError, CommandExecutionError) as again:
+        return {"result": False, "changes": {"psk": "changed"},
+                "comment": f"{comment}; putting {secrets_path} back failed too: "
+                           f"{getattr(again, 'strerror', None) or type(again).__name__}"}
+    return {"result": False, "changes": {}, "comment": f"{comment}; {secrets_path} was put back"}
 
 
 def _restore(conf_path, old_conf, secrets_path, old_secrets, conns, loaded):
