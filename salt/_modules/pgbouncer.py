@@ -279,11 +279,11 @@ def _parse_connstr(text):
     return entry
 
 
-def _format_connstr(entry):
-    """dict (DATABASE_KEYS) -> a [databases] value, in a fixed key order; a value
+def _format_connstr(entry, keys=DATABASE_KEYS):
+    """dict (DATABASE_KEYS) -> a [databases] value, in a fixed key order (``keys``); a value
     that is empty or holds white space or a quote goes in single quotes (doubled)."""
     parts = []
-    for key in DATABASE_KEYS:
+    for key in keys:
         if key in entry:
             value = str(entry[key])
             bare = value and not re.search(r"[ \t\n\r\f\v'\"]", value)
@@ -956,12 +956,38 @@ def status(maxwait_limit=5):
     return summary
 
 
+# The scratch PgBouncer's whole environment: nothing inherited from the minion. Salt's own
+# salt-minion.service is Type=notify with NotifyAccess=all, and PgBouncer (built with systemd)
+# sends READY=1 to $NOTIFY_SOCKET when it is up and, 1.24, STOPPING=1 when it stops: systemd
+# then takes the minion for stopping and kills it after TimeoutStopSec.
+SCRATCH_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
+
+
+def _pointed_nowhere(databases, directory):
+    """[databases] with every entry's host replaced by ``directory`` (an empty directory:
+    a server connection there fails on a Unix socket that does not exist); the other keys
+    stay as written, so PgBouncer still parses each entry."""
+    pointed = {}
+    for name, value in databases.items():
+        try:
+            entry = dict(value) if isinstance(value, dict) else _parse_connstr(str(value))
+        except ValueError as exc:
+            raise _invalid(f"databases:{name}", str(exc), "write key=value pairs") from None
+        entry["host"] = directory
+        pointed[name] = _format_connstr(entry, keys=list(entry))
+    return pointed
+
+
 def check_config(sections, hba=None, timeout=10):
-    """Start a scratch PgBouncer (private Unix socket, no TCP) on a candidate config and
-    return the ERROR/WARNING/FATAL lines it logs (empty when PgBouncer takes it).
+    """Start a scratch PgBouncer on a candidate config and return the ERROR/WARNING/FATAL
+    lines it logs (empty when PgBouncer takes it). It touches nothing of the host's services
+    (docs/pgbouncer.md, "The scratch PgBouncer"): no TCP listener, its Unix socket, log and
+    ini in a private temp directory, no pidfile, no syslog, the service's account (not
+    root), no inherited environment ($NOTIFY_SOCKET), and every [databases] host pointed at
+    an empty directory in that temp directory, so that no server connection can leave it.
 
     sections
-        {section: {key: value}} with [databases] values as text.
+        {section: {key: value}} with [databases] values as text (or as dicts).
     hba
         The auth_hba_file contents to check instead of the file on disk.
 
@@ -976,6 +1002,9 @@ def check_config(sections, hba=None, timeout=10):
     with tempfile.TemporaryDirectory(prefix="pgbouncer-check-") as scratch:
         os.chown(scratch, uid, gid)
         settings = dict(sections.get("pgbouncer", {}))
+        nowhere = os.path.join(scratch, "no-server")
+        os.mkdir(nowhere, 0o700)
+        databases = _pointed_nowhere(sections.get("databases", {}), nowhere)
         log = os.path.join(scratch, "log")
         settings.update(listen_addr="", unix_socket_dir=scratch, pidfile="", logfile=log,
                         syslog="0")
@@ -984,10 +1013,12 @@ def check_config(sections, hba=None, timeout=10):
             settings["auth_hba_file"] = _scratch_file(scratch, "hba", hba, uid, gid)
         if not os.path.exists(settings.get("auth_file", "")):
             settings["auth_file"] = _scratch_file(scratch, "users", "", uid, gid)
-        ini = _scratch_file(scratch, "pgbouncer.ini",
-                            _render_ini({**sections, "pgbouncer": settings}), uid, gid)
+        ini = _scratch_file(scratch, "pgbouncer.ini", _render_ini(
+            {**sections, "databases": databases, "pgbouncer": settings}), uid, gid)
         proc = subprocess.Popen([_tool("pgbouncer"), ini], user=uid, group=gid, extra_groups=[],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                                env=dict(SCRATCH_ENV), cwd=scratch, start_new_session=True,
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + timeout
         try:
             while proc.poll() is None and time.monotonic() < deadline:
