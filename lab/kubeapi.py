@@ -4,6 +4,7 @@ on its lab address as a transient systemd unit. ``kubectl`` (the machine
 image's client, bound into the hosts when this machine has it: it is no Debian
 package) reads it back for the k8s tests; starting the server needs only the
 venv's Kubernetes client."""
+import json
 from pathlib import Path
 
 KUBECTL = Path("/usr/bin/kubectl")
@@ -23,17 +24,36 @@ class KubectlMissing(RuntimeError):
 
 
 SERVER_KUBECONFIG = "/root/fake-apiserver.kubeconfig"
+# kube-apiserver's --audit-log-path: one audit.k8s.io/v1 Event per request (JSON lines), so a
+# lab test sees what reached the server (query strings, status codes) from outside it.
+AUDIT_LOG = "/var/log/kubernetes/audit.log"
+KNOBS_PATH = "/fake-apiserver/knobs"  # tests/k8s/fake_apiserver.py KNOBS_PATH
+# POST the stand-in's knobs (tests/k8s/fake_apiserver.py set_knobs) with the admin kubeconfig.
+SET_KNOBS = """\
+import base64, json, ssl, sys, urllib.request
+import yaml
+config = yaml.safe_load(open(sys.argv[1]))
+cluster, user = config["clusters"][0]["cluster"], config["users"][0]["user"]
+context = ssl.create_default_context(
+    cadata=base64.b64decode(cluster["certificate-authority-data"]).decode())
+request = urllib.request.Request(
+    cluster["server"] + sys.argv[2], data=sys.argv[3].encode(), method="POST",
+    headers={"Authorization": "Bearer " + user["token"], "Content-Type": "application/json"})
+print(urllib.request.urlopen(request, context=context, timeout=10).read().decode())
+"""
 
 
 def start(lab, host="salt-master", segment="mgmt", namespaces=("databases",)):
     """Start the API server in ``host``; create ``namespaces``; return the admin
     kubeconfig (text) that clients in other hosts can use."""
     server = lab[host]
+    server.run(["mkdir", "-p", "/var/log/kubernetes"], check=True)
     if server.run(["systemctl", "is-active", "--quiet", "vgw-fake-apiserver"]).ok:
         return server.read(SERVER_KUBECONFIG)  # started already (role.prepare run again)
     server.run(["systemd-run", "--unit=vgw-fake-apiserver", str(lab.venv / "bin" / "python"),
                 str(lab.repo / "tests" / "k8s" / "fake_apiserver.py"), "--listen",
-                server.spec.address(segment), "--kubeconfig", SERVER_KUBECONFIG], check=True)
+                server.spec.address(segment), "--kubeconfig", SERVER_KUBECONFIG,
+                "--audit-log-path", AUDIT_LOG], check=True)
     server.run(["sh", "-c", f"for i in $(seq 300); do [ -s {SERVER_KUBECONFIG} ] && exit 0; "
                 "sleep 0.1; done; exit 1"], check=True)
     server.run([str(lab.venv / "bin" / "python"), "-c", CREATE_NAMESPACE, SERVER_KUBECONFIG,
@@ -51,3 +71,19 @@ def kubectl(lab, *args, host="salt-master", input=None):
     if not result.ok:
         raise AssertionError(f"kubectl {' '.join(args)}: {result}")
     return result.stdout
+
+
+def knobs(lab, host="salt-master", **settings):
+    """Turn the stand-in's knobs (refuse_dry_run=WEBHOOK|None, fail_next={count, code,
+    retry_after, methods}, clear_faults=True) in the server started by ``start``; the
+    knobs now set."""
+    result = lab[host].run([str(lab.venv / "bin" / "python"), "-c", SET_KNOBS, SERVER_KUBECONFIG,
+                            KNOBS_PATH, json.dumps(settings)], check=True)
+    return json.loads(result.stdout)
+
+
+def audit(lab, since=0, host="salt-master"):
+    """The audit events the server logged (``AUDIT_LOG``), from the ``since``-th on
+    (``len(audit(lab))`` marks where a test starts)."""
+    text = lab[host].run(["cat", AUDIT_LOG], check=True).stdout
+    return [json.loads(line) for line in text.splitlines()[since:] if line.strip()]

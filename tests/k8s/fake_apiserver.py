@@ -64,6 +64,9 @@ UNOWNED_METADATA = {
     "generateName",
 }
 MAX_ENDPOINTS = 1000
+# The stand-in's own control path (FakeApiServer.set_knobs), for a stand-in in another
+# process: no part of the Kubernetes API (a real server answers 404 there).
+KNOBS_PATH = "/fake-apiserver/knobs"
 
 
 class ApiError(Exception):
@@ -92,6 +95,11 @@ class ApiError(Exception):
 
 def now():
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def now_micro():
+    """metav1.MicroTime, as audit events carry their timestamps."""
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 # --- schemas (the fields each kind knows, for fieldValidation) ------------------
@@ -733,7 +741,7 @@ def parse_selector(text):
 class FakeApiServer:
     """Start with ``with FakeApiServer() as api: api.kubeconfig(...)``."""
 
-    def __init__(self, host="127.0.0.1", port=0):
+    def __init__(self, host="127.0.0.1", port=0, audit_log=None):
         address = ipaddress.ip_address(host)
         if not (address.is_loopback or address in ipaddress.ip_network("198.18.0.0/15")):
             raise ValueError(f"{host}: the fake API server listens on 127.0.0.1 or in "
@@ -747,6 +755,7 @@ class FakeApiServer:
         self.faults = []  # fail_next
         self.dry_run_refused_by = None  # refuse_dry_run
         self.gc_delay = 0.2  # s before the garbage collector sweeps after a delete
+        self.audit_log = audit_log  # kube-apiserver's --audit-log-path (write_audit)
         for name in ("default", "kube-system"):
             self._store(
                 KINDS[0],
@@ -846,6 +855,33 @@ class FakeApiServer:
         """From now on, refuse every dry-run write as a cluster with an admission webhook
         of sideEffects Unknown/Some does (None: accept again)."""
         self.dry_run_refused_by = webhook
+
+    def set_knobs(self, knobs):
+        """The knobs above from a JSON body (``POST KNOBS_PATH``, admin only), for a
+        stand-in that runs in another process (a lab host): ``refuse_dry_run``
+        (a webhook name, or None), ``fail_next`` ({count, code, retry_after, methods}),
+        ``clear_faults`` (true: the pending fail_next faults are dropped). This path
+        is the stand-in's own, no part of the Kubernetes API."""
+        if not isinstance(knobs, dict) or set(knobs) - {"refuse_dry_run", "fail_next",
+                                                        "clear_faults"}:
+            raise ApiError(400, "BadRequest", f"knobs: refuse_dry_run, fail_next, clear_faults, "
+                                              f"not {knobs!r}")
+        with self.lock:
+            if knobs.get("clear_faults"):
+                self.faults.clear()
+            if "refuse_dry_run" in knobs:
+                self.refuse_dry_run(knobs["refuse_dry_run"])
+            if knobs.get("fail_next"):
+                self.fail_next(**knobs["fail_next"])
+            return {"refuse_dry_run": self.dry_run_refused_by,
+                    "faults": [dict(f, methods=sorted(f["methods"])) for f in self.faults]}
+
+    def write_audit(self, event):
+        """Append one audit event as a JSON line, as kube-apiserver's log backend does
+        (--audit-log-path, --audit-log-format=json)."""
+        if self.audit_log:
+            with self.lock, open(self.audit_log, "a", encoding="utf-8") as log:
+                log.write(json.dumps(event, separators=(",", ":")) + "\n")
 
     def allocate_cluster_ip(self):
         # Data only, never routed: stays inside the lab's 198.18.0.0/15.
@@ -1235,6 +1271,7 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     api = None  # set by FakeApiServer
     warnings = ()  # Warning headers of the current answer
+    auditing = None  # (method, url, received) of the request to log (audit)
     field_validation = "Warn"
 
     def log_message(self, *args):
@@ -1257,6 +1294,10 @@ class Handler(BaseHTTPRequestHandler):
 
     def send(self, code, body, headers=()):
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        self.sent = code
+        if self.auditing:  # logged before the client has its answer: a test reads it next
+            self.audit(*self.auditing)
+            self.auditing = None
         self.send_response(code)
         self.send_header("Content-Type", "text/plain; charset=utf-8"
                          if isinstance(body, bytes) else "application/json")
@@ -1322,19 +1363,69 @@ class Handler(BaseHTTPRequestHandler):
             body = self.read_body()
         except ApiError as exc:
             return self.send(exc.code, exc.status())
+        if url.path == KNOBS_PATH:
+            return self.knobs(method, body)
         self.api.requests.append((method, url.path, query))
-        self.warnings = []
-        fault = self.fault(method)
-        if fault:
-            return self.send_fault(fault)
+        self.warnings, self.user, self.sent = [], None, None
+        self.auditing = (method, url, now_micro())  # logged by send(), before the answer
+        self.answer(method, url, query, body)
+
+    def answer(self, method, url, query, body):
         try:
-            user = self.authenticate()
+            # authentication comes before priority and fairness (the 429) in the real
+            # server's filter chain, so an injected fault is answered to a known user
+            self.user = user = self.authenticate()
+            fault = self.fault(method)
+            if fault:
+                return self.send_fault(fault)
             discovery = self.discovery(url.path)
             if discovery is not None:
                 return self.send(200, discovery)
             self.send(*self.resource_request(method, url.path, query, body, user))
         except ApiError as exc:
             self.send(exc.code, exc.status())
+
+    def knobs(self, method, body):
+        try:
+            if self.authenticate() != "admin" or method != "POST":
+                raise ApiError(403, "Forbidden", f"{KNOBS_PATH}: POST by the admin only")
+            self.send(200, self.api.set_knobs(body))
+        except ApiError as exc:
+            self.send(exc.code, exc.status())
+
+    def audit(self, method, url, received):
+        """One audit.k8s.io/v1 Event at level Metadata, stage ResponseComplete, as the
+        real server logs a request with an audit policy of ``level: Metadata`` (and
+        omitStages RequestReceived). Fields and meaning: the Event type of
+        https://kubernetes.io/docs/reference/config-api/apiserver-audit.v1/ and
+        https://kubernetes.io/docs/tasks/debug/debug-cluster/audit/ (verb: the
+        Kubernetes verb, for non-resource requests the lower-cased HTTP method;
+        objectRef: not for non-resource requests). As there, a request the priority
+        and fairness filter refuses (429, fail_next) is audited too."""
+        if not self.api.audit_log:
+            return
+        match = ROUTE.match(url.path)
+        event = {
+            "kind": "Event", "apiVersion": "audit.k8s.io/v1", "level": "Metadata",
+            "auditID": str(uuid.uuid4()), "stage": "ResponseComplete",
+            "requestURI": self.path, "verb": method.lower(),
+            "user": {"username": self.user or "system:anonymous"},
+            "sourceIPs": [self.client_address[0]],
+            "userAgent": self.headers.get("User-Agent") or "",
+            "responseStatus": {"metadata": {}, "code": self.sent},
+            "requestReceivedTimestamp": received, "stageTimestamp": now_micro(),
+        }
+        if match and match["resource"]:
+            name = match["name"]
+            event["verb"] = {"GET": "get" if name else "list", "POST": "create",
+                             "PUT": "update", "PATCH": "patch",
+                             "DELETE": "delete" if name else "deletecollection"}.get(
+                                 method, method.lower())
+            event["objectRef"] = {k: v for k, v in (
+                ("resource", match["resource"]), ("namespace", match["ns"]), ("name", name),
+                ("apiGroup", match["group"]), ("apiVersion", match["cv"] or match["gv"]))
+                if v}
+        self.api.write_audit(event)
 
     def authenticate(self):
         header = self.headers.get("Authorization", "")
@@ -1632,8 +1723,10 @@ def main(argv=None):
     parser.add_argument("--listen", default="127.0.0.1", help="127.0.0.1, or a lab address")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--kubeconfig", help="where to write the admin kubeconfig")
+    parser.add_argument("--audit-log-path", help="append an audit event per request (JSON lines, "
+                                                 "as kube-apiserver's flag of that name)")
     args = parser.parse_args(argv)
-    with FakeApiServer(args.listen, args.port) as server:
+    with FakeApiServer(args.listen, args.port, audit_log=args.audit_log_path) as server:
         path = server.kubeconfig(args.kubeconfig or tempfile.mktemp(prefix="fake-kubeconfig-"))
         print(f"KUBECONFIG={path} ({server.url}); Ctrl-C stops", flush=True)
         try:
