@@ -1,24 +1,45 @@
-"""The Kubernetes API for the k8s tests: the loopback fake, or a real cluster.
+"""The Kubernetes API for the k8s tests (the loopback fake, or a real cluster) and
+Salt's loader in this process (the module and state tests: no salt-call process).
 
 Set VPN_GATEWAY_TEST_KUBECONFIG to a kubeconfig (its current context, or
 VPN_GATEWAY_TEST_CONTEXT) and the same tests run against that cluster; they
 create one namespace per test (vgw-test-...) and delete it afterwards. The
 403 tests need VPN_GATEWAY_TEST_READONLY_KUBECONFIG there (a user that may only
 get/list); without it they are skipped.
+
+``salt_loader(function, *args, **kwargs)`` calls a function as ``salt-call
+--local`` did, but in this process: pytest-salt-factories' ``Loaders`` (as the
+Salt extensions' functional suites use it) over the minion config salt-call
+used (this repo's salt/_modules, salt/_states, the SLS tree, an empty
+pillar_roots), so ``__salt__``, ``__opts__``, ``__pillar__`` and
+``__context__`` are Salt's own. What salt-call checked besides the value stays
+checked: the return must be JSON (the outputter's and a master's return), and
+the retcode Salt puts in ``__context__`` (a failed state, a render error) must
+be 0 unless check=False. A function that fails raises its exception (salt-call
+printed it and exited non-zero).
 """
 
+import json
 import os
 import subprocess
+import sys
 import uuid
+from pathlib import Path
 
 import pytest
+import salt.config
+import salt.loader
 import yaml
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
+from saltfactories.utils.functional import Loaders, MultiStateResult, StateResult
 
 from fake_apiserver import READONLY_TOKEN, FakeApiServer
 
+from lab import saltstack
 from lab.kubeapi import KUBECTL, KUBECTL_MISSING
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 class Cluster:
@@ -107,3 +128,71 @@ def readonly(cluster):
             "set VPN_GATEWAY_TEST_READONLY_KUBECONFIG (a get/list-only user) for the 403 tests"
         )
     return cluster.readonly
+
+
+@pytest.fixture(scope="session")
+def loaders(tmp_path_factory):
+    """Salt's loaders for a minion with salt-call's --local config (tests/conftest.py
+    salt_call_config), built once: grains, a saltutil.sync_all as a minion does, pillar."""
+    root = tmp_path_factory.mktemp("salt-loader")
+    (root / "pillar").mkdir()
+    config = {
+        **saltstack.local_minion_config(REPO, root / "pillar"),
+        "root_dir": str(root),
+        "log_file": str(root / "minion.log"),
+        "cachedir": str(root / "cache"),
+        "pki_dir": str(root / "pki"),
+        "sock_dir": str(root / "sock"),
+        "id": "vpn-gw-local",
+    }
+    (root / "minion").write_text(yaml.safe_dump(config))
+    return Loaders(salt.config.minion_config(str(root / "minion")),
+                   loaded_base_name="vgw_k8s_tests.loaded")
+
+
+class LoaderCallError(AssertionError):
+    pass
+
+
+@pytest.fixture
+def salt_loader(loaders):
+    """``salt_loader("k8s.get_service", "pg", "ns", kubeconfig=...)``: the function's
+    return as salt-call's JSON outputter gave it. ``salt_loader.loaders``: the Loaders;
+    its ``__context__`` is cleared after the test."""
+
+    def call(function, *args, check=True, **kwargs):
+        loaders.context.pop("retcode", None)
+        value = loaders.modules[function](*args, **kwargs)
+        if isinstance(value, (StateResult, MultiStateResult)):  # saltfactories' wrappers
+            value = value.raw
+        value = json.loads(json.dumps(value))
+        retcode = loaders.context.pop("retcode", 0)
+        if check and retcode:
+            raise LoaderCallError(f"{function}: retcode {retcode}\n{json.dumps(value, indent=1)}")
+        return value
+
+    call.loaders = loaders
+    try:
+        yield call
+    finally:
+        loaders.reset_state()
+
+
+@pytest.fixture
+def k8s_loaded(loaders):
+    """(module, states) for the race tests: the k8s execution module as Salt's loader
+    loaded it (its Python module, to put a hook between its reads and writes; every
+    attribute set on it is undone after the test) and Salt's state loader bound to the
+    same execution modules (as a state run binds them), called without state.single."""
+    module = sys.modules[loaders.modules["k8s.apply_endpointslices"].func.__module__]
+    saved = dict(vars(module))
+    states = salt.loader.states(loaders.opts, loaders.modules, loaders.utils,
+                                loaders.serializers, context=loaders.context,
+                                loaded_base_name=loaders.loaded_base_name)
+    try:
+        yield module, states
+    finally:
+        for name in set(vars(module)) - set(saved):
+            delattr(module, name)
+        vars(module).update(saved)
+        loaders.reset_state()

@@ -1,26 +1,19 @@
 """k8s.set_endpoints_ready (the monitoring) against k8s.endpointslice_present (a
 state run) on the same EndpointSlice, interleaved: one reads, the other writes,
 then the first writes what it computed from its read. Against the API of
-conftest (the loopback fake, or a real cluster)."""
+conftest (the loopback fake, or a real cluster), through Salt's loader in this
+process (conftest's k8s_loaded: the module as the loader loaded it, the states
+bound to the same execution modules)."""
 
 import json
 
 import pytest
-from repo_modules import load
+from salt.exceptions import CommandExecutionError
 
 pytestmark = pytest.mark.unit
 
 A, B = "198.18.2.11", "198.18.2.12"
 MANAGED = "kubernetes.io/service-name=pg,endpointslice.kubernetes.io/managed-by=vpn-gateway.salt"
-
-
-def modules(cluster):
-    k8s = load("salt/_modules/k8s.py")
-    k8s.__salt__ = {"config.get": lambda key, default=None: default}
-    states = load("salt/_states/k8s.py")
-    states.__salt__ = {f"k8s.{name}": getattr(k8s, name) for name in k8s.__load__}
-    states.__opts__ = {"test": False}
-    return k8s, states
 
 
 def live_ready(cluster, namespace):
@@ -52,22 +45,42 @@ def between_read_and_write(k8s, nth_read, other):
     return calls
 
 
+class Loaded:
+    """The loaded k8s module (``module``: its hooks) and its functions called as Salt
+    calls them: ``salt["k8s.apply_endpointslices"]``, ``states["k8s.endpointslice_present"]``."""
+
+    def __init__(self, loaders, module, states):
+        self.module, self.salt, self.states, self.loaders = module, loaders.modules, states, loaders
+
+    @property
+    def _list_slices(self):
+        return self.module._list_slices
+
+    @_list_slices.setter
+    def _list_slices(self, function):
+        self.module._list_slices = function
+
+    def __getattr__(self, name):  # k8s.apply_endpointslices(...) as __salt__ calls it
+        return self.salt[f"k8s.{name}"]
+
+
 @pytest.fixture
-def slice_with_a(cluster, namespace):
+def slice_with_a(cluster, namespace, loaders, k8s_loaded):
     cluster.core.create_namespaced_service(namespace, {"metadata": {"name": "pg"}, "spec": {
         "ports": [{"name": "postgres", "port": 5432, "targetPort": 6432}]}})
-    k8s, states = modules(cluster)
+    module, states = k8s_loaded
+    k8s = Loaded(loaders, module, states)
     k8s.apply_endpointslices("pg", namespace, [A], **cluster.conn)
     assert live_ready(cluster, namespace) == {A: True}
-    return k8s, states
+    return k8s, states["k8s.endpointslice_present"]
 
 
 def test_a_state_run_does_not_undo_the_monitorings_not_ready(cluster, namespace, slice_with_a):
-    k8s, states = slice_with_a
+    k8s, endpointslice_present = slice_with_a
     calls = between_read_and_write(k8s, 2, lambda: k8s.set_endpoints_ready(
         "pg", namespace, False, addresses=[A], **cluster.conn))
     # read 1: the state's dry run; read 2: its apply, computed from ready=true
-    ret = states.endpointslice_present("pg", namespace, [A, B], **cluster.conn)
+    ret = endpointslice_present("pg", namespace, [A, B], **cluster.conn)
     assert len(calls) >= 3, "the state did not read again after its write was refused"
     assert ret["result"], ret
     assert live_ready(cluster, namespace) == {A: False, B: True}
@@ -75,8 +88,8 @@ def test_a_state_run_does_not_undo_the_monitorings_not_ready(cluster, namespace,
 
 def test_the_monitoring_does_not_undo_a_state_runs_new_endpoint(cluster, namespace,
                                                                 slice_with_a):
-    k8s, states = slice_with_a
-    calls = between_read_and_write(k8s, 1, lambda: states.endpointslice_present(
+    k8s, endpointslice_present = slice_with_a
+    calls = between_read_and_write(k8s, 1, lambda: endpointslice_present(
         "pg", namespace, [A, B], **cluster.conn))
     k8s.set_endpoints_ready("pg", namespace, False, addresses=[A], **cluster.conn)
     assert len(calls) >= 2
@@ -99,26 +112,28 @@ def test_a_writer_that_keeps_losing_gives_up_with_a_clear_error(cluster, namespa
         return answer
 
     k8s._list_slices = always_changed
-    with pytest.raises(k8s.CommandExecutionError, match="409.*5 tries"):
+    with pytest.raises(CommandExecutionError, match="409.*5 tries"):
         k8s.apply_endpointslices("pg", namespace, [A, B], **cluster.conn)
 
 
 def test_the_readiness_check_between_a_state_runs_write_and_its_read_back(cluster, namespace,
-                                                                          slice_with_a):
+                                                                          slice_with_a,
+                                                                          monkeypatch):
     """k8s.sync_readiness runs on a schedule, also during a state run: when it sets an
     endpoint not ready after the state's write, the state's read-back differs only in
     the conditions it leaves to that check (ready=None), and the state still succeeds."""
-    k8s, states = slice_with_a
-    read_back = states.__salt__["k8s.list_endpointslices"]
+    k8s, endpointslice_present = slice_with_a
+    functions = k8s.loaders.modules._dict  # what the state's __salt__ finds
+    read_back = functions["k8s.list_endpointslices"]
 
     def after_the_readiness_check(*args, **kwargs):
         k8s.set_endpoints_ready("pg", namespace, False, addresses=[B], **cluster.conn)
         return read_back(*args, **kwargs)
 
-    states.__salt__["k8s.list_endpointslices"] = after_the_readiness_check
-    ret = states.endpointslice_present("pg", namespace, [A, B], **cluster.conn)
+    monkeypatch.setitem(functions, "k8s.list_endpointslices", after_the_readiness_check)
+    ret = endpointslice_present("pg", namespace, [A, B], **cluster.conn)
     assert ret["result"] is True, ret
     assert live_ready(cluster, namespace) == {A: True, B: False}
     # A state that sets ready itself owns it: the same race is then reported.
-    ret = states.endpointslice_present("pg", namespace, [A, B], ready=True, **cluster.conn)
+    ret = endpointslice_present("pg", namespace, [A, B], ready=True, **cluster.conn)
     assert ret["result"] is False and "another writer" in ret["comment"], ret

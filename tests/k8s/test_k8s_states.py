@@ -1,4 +1,6 @@
-"""The k8s states and the vpn_gateway.k8s formula through Salt, with and without test=True."""
+"""The k8s states and the vpn_gateway.k8s formula through Salt's loader in this process
+(conftest's salt_loader: state.apply and state.single as salt-call --local ran them, with
+the same pillar override), with and without test=True."""
 
 import json
 from pathlib import Path
@@ -40,9 +42,9 @@ def live(cluster, namespace, name="postgres"):
     return json.loads(service.data), json.loads(slices.data)["items"]
 
 
-def test_formula_predicts_applies_and_then_has_nothing_to_do(salt_call, cluster, namespace):
+def test_formula_predicts_applies_and_then_has_nothing_to_do(salt_loader, cluster, namespace):
     data = pillar(cluster, namespace)
-    predicted = states(salt_call("state.apply", "vpn_gateway.k8s", test=True, pillar=data))
+    predicted = states(salt_loader("state.apply", "vpn_gateway.k8s", test=True, pillar=data))
     service, slices = (
         predicted["vpn_gateway_k8s_service"],
         predicted["vpn_gateway_k8s_endpointslices"],
@@ -61,7 +63,7 @@ def test_formula_predicts_applies_and_then_has_nothing_to_do(salt_call, cluster,
     assert new_slice["ports"] == {"postgres": {"port": 6543, "protocol": "TCP"}}
     assert cluster.core.list_namespaced_service(namespace).items == []  # test=True wrote nothing
 
-    applied = states(salt_call("state.apply", "vpn_gateway.k8s", pillar=data))
+    applied = states(salt_loader("state.apply", "vpn_gateway.k8s", pillar=data))
     assert {k: (v[0], v[1]) for k, v in applied.items()} == {
         "vpn_gateway_k8s_service": (True, service[1]),
         "vpn_gateway_k8s_endpointslices": (True, slices[1]),
@@ -73,7 +75,7 @@ def test_formula_predicts_applies_and_then_has_nothing_to_do(salt_call, cluster,
                                                                     ["198.18.2.12"]]
     versions = (svc["metadata"]["resourceVersion"], endpointslice["metadata"]["resourceVersion"])
 
-    again = states(salt_call("state.apply", "vpn_gateway.k8s", pillar=data))
+    again = states(salt_loader("state.apply", "vpn_gateway.k8s", pillar=data))
     assert all(result is True and changes == {} for result, changes, _ in again.values())
     svc, [endpointslice] = live(cluster, namespace)
     assert (
@@ -82,7 +84,7 @@ def test_formula_predicts_applies_and_then_has_nothing_to_do(salt_call, cluster,
     ) == versions
 
 
-def test_endpointslice_absent_removes_only_our_slices(salt_call, cluster, namespace):
+def test_endpointslice_absent_removes_only_our_slices(salt_loader, cluster, namespace):
     cluster.core.create_namespaced_service(
         namespace, {"metadata": {"name": "pg"}, "spec": {"ports": [{"port": 5432}]}}
     )
@@ -110,32 +112,32 @@ def test_endpointslice_absent_removes_only_our_slices(salt_call, cluster, namesp
             for s in cluster.discovery.list_namespaced_endpoint_slice(namespace).items
         )
 
-    [(result, changes, _)] = states(salt_call(*args, test=True, **kwargs)).values()
+    [(result, changes, _)] = states(salt_loader(*args, test=True, **kwargs)).values()
     assert result is None and list(changes) == [f"EndpointSlice {namespace}/pg-ipv4-0"]
     assert names() == ["pg-ipv4-0", "pg-theirs"]
-    [(result, changes_done, _)] = states(salt_call(*args, **kwargs)).values()
+    [(result, changes_done, _)] = states(salt_loader(*args, **kwargs)).values()
     assert result is True and changes_done == changes
     assert names() == ["pg-theirs"]
-    [(result, changes, comment)] = states(salt_call(*args, **kwargs)).values()
+    [(result, changes, comment)] = states(salt_loader(*args, **kwargs)).values()
     assert result is True and changes == {} and "in sync" in comment
 
 
-def test_bad_input_fails_the_state_before_anything_is_written(salt_call, cluster, namespace):
+def test_bad_input_fails_the_state_before_anything_is_written(salt_loader, cluster, namespace):
     data = pillar(cluster, namespace, gateway_addresses=["198.18.2.11", "127.0.0.1"])
-    ret = states(salt_call("state.apply", "vpn_gateway.k8s", pillar=data, check=False))
+    ret = states(salt_loader("state.apply", "vpn_gateway.k8s", pillar=data, check=False))
     result, changes, comment = ret["vpn_gateway_k8s_endpointslices"]
     assert result is False and changes == {}
     assert "vpn_gateway:kubernetes:gateway_addresses" in comment and "127.0.0.1" in comment
     assert cluster.discovery.list_namespaced_endpoint_slice(namespace).items == []
 
     del data["vpn_gateway"]["kubernetes"]["service"]["namespace"]
-    message = salt_call("state.apply", "vpn_gateway.k8s", pillar=data, check=False)
+    message = salt_loader("state.apply", "vpn_gateway.k8s", pillar=data, check=False)
     assert "vpn_gateway:kubernetes:service:namespace is missing" in json.dumps(message)
 
 
-def test_rejected_credentials_fail_without_showing_the_token(salt_call, cluster, namespace):
+def test_rejected_credentials_fail_without_showing_the_token(salt_loader, cluster, namespace):
     token = "secret-token-that-must-not-leak"
-    ret = salt_call(
+    ret = salt_loader(
         "state.single",
         "k8s.service_present",
         name="pg",
@@ -150,17 +152,17 @@ def test_rejected_credentials_fail_without_showing_the_token(salt_call, cluster,
     assert token not in json.dumps(ret)
 
 
-def test_other_minions_render_a_noop(salt_call, cluster, namespace):
+def test_other_minions_render_a_noop(salt_loader, cluster, namespace):
     data = pillar(cluster, namespace, minion="k8s-admin")
     [(result, changes, comment)] = states(
-        salt_call("state.apply", "vpn_gateway.k8s", pillar=data)
+        salt_loader("state.apply", "vpn_gateway.k8s", pillar=data)
     ).values()
     assert result is True and changes == {} and "k8s-admin" in comment
     assert cluster.core.list_namespaced_service(namespace).items == []
 
 
 def test_formula_drains_through_pillar_on_a_cluster_that_refuses_dry_runs(
-    salt_call, cluster, namespace
+    salt_loader, cluster, namespace
 ):
     """vpn_gateway:kubernetes:draining marks an address terminating (never ready), and
     dry_run: test_only applies without the dry run such a cluster refuses."""
@@ -169,7 +171,7 @@ def test_formula_drains_through_pillar_on_a_cluster_that_refuses_dry_runs(
     data = pillar(cluster, namespace, draining=["198.18.2.12"], dry_run="test_only")
     cluster.fake.refuse_dry_run("policy.example.com")
     try:
-        applied = states(salt_call("state.apply", "vpn_gateway.k8s", pillar=data))
+        applied = states(salt_loader("state.apply", "vpn_gateway.k8s", pillar=data))
     finally:
         cluster.fake.refuse_dry_run(None)
     assert all(result is True for result, _, _ in applied.values()), applied
