@@ -176,6 +176,12 @@ def salt_loader(loaders):
         yield call
     finally:
         loaders.reset_state()
+    # A state run in this process holds the host's recovery lock (vpn_gateway.recovery_lock)
+    # until its last state lets go; salt-call's exit dropped it, this process lives on.
+    holder = sys.modules.get("_vpn_gateway_recovery_lock")
+    if getattr(holder, "held", None):
+        loaders.modules["libreswan.release_recovery_lock"]()
+        pytest.fail("a state run left the host's recovery lock held")
 
 
 @pytest.fixture
