@@ -41,7 +41,6 @@ guest's CPU about 10x slower: that is the load this measures under.
 import argparse
 import json
 import os
-import re
 import statistics
 import sys
 import threading
@@ -49,8 +48,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "tests"), str(REPO / "tests" / "monitoring")]
+sys.path[:0] = [str(REPO), str(REPO / "tests"), str(REPO / "tests" / "monitoring"),
+                str(REPO / "tests" / "dataplane" / "esp")]
 
+from esp_helpers import backup_serial, child_sa_peers  # noqa: E402
 from monitoring_helpers import wait_for  # noqa: E402
 
 from lab import DEFAULT, Lab, peers, postgres, role, saltstack  # noqa: E402
@@ -75,19 +76,6 @@ done
 
 def call(lab, function, *args):
     return saltstack.call_local(lab, lab["vpn-gw1"], function, *args, timeout=600)
-
-
-def child_sa_peers(gw):
-    """The conns (primary/backup) with an installed Child SA on vpn-gw1."""
-    text = gw.run(["ipsec", "whack", "--trafficstatus"]).stdout
-    return {"backup" if m.group(1).endswith("-backup") else "primary"
-            for m in re.finditer(r'"([^"/]+)[^"]*"', text)}
-
-
-def backup_serial(gw):
-    found = re.search(r'#(\d+): "remote-db-backup"[^ ]* \S+ (?:STATE_V2_)?ESTABLISHED_IKE_SA',
-                      gw.run(["ipsec", "whack", "--status"]).stdout)
-    return found and int(found.group(1))
 
 
 class ChildSaGaps:

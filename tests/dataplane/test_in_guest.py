@@ -20,7 +20,7 @@ def test_esp_data_plane_in_a_qemu_guest(esp, guest_result, platform, capsys):
         print(f"\nguest ({platform}): booted in {result.timings['boot']:.1f}s, "
               f"tests took {result.timings['command']:.1f}s")
         for line in result.stdout.splitlines():  # what the in-guest tests measured
-            if "full data path" in line:
+            if "full data path" in line or line.startswith("failback"):
                 print(f"guest ({platform}): {line.strip()}")
     assert result.returncode == 0, output
     counts = qemu.pytest_outcomes(result.stdout)

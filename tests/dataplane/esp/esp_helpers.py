@@ -36,3 +36,17 @@ def wait_esp_pair(host, local, remote, timeout=SLOW):
             raise AssertionError(f"{host.name}: no ESP SA pair {local} <-> {remote} after "
                                  f"{timeout}s: {counters}\n{pluto_log(host)}")
         time.sleep(2)
+
+
+def child_sa_peers(gateway):
+    """Which of its peers (primary, backup) ``gateway`` holds an installed Child SA with."""
+    text = gateway.run(["ipsec", "whack", "--trafficstatus"], timeout=SLOW).stdout
+    return {"backup" if m.group(1).endswith("-backup") else "primary"
+            for m in re.finditer(r'"([^"/]+)[^"]*"', text)}
+
+
+def backup_serial(gateway, tunnel="remote-db"):
+    """The serial of ``gateway``'s established IKE SA with the backup peer, or None."""
+    found = re.search(rf'#(\d+): "{tunnel}-backup"[^ ]* \S+ (?:STATE_V2_)?ESTABLISHED_IKE_SA',
+                      gateway.run(["ipsec", "whack", "--status"], timeout=SLOW).stdout)
+    return found and int(found.group(1))
