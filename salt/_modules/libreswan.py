@@ -1270,9 +1270,15 @@ def _write_atomic(path, text, mode):
         os.chmod(path, mode)
     with salt.utils.files.set_umask(0o777 & ~mode):
         with salt.utils.atomicfile.atomic_open(path, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
+            try:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+            except OSError:
+                # atomic_open's exit closes the file before it removes it: the close
+                # flushes the refused text again (disk full) and raises first.
+                os.unlink(handle.name)
+                raise
     os.chown(path, 0, 0)
 
 
