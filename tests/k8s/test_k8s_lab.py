@@ -5,6 +5,8 @@ The fake API server runs inside the salt-master host (on its lab address
 the pillar's vpn_gateway:kubernetes:minion, vpn-gw2 renders a no-op. Tests run
 in file order and share one lab.
 """
+import contextlib
+import datetime
 import json
 import time
 
@@ -151,3 +153,268 @@ def test_a_gateway_whose_host_or_minion_stops_is_set_not_ready_from_outside_and_
     stopped_then_started(
         lab, "minion", lambda: gw2.run(["systemctl", "stop", "salt-minion"], check=True),
         lambda: gw2.run(["systemctl", "start", "salt-minion"], check=True))
+
+
+# --- issue 16 through the master: conditions, validation, dry runs, retries ---------------
+# Each test starts from the Service and its slice applied with both gateways ready, changes
+# the pillar through the lab's Git pillar repository as an operator would, and leaves the
+# pillar as it found it. The API server's audit log (lab/kubeapi.AUDIT_LOG) shows what
+# reached it; its knobs (kubeapi.knobs) play a cluster under load or with webhooks.
+
+PILLAR = "vpn_gateway/kubernetes.sls"
+SLICE = "EndpointSlice databases/postgres-ipv4-0"
+UP = {"ready": True, "serving": True, "terminating": False}
+DOWN = {"ready": False, "serving": False, "terminating": False}
+DRAINED = {"ready": False, "serving": True, "terminating": True}  # serving: its heartbeat
+WRITES = ("create", "update", "patch", "delete", "deletecollection")
+
+
+def conditions(lab):
+    """{address: conditions} of the Service's slices, as the API server has them."""
+    return {a: e.get("conditions") for o in objects(lab) if o["kind"] == "EndpointSlice"
+            for e in o.get("endpoints") or [] for a in e["addresses"]}
+
+
+def versions(lab):
+    return {(o["kind"], o["metadata"]["name"]): o["metadata"]["resourceVersion"]
+            for o in objects(lab)}
+
+
+def baseline(lab):
+    """Both endpoints applied and ready (a test before may have failed half way)."""
+    if conditions(lab) != {GW1: UP, GW2: UP}:
+        apply(lab)
+    seen, samples, _ = watch(lab, lambda r: r == {GW1: True, GW2: True}, 60)
+    assert conditions(lab) == {GW1: UP, GW2: UP}, samples[-3:]
+
+
+@contextlib.contextmanager
+def pillar_edited(lab, message, *replacements):
+    """The kubernetes pillar with each (old, new) text replaced, committed to the lab's
+    pillar repository and refreshed on the gateways; the text before it back at the end."""
+    master = lab["salt-master"]
+    original = master.run(["git", "--git-dir", saltstack.PILLAR_REPO, "show", f"main:{PILLAR}"],
+                          check=True).stdout
+    edited = original
+    for old, new in replacements:
+        assert edited.count(old) == 1, (old, edited)
+        edited = edited.replace(old, new)
+    saltstack.commit_pillar(lab, PILLAR, edited, message)
+    saltstack.salt(lab, "vpn-gw*", "saltutil.refresh_pillar", "wait=True")
+    try:
+        yield
+    finally:
+        saltstack.commit_pillar(lab, PILLAR, original, f"back from: {message}")
+        saltstack.salt(lab, "vpn-gw*", "saltutil.refresh_pillar", "wait=True")
+
+
+def writes(events, resource=None):
+    return [e for e in events if e["verb"] in WRITES
+            and (resource is None or e.get("objectRef", {}).get("resource") == resource)]
+
+
+@pytest.mark.platforms("debian13")
+def test_a_gateway_drained_through_pillar_is_terminating_and_never_ready_until_undrained(lab):
+    """Conditions (issue 16): an operator drains vpn-gw2 for maintenance (its address in
+    vpn_gateway:kubernetes:draining). test=True predicts exactly terminating and not
+    ready for it alone and writes nothing; the run writes that; the readiness check
+    (vpn-gw1's schedule) still sees vpn-gw2 serving (its heartbeat) but never makes a
+    terminating endpoint ready; out of draining, the next run makes it ready again."""
+    baseline(lab)
+    before = versions(lab)
+    drained = {SLICE: {"endpoints": {GW2: {"ready": {"old": True, "new": False},
+                                           "terminating": {"old": False, "new": True}}}}}
+    with pillar_edited(lab, "kubernetes: drain vpn-gw2", ("    draining: []",
+                                                          f"    draining: [{GW2}]")):
+        predicted = apply(lab, test=True)["vpn-gw1"]
+        assert predicted["vpn_gateway_k8s_service"]["result"] is True, predicted
+        slices = predicted["vpn_gateway_k8s_endpointslices"]
+        assert (slices["result"], slices["changes"]) == (None, drained), slices
+        assert versions(lab) == before
+
+        applied = apply(lab)["vpn-gw1"]
+        assert all(r["result"] is True for r in applied.values()), applied
+        assert applied["vpn_gateway_k8s_endpointslices"]["changes"] == drained
+        assert conditions(lab) == {GW1: UP, GW2: DRAINED}
+        observed = saltstack.salt(lab, "vpn-gw1", "k8s.sync_readiness")["vpn-gw1"]
+        assert observed["gateways"]["vpn-gw2"]["serving"] is True, observed
+        assert observed["changes"] == {}, observed
+        assert conditions(lab) == {GW1: UP, GW2: DRAINED}
+    undrained = apply(lab)["vpn-gw1"]["vpn_gateway_k8s_endpointslices"]
+    assert undrained["result"] is True, undrained
+    assert undrained["changes"] == {SLICE: {"endpoints": {GW2: {
+        "ready": {"old": False, "new": True}, "terminating": {"old": True, "new": False}}}}}
+    assert conditions(lab) == {GW1: UP, GW2: UP}
+
+
+@pytest.mark.platforms("debian13")
+def test_serving_follows_the_tunnel_health_each_gateway_reports(lab):
+    """Conditions (issue 16): with require_tunnel (the production default) a fresh
+    heartbeat is not enough: the gateway's tunnel must be carried. This lab's gateways
+    have no tunnel up (no peers, no pluto: their heartbeats say remote-db is down), so
+    once the pillar asks for it both endpoints go not serving, not ready, while both
+    heartbeats stay fresh; without it again they come back. (A tunnel that comes up is
+    the monitoring lab's and the unit tests'.)"""
+    baseline(lab)
+    with pillar_edited(lab, "kubernetes: serving needs the tunnel",
+                       ("require_tunnel: false", "require_tunnel: true")):
+        seen, samples, took = watch(lab, lambda r: r == {GW1: False, GW2: False},
+                                    2 * HEARTBEAT + 20)
+        assert seen == {GW1: False, GW2: False}, samples[-3:]
+        print(f"both endpoints not serving {took:.0f}s after require_tunnel")
+        assert conditions(lab) == {GW1: DOWN, GW2: DOWN}
+        beats = saltstack.salt(lab, "vpn-gw1", "mine.get", "vpn-gw*",
+                               "vpn_gateway_heartbeat")["vpn-gw1"]
+        report = saltstack.salt(lab, "vpn-gw1", "k8s.sync_readiness")["vpn-gw1"]["gateways"]
+        for minion in ("vpn-gw1", "vpn-gw2"):
+            # the example pillar's tunnel, down: no pluto here (libreswan.health's verdict)
+            assert beats[minion]["serving"] is False, beats
+            assert beats[minion]["tunnels"] and set(beats[minion]["tunnels"].values()) == {
+                "down"}, beats
+            assert (report[minion]["fresh"], report[minion]["serving"]) == (True, False), report
+    seen, samples, took = watch(lab, lambda r: r == {GW1: True, GW2: True}, 2 * HEARTBEAT + 20)
+    assert seen == {GW1: True, GW2: True}, samples[-3:]
+    assert conditions(lab) == {GW1: UP, GW2: UP}
+
+
+@pytest.mark.platforms("debian13")
+def test_what_the_api_server_refuses_is_refused_before_any_request_naming_the_pillar_key(lab):
+    """Validation as the real server does it (issue 16), through the master: an
+    IPv4-mapped address in vpn_gateway:kubernetes:gateway_addresses, two Service ports
+    with the same port and protocol, a label key that is no qualified name. test=True
+    and the real run give the same refusal, naming the key, and nothing reaches the
+    API server but the Service's own dry run (which carries fieldValidation=Strict, as
+    every apply does); nothing changes."""
+    baseline(lab)
+    before, mark = versions(lab), len(kubeapi.audit(lab))
+    mapped = "::ffff:198.18.2.13"
+    listed = f"      - {GW2}\n    # Drained"
+    with pillar_edited(lab, "kubernetes: an IPv4-mapped address",
+                       (listed, listed.replace("\n", f"\n      - '{mapped}'\n", 1))):
+        runs = [apply(lab, test=test)["vpn-gw1"] for test in (True, False)]
+    for ret in runs:
+        assert ret["vpn_gateway_k8s_service"]["result"] is True, ret
+        refused = ret["vpn_gateway_k8s_endpointslices"]
+        assert (refused["result"], refused["changes"]) == (False, {}), refused
+        assert refused["comment"] == (f"vpn_gateway:kubernetes:gateway_addresses: {mapped} is an "
+                                      "IPv4-mapped IPv6 address; write it as 198.18.2.13")
+
+    ports = [{"name": "postgres", "port": 5432, "target_port": 6432},
+             {"name": "replica", "port": 5432, "target_port": 6433}]
+    label = "Vpn-Gateway.Example/owner"
+    high = {
+        "duplicate_ports": {"k8s": ["service_present", {"name": "postgres"},
+                                    {"namespace": "databases"}, {"ports": ports}]},
+        "bad_label_key": {"k8s": ["service_present", {"name": "postgres"},
+                                  {"namespace": "databases"}, {"ports": ports[:1]},
+                                  {"labels": {label: "dba"}}]},
+    }
+    for state in high.values():
+        state.update(__sls__="lab", __env__="base")
+    for test in (True, False):
+        ret = saltstack.salt(lab, "vpn-gw1", "state.high", json.dumps(high),
+                             *(["test=True"] if test else []))["vpn-gw1"]
+        comments = {v["__id__"]: v["comment"] for v in ret.values() if v["result"] is False}
+        assert all(v["changes"] == {} for v in ret.values()), ret
+        assert comments == {
+            "duplicate_ports": "vpn_gateway:kubernetes:service: port 5432/TCP is listed twice "
+                               "(port 'replica')",
+            "bad_label_key": f"vpn_gateway:kubernetes:service: label key {label!r}: the prefix "
+                             "must be a lowercase DNS subdomain (a-z, 0-9, '-', '.'), at most "
+                             "253 characters",
+        }, ret
+
+    events = kubeapi.audit(lab, mark)
+    assert writes(events, "endpointslices") == [], writes(events)
+    dry_runs = writes(events, "services")
+    assert dry_runs and writes(events) == dry_runs, writes(events)
+    for event in dry_runs:  # the two pillar runs' Service dry runs, and nothing else
+        assert "dryRun=All" in event["requestURI"], event
+        assert "fieldValidation=Strict" in event["requestURI"], event
+    assert len(dry_runs) == 2, dry_runs
+    assert versions(lab) == before
+
+
+@pytest.mark.platforms("debian13")
+def test_a_cluster_whose_webhooks_refuse_dry_runs_works_with_dry_run_test_only(lab):
+    """The dry-run switch (issue 16): the API server refuses every dry run, as with an
+    admission webhook that does not declare sideEffects None. With the default
+    (dry_run: always) every run fails, saying so and naming the switch; with
+    vpn_gateway:kubernetes:dry_run: test_only a real run applies without asking for a
+    dry run (its changes still exact: here vpn-gw2 drained) and a second run changes
+    nothing, while test=True, which needs the cluster's prediction, fails with the
+    refusal."""
+    baseline(lab)
+    webhook = "policy.example.com"
+    assert kubeapi.knobs(lab, refuse_dry_run=webhook)["refuse_dry_run"] == webhook
+    try:
+        refused = apply(lab)["vpn-gw1"]["vpn_gateway_k8s_service"]
+        assert refused["result"] is False, refused
+        assert f'admission webhook "{webhook}" does not support dry run' in refused["comment"]
+        assert "Set vpn_gateway:kubernetes:dry_run: test_only" in refused["comment"]
+        with pillar_edited(lab, "kubernetes: no dry runs before real applies; drain vpn-gw2",
+                           ("    dry_run: always", "    dry_run: test_only"),
+                           ("    draining: []", f"    draining: [{GW2}]")):
+            mark = len(kubeapi.audit(lab))
+            applied = apply(lab)["vpn-gw1"]
+            assert all(r["result"] is True for r in applied.values()), applied
+            assert applied["vpn_gateway_k8s_endpointslices"]["changes"] == {SLICE: {
+                "endpoints": {GW2: {"ready": {"old": True, "new": False},
+                                    "terminating": {"old": False, "new": True}}}}}
+            assert "without a dry run" in applied["vpn_gateway_k8s_service"]["comment"]
+            assert conditions(lab) == {GW1: UP, GW2: DRAINED}
+            again = apply(lab)["vpn-gw1"]
+            assert all(r["result"] is True and r["changes"] == {} for r in again.values()), again
+            sent = writes(kubeapi.audit(lab, mark))
+            assert sent and not any("dryRun" in e["requestURI"] for e in sent), sent
+            assert all(e["responseStatus"]["code"] == 200 for e in sent), sent
+
+            predicted = apply(lab, test=True)["vpn-gw1"]["vpn_gateway_k8s_service"]
+            assert predicted["result"] is False, predicted
+            assert "does not support dry run" in predicted["comment"], predicted
+    finally:
+        kubeapi.knobs(lab, refuse_dry_run=None)
+    undrained = apply(lab)["vpn-gw1"]
+    assert all(r["result"] is True for r in undrained.values()), undrained
+    assert conditions(lab) == {GW1: UP, GW2: UP}
+
+
+def received(event):
+    """When the API server received the request (s since the epoch)."""
+    return datetime.datetime.fromisoformat(event["requestReceivedTimestamp"]).timestamp()
+
+
+@pytest.mark.platforms("debian13")
+def test_429_and_503_answers_are_retried_after_retry_after_and_give_up_bounded(lab):
+    """429 and 5xx (issue 16), through the master: the API server answers the state
+    run's first apply twice 429 with Retry-After: 1 (priority and fairness): the run
+    waits and succeeds, the same request sent three times about a second apart. It
+    then answers 503 with Retry-After: 1 to every apply: the run gives up after 5
+    tries (not sooner, not later), saying the server is overloaded, and writes nothing."""
+    baseline(lab)
+    before, mark = versions(lab), len(kubeapi.audit(lab))
+    kubeapi.knobs(lab, fail_next={"count": 2, "code": 429, "retry_after": 1,
+                                  "methods": ["PATCH"]})
+    try:
+        ok = apply(lab)["vpn-gw1"]
+        assert all(r["result"] is True and r["changes"] == {} for r in ok.values()), ok
+        first = writes(kubeapi.audit(lab, mark))[:3]
+        assert [e["responseStatus"]["code"] for e in first] == [429, 429, 200], first
+        assert len({e["requestURI"] for e in first}) == 1, first
+        gaps = [received(b) - received(a) for a, b in zip(first, first[1:])]
+        assert all(0.9 <= gap < 3 for gap in gaps), gaps
+
+        mark = len(kubeapi.audit(lab))
+        kubeapi.knobs(lab, fail_next={"count": 5, "code": 503, "retry_after": 1,
+                                      "methods": ["PATCH"]})
+        failed = apply(lab)["vpn-gw1"]["vpn_gateway_k8s_service"]
+    finally:
+        kubeapi.knobs(lab, clear_faults=True)
+    assert failed["result"] is False, failed
+    assert "is overloaded or failing (503 ServiceUnavailable)" in failed["comment"], failed
+    assert "(5 tries in " in failed["comment"], failed
+    tries = writes(kubeapi.audit(lab, mark))
+    assert [e["responseStatus"]["code"] for e in tries] == [503] * 5, tries
+    gaps = [received(b) - received(a) for a, b in zip(tries, tries[1:])]
+    assert all(0.9 <= gap < 3 for gap in gaps), gaps
+    assert versions(lab) == before
