@@ -391,3 +391,117 @@ def test_prometheus_scrapes_every_documented_series(lab):
         assert len(loaded) == 6 and set(loaded.values()) == {"ok"}, loaded
     finally:
         master.run(["systemctl", "stop", "prometheus-lab"])
+
+
+# -- faults after validation (issue 14) --------------------------------------------------------
+# Each leaves the lab as it found it: the tunnel up on the primary, the shared receiver on.
+
+FAULTY_ALERTS = "/tmp/faulty-alerts.jsonl"
+# A webhook receiver that writes down each POST as it arrives, then answers 500 or, "slow",
+# holds the request far longer than the gateway's alert timeout (SETTINGS: 3 s).
+FAULTY_RECEIVER = """\
+import json, sys, time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+address, port, mode, out = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+class Receiver(BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+        with open(out, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"received": time.time(), "body": body}) + "\\n")
+        if mode == "slow":
+            time.sleep(40)
+        self.send_response(500)
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+ThreadingHTTPServer((address, port), Receiver).serve_forever()
+"""
+# What the minion's log says of each failed alert (vpn_alert._safe_error: never the URL).
+ALERT_FAILED = {"down": "unreachable (ConnectionRefusedError: Connection refused)",
+                "500": "HTTP 500", "slow": "TimeoutError"}
+
+
+def faulty_alerts(lab):
+    text = lab["salt-master"].run(["cat", FAULTY_ALERTS]).stdout
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def running(gw, function):
+    """vpn-gw1's jobs of ``function`` running now: the minion's proc files (msgpack,
+    the function's name as it is), read without a salt call."""
+    return gw.run(["sh", "-c", f"grep -l -a -F {function} /var/cache/salt/minion/proc/* "
+                               "2>/dev/null"]).stdout.split()
+
+
+def recoveries(gw):
+    """What recovery remembers of remote-db, read from its file (no salt call)."""
+    found = gw.run(["cat", "/var/lib/vpn-gateway/recovery.json"]).stdout
+    entry = (json.loads(found) if found.strip() else {}).get("remote-db", {})
+    return dict(entry, recoveries=entry.get("recoveries") or {"success": 0, "failure": 0})
+
+
+@pytest.mark.platforms("debian13")  # the same urllib and ladder on 4.10
+def test_a_webhook_down_failing_or_slower_than_its_timeout_never_delays_recovery(lab):
+    """Issue 14, faults after validation: the webhook receiver refusing connections,
+    answering 500, or holding the request longer than alerts:timeout. For each, the IKE SA
+    is taken down by hand and the beacon's ladder brings it back: the tunnel is up and the
+    EndpointSlice ready again by the time the alert is posted (recovery first, the alert
+    after), the ladder's job ends within the alert's timeout of the post (a hung receiver
+    holds neither it nor the recovery lock), and the minion's log names each failure. A
+    failed alert is not remembered as sent: the next one goes out."""
+    master, gw = lab["salt-master"], lab["vpn-gw1"]
+    timeout = SETTINGS["alerts"]["timeout"]
+    wait_for(lambda: established(gw) == {"primary"}, 120, "the tunnel to the primary")
+    salt1(lab, "libreswan.remember", "alerts", "{}")  # no earlier alert's rate window
+    master.put("/root/faulty_receiver.py", FAULTY_RECEIVER)
+    log_from = len(gw.run(["cat", "/var/log/salt/minion"]).stdout)
+    master.run(["systemctl", "stop", "webhook"], check=True)
+    try:
+        for mode in ("down", "500", "slow"):
+            master.run(["rm", "-f", FAULTY_ALERTS], check=True)
+            if mode != "down":
+                master.run(["systemd-run", "--unit", f"webhook-{mode}", "/usr/bin/python3",
+                            "/root/faulty_receiver.py", "198.18.1.2", "8080", mode,
+                            FAULTY_ALERTS], check=True)
+                master.wait_port(8080, "198.18.1.2")
+            before = recoveries(gw)["recoveries"]["success"]
+            started = time.monotonic()
+            # (whack's exit status is its last message's code: the SA's state as it went)
+            gw.run(["ipsec", "whack", "--name", "remote-db", "--terminate"])
+            if mode == "down":
+                _, took = wait_for(lambda: established(gw) == {"primary"}, 60,
+                                   f"webhook {mode}: the tunnel back")
+            else:
+                posted, took = wait_for(lambda: faulty_alerts(lab), 60,
+                                        f"webhook {mode}: the ladder's alert posted")
+                # the moment the alert is posted, recovery is already done
+                assert established(gw) == {"primary"}, mode
+                assert endpoint_ready(lab) == {GATEWAY_ENDPOINT: True}, mode
+                assert [a["body"]["state"] for a in posted] == ["up"], posted
+            state, _ = wait_for(lambda: (m := recoveries(gw))["recoveries"]["success"] > before
+                                and m, 30, f"webhook {mode}: the recovery recorded")
+            assert state["last"]["steps"][-1]["step"] == "restart_conn", state["last"]
+            wait_for(lambda: not running(gw, "libreswan.ensure_up"), timeout + 5,
+                     f"webhook {mode}: the ladder's job over within the alert timeout")
+            print(f"webhook {mode}: IKE SA terminated -> "
+                  f"{'tunnel up' if mode == 'down' else 'alert posted, tunnel up'} {took:.1f}s, "
+                  f"ladder {state['last']['time'] - state['last']['started']:.1f}s, "
+                  f"job over {time.monotonic() - started:.1f}s")
+            assert endpoint_ready(lab) == {GATEWAY_ENDPOINT: True}
+            master.run(["systemctl", "stop", f"webhook-{mode}"])
+        log = gw.run(["cat", "/var/log/salt/minion"]).stdout[log_from:]
+        for mode, reason in ALERT_FAILED.items():
+            assert f"webhook POST for remote-db/up failed: {reason}" in log, (mode, log[-3000:])
+        assert WEBHOOK_TOKEN not in log
+    finally:
+        for mode in ("500", "slow"):
+            master.run(["systemctl", "stop", f"webhook-{mode}"])
+            master.run(["systemctl", "reset-failed", f"webhook-{mode}"])
+        master.run(["systemd-run", "--unit", "webhook", "/usr/bin/python3",  # as prepare()
+                    f"{lab.repo}/tests/monitoring/webhook_receiver.py", "198.18.1.2", "8080",
+                    ALERTS], check=True)
+    master.wait_port(8080, "198.18.1.2")
+    lab["salt-master"].run(["truncate", "-s0", ALERTS], check=True)
+    sent = salt1(lab, "vpn_alert.send", "remote-db", "up", "restart_conn")
+    assert sent == {"sent": True, "reason": "HTTP 204"}, sent
+    assert [a["body"]["step"] for a in alerts(lab)] == ["restart_conn"]
