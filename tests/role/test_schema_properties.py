@@ -385,8 +385,11 @@ def test_no_error_holds_a_value_found_at_a_secret_path(minion, data):
     if data.draw(st.booleans()) and isinstance(pillar, dict):
         pillar["firewall"] = {"zonee": "public"}  # an unrelated error beside them
     found = errors(pillar)
+    # A key that a later placement went through is a name (a user's, a pool's), which an
+    # error may name: ``users: {0000: {...}}``, then ``users:0000`` made a string.
+    names = {step for path, _, _, _ in placed for step in path if isinstance(step, str)}
     for _, _, _, secrets in placed:
-        for secret in secrets:
+        for secret in set(secrets) - names:
             for spelling in spellings(secret):
                 for error in found:
                     assert spelling not in error, (secret, error)
