@@ -7,6 +7,7 @@ import csv
 import hashlib
 import io
 import json
+import re
 import secrets
 import threading
 import time
@@ -319,9 +320,10 @@ def test_scram_verifier_equals_postgresql_and_logs_in_to_the_server(lab):
     assert json.loads(local.stdout)["local"] == server, local
     args = ["name=app", "password_pillar=vpn_gateway:pooler:users:app:password",
             "stored=scram-sha-256", f"salt={salt}"]
-    assert single(lab, "pgbouncer.user_present", *args, test=True)["result"] is None
+    predicted = single(lab, "pgbouncer.user_present", *args, test=True)
+    assert predicted["result"] is None
     ret = single(lab, "pgbouncer.user_present", *args)
-    assert ret["result"] is True and ret["changes"] == {
+    assert ret["result"] is True and ret["changes"] == predicted["changes"] == {
         "app": {"password": "changed", "stored": "scram-sha-256"}}
     assert server not in json.dumps(ret)
     assert lab["vpn-gw1"].read("/etc/pgbouncer/userlist.txt").count(f'"app" "{server}"') == 1
@@ -505,8 +507,11 @@ def test_reload_keeps_sessions_while_a_database_is_added_and_a_target_moves(lab)
     assert outcome["closed"] == [False, False]
     assert changed(apply(lab, pillar=pillar)) == {}
     # Back to the example pillar; pool_absent removes the extra pool.
-    assert single(lab, "pgbouncer.pool_absent", "name=app2db", test=True)["result"] is None
-    assert single(lab, "pgbouncer.pool_absent", "name=app2db")["changes"]["app2db"]["new"] is None
+    predicted = single(lab, "pgbouncer.pool_absent", "name=app2db", test=True)
+    removed = single(lab, "pgbouncer.pool_absent", "name=app2db")
+    assert predicted["result"] is None and removed["result"] is True
+    assert removed["changes"] == predicted["changes"] == {"app2db": {
+        "old": {"host": "198.19.1.11", "port": "5432", "dbname": "app2"}, "new": None}}
     assert single(lab, "pgbouncer.pool_absent", "name=app2db")["changes"] == {}
     assert not failed(apply(lab))
     assert psql(lab, "SELECT 1", dbname="app2db").returncode != 0
@@ -524,15 +529,89 @@ def test_restart_only_change_without_permission_leaves_pgbouncer_untouched(lab):
     assert psql(lab, "SELECT 1").ok
 
 
-def test_restart_only_change_with_permission_restarts(lab):
+def test_restart_only_change_with_permission_restarts(lab, platform):
     files, pid = fingerprint(lab)
+    if platform == "debian13":  # test=True predicts the restart whole and restarts nothing
+        predicted = apply(lab, test=True, pillar={"listen_port": 6433, "restart": True})
+        assert changed(predicted) == {"pgbouncer-settings": {
+            "settings": {"listen_port": {"old": "6432", "new": "6433"}}, "apply": "restart"}}
+        assert fingerprint(lab) == (files, pid)
     returns = apply(lab, pillar={"listen_port": 6433, "restart": True})
     assert not failed(returns)
     assert returns["pgbouncer-settings"]["changes"]["apply"] == "restart"
+    if platform == "debian13":
+        assert changed(returns) == changed(predicted)
     assert fingerprint(lab)[1] != pid
     assert psql(lab, "SELECT 1", port=6433).stdout.strip() == "1"
     assert not failed(apply(lab, pillar={"restart": True}))
     assert psql(lab, "SELECT 1").stdout.strip() == "1"
+
+
+# The example pillar's HBA rules, and one more (for a database the pods do not use).
+EXAMPLE_HBA = ["host all all 127.0.0.1/32 scram-sha-256",
+               "host pgbouncer all 198.18.2.0/24 reject",
+               "host all all 198.18.2.0/24 scram-sha-256"]
+EXTRA_HBA = "host app2 all 198.18.2.99/32 scram-sha-256"
+PGBOUNCER_LOG = "/var/log/pgbouncer/pgbouncer.log"
+
+
+def service_run(gw):
+    """The running PgBouncer as systemd and its log see it: main pid, start, restarts,
+    RELOADs received."""
+    shown = gw.run(["systemctl", "show", "pgbouncer", "-p", "MainPID",
+                    "-p", "ExecMainStartTimestampMonotonic", "-p", "NRestarts"]).stdout
+    return (dict(line.split("=", 1) for line in shown.splitlines()),
+            gw.read(PGBOUNCER_LOG).count("RELOAD command issued"))
+
+
+def start_pgbouncer_sampler(host):
+    host.run("rm -f /root/pgb-ps.log; (while :; do ps -C pgbouncer -o pid=,user=,args= "
+             ">> /root/pgb-ps.log; sleep 0.05; done) >/dev/null 2>&1 & "
+             "echo $! > /root/pgb-ps.pid", check=True)
+
+
+def stop_pgbouncer_sampler(host):
+    host.run("kill $(cat /root/pgb-ps.pid)")
+    return {tuple(line.split(None, 2)) for line in host.read("/root/pgb-ps.log").splitlines()}
+
+
+# What else may run as pgbouncer during a dry run: the version probe (render_settings) and
+# the scratch check on its temp directory's ini, as the service's user (and their zombies).
+HARMLESS_PGBOUNCER = re.compile(
+    r"root /usr/sbin/pgbouncer --version|pgbounc\S* /usr/sbin/pgbouncer "
+    r"/tmp/pgbouncer-check-\w+/pgbouncer\.ini|\S+ \[pgbouncer\] <defunct>")
+
+
+@pytest.mark.platforms("debian13")
+def test_settings_test_mode_is_exact_and_touches_nothing(lab):
+    """Issue 14: pgbouncer.settings with test=True (a setting changed and an HBA rule added)
+    predicts the real run's changes whole. The dry run leaves the config files and the
+    running PgBouncer alone (main pid, start, restarts, no RELOAD), and nothing runs as
+    pgbouncer beside the service but the version probe and the scratch check, on its temp
+    directory's ini as the service's user (docs/pgbouncer.md, "The scratch PgBouncer")."""
+    gw = lab["vpn-gw1"]
+    pillar = {"settings": {"server_idle_timeout": 200}, "hba": EXAMPLE_HBA + [EXTRA_HBA]}
+    files, run = fingerprint(lab), service_run(gw)
+    start_pgbouncer_sampler(gw)
+    try:
+        predicted = apply(lab, test=True, pillar=pillar)
+    finally:
+        seen = stop_pgbouncer_sampler(gw)
+    assert changed(predicted) == {"pgbouncer-settings": {
+        "settings": {"server_idle_timeout": {"old": "300", "new": "200"}},
+        "hba": {"old": EXAMPLE_HBA, "new": EXAMPLE_HBA + [EXTRA_HBA]}, "apply": "reload"}}
+    assert (fingerprint(lab), service_run(gw)) == (files, run)
+    others = {entry for entry in seen if entry[0] != files[1]}
+    assert all(HARMLESS_PGBOUNCER.fullmatch(f"{user} {args}") for _, user, args in others), \
+        others
+    applied = apply(lab, pillar=pillar)
+    assert not failed(applied) and changed(applied) == changed(predicted)
+    after = service_run(gw)
+    assert after[0] == run[0] and after[1] > run[1]  # RELOADed, not restarted
+    # Back to the example pillar.
+    assert changed(apply(lab)) == {"pgbouncer-settings": {
+        "settings": {"server_idle_timeout": {"old": "200", "new": "300"}},
+        "hba": {"old": EXAMPLE_HBA + [EXTRA_HBA], "new": EXAMPLE_HBA}, "apply": "reload"}}
 
 
 GONE_USER, GONE_PASSWORD = "gone", "gone-" + secrets.token_hex(12)
