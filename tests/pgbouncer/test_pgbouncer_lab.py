@@ -248,7 +248,9 @@ def in_thread(function):
     return thread, out
 
 
-BUSY = "SELECT pg_sleep(5), pg_backend_pid()"
+# Long enough to outlast the compound salt call (RECONNECT, SHOW SERVERS) on a loaded
+# machine: at 5 s it ended first in a run at load average 40 (KeyError on its pid).
+BUSY = "SELECT pg_sleep(12), pg_backend_pid()"
 ACTIVE_BUSY = f"SELECT pid FROM pg_stat_activity WHERE state = 'active' AND query = '{BUSY}'"
 
 
