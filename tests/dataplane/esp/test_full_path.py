@@ -1,8 +1,11 @@
 """The full data path, where the kernel has ESP (else in the QEMU guest, through
 tests/dataplane/test_in_guest.py): psql in k8s-node1 -> PgBouncer on vpn-gw1
 -> the IPsec tunnel -> PostgreSQL in remote-db answers ``SELECT 1``, and the
-Child SA's byte counters move. Then the remote gateway narrows one database
-subnet away: the tunnel is partial, not up, and names the subnet it lacks.
+Child SA's byte counters move. Then failback with real Child SAs (issue 13):
+a dead primary leaves the backup's SAs alone, a live one takes the tunnel
+back. Last the remote gateway narrows one database subnet away: the tunnel
+is partial, not up, and names the subnet it lacks. One lab for all: under
+TCG a lab and its first apply cost minutes.
 
 vpn-gw1 is configured by the role's formulas (vpn_gateway.sysctl, .ipsec,
 .pgbouncer) with the example pillar, unchanged, by masterless Salt
@@ -21,20 +24,30 @@ decrypted, as a real remote cloud would. Proof that the query took the tunnel:
 the database sees the gateway's tunnel address as its client, and the Child
 SA's ESP byte counters grow with the query.
 """
+import functools
+import json
 import time
 
 import pytest
-from esp_helpers import SLOW, esp_bytes, pluto_log, wait_esp_pair
+from esp_helpers import SLOW, backup_serial, child_sa_peers, esp_bytes, pluto_log, wait_esp_pair
 
 from lab import converged, peers, postgres, role, saltstack
 from lab.lab import SLOWDOWN
 
 pytestmark = [pytest.mark.lab, pytest.mark.esp]
 
-HOSTS = ["vpn-gw1", "remote-gw-primary", "remote-db", "k8s-node1"]
+HOSTS = ["vpn-gw1", "remote-gw-primary", "remote-gw-backup", "remote-db", "k8s-node1"]
 GATEWAY, GATEWAY_WAN, PEER_WAN = "vpn-gw1", "198.18.0.11", "198.18.0.21"
 TUNNEL, TUNNEL_IP = "remote-db", "198.19.10.1"  # vpn_gateway:tunnel of vpn-gw1
 PEER = "remote-gw-primary"
+# The failback test's monitoring settings (minion config over the pillar's):
+# step_timeout for TCG, where an IKE SA and its Child SAs take 5-10 s.
+FAILBACK_SETTINGS = {"up_when": "child_sa", "holddown": 2, "step_timeout": 20,
+                     "failback": "auto", "failback_after": 8}
+# How long the primary may take to get the tunnel back once it answers again:
+# pluto retries a primary brought up beside the backup about every 40 s (4.10
+# under TCG), and each failback call under TCG takes 20-60 s.
+FAILBACK_WITHIN = 420
 timings = {}
 
 
@@ -100,6 +113,60 @@ def test_select_1_from_k8s_node_through_pooler_and_tunnel(path):
     assert moved and all(i > 0 and o > 0 for i, o in moved), status
     print("full data path timings (s): "
           + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
+
+
+def wait_child_sas(lab, wanted, timeout=SLOW):
+    deadline = time.monotonic() + timeout * SLOWDOWN
+    while (held := child_sa_peers(lab[GATEWAY])) != wanted:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"Child SAs with {held}, not {wanted}, after {timeout}s\n"
+                                 f"{pluto_log(lab[GATEWAY])}")
+        time.sleep(2)
+
+
+def test_a_dead_primary_leaves_the_backup_and_a_live_one_takes_the_tunnel_back(path):
+    """Failback make before break on real Child SAs. On Libreswan 4.10 a primary
+    brought up beside the backup that carries the tunnel keeps its IKE SA for
+    well under a second (its first Child SA cannot route over the backup's:
+    "cannot route -- route already in use"), so a check of the IKE SA alone
+    never saw it answer and the tunnel stayed on the backup for good; the
+    failback counts a primary that completed an IKE SA since the probe began
+    (``libreswan.peer_answered``). tests/monitoring proves the policy on IKE
+    SAs alone, on this machine's kernel. Failback runs as the beacon's reactor
+    runs it: again every ``failback_after`` until the tunnel is on the primary."""
+    gateway, primary = path[GATEWAY], path[PEER]
+    settings = "/etc/salt/minion.d/failback.conf"
+    gateway.put(settings, json.dumps({"vpn_gateway": {"monitoring": FAILBACK_SETTINGS}}))
+    try:
+        call = functools.partial(saltstack.call_local, path, gateway, timeout=SLOW * 10)
+        call("libreswan.switch", TUNNEL, "to=backup", "wait=60")
+        wait_child_sas(path, {"backup"})
+        call("libreswan.failback", TUNNEL)  # marks since when the backup carries it
+
+        # A dead primary: the probe leaves the backup's IKE SA and its Child SAs alone.
+        primary.run(["systemctl", "stop", "ipsec"], check=True, timeout=SLOW)
+        time.sleep(FAILBACK_SETTINGS["failback_after"] + 1)
+        serial = backup_serial(gateway)
+        result = call("libreswan.failback", TUNNEL)[TUNNEL]
+        assert result.get("outcome") == "primary_silent", result
+        assert backup_serial(gateway) == serial and child_sa_peers(gateway) == {"backup"}
+
+        # The primary back: failback moves the tunnel onto it, the backup dropped.
+        primary.run(["systemctl", "start", "ipsec"], check=True, timeout=SLOW)
+        outcomes, started = [], time.monotonic()
+        while (child_sa_peers(gateway) != {"primary"}
+               and time.monotonic() < started + FAILBACK_WITHIN):
+            time.sleep(FAILBACK_SETTINGS["failback_after"] + 1)
+            outcomes.append(call("libreswan.failback", TUNNEL)[TUNNEL].get("outcome"))
+        print(f"failback: on the primary after {time.monotonic() - started:.0f}s, "
+              f"outcomes {outcomes}")
+        assert child_sa_peers(gateway) == {"primary"}, f"{outcomes}\n{pluto_log(gateway)}"
+        assert "failed_back" in outcomes, outcomes
+        assert backup_serial(gateway) is None, pluto_log(gateway)
+        tunnel = call("libreswan.status")["tunnels"][TUNNEL]
+        assert tunnel["active"] == "primary" and tunnel["state"] == "up", tunnel
+    finally:
+        gateway.run(["rm", "-f", settings])
 
 
 def test_a_peer_that_narrows_a_subnet_away_leaves_the_tunnel_partial(path):
