@@ -1208,12 +1208,23 @@ def write_file(path, content, mode=0o640, owner="root", group=None):
         os.chmod(path, mode)
     with salt.utils.files.set_umask(0o777 & ~mode):
         with salt.utils.atomicfile.atomic_open(path, "w") as handle:
-            handle.write(content)
-            handle.flush()
-            os.fsync(handle.fileno())
+            _write_through(handle, content)
     os.chown(path, uid, gid)
     os.chmod(path, mode)
     return True
+
+
+def _write_through(handle, text):
+    """Write, flush and fsync ``text`` to an atomic_open handle. On an error (a full disk)
+    its temporary file is removed here: atomic_open's exit closes the file before removing
+    it, and that close flushes the refused text again and raises first."""
+    try:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    except OSError:
+        os.unlink(handle.name)
+        raise
 
 
 def read_auth_file():
@@ -1387,7 +1398,7 @@ def _set_owned(names, add=True):
     path = _option("owned_file")
     os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
     with salt.utils.atomicfile.atomic_open(path, "w") as handle:
-        json.dump(new, handle, indent=1, sort_keys=True)
+        _write_through(handle, json.dumps(new, indent=1, sort_keys=True))
     os.chmod(path, 0o644)
     return True
 
