@@ -255,9 +255,22 @@ def _counters_file(state_dir, save=True):
         holder = {"conns": data.get("conns") if isinstance(data, dict) else None}
         yield holder
         if save:
-            with salt.utils.atomicfile.atomic_open(path, "w") as handle:
-                json.dump({"conns": holder["conns"]}, handle, indent=1, sort_keys=True)
+            _write_atomic(path, json.dumps({"conns": holder["conns"]}, indent=1,
+                                           sort_keys=True))
             os.chmod(path, 0o600)
+
+
+def _write_atomic(path, text):
+    """Replace ``path`` through salt.utils.atomicfile. On an error (a full disk) its
+    temporary file is removed here: atomic_open's exit closes the file before removing it,
+    and that close flushes the refused text again and raises first."""
+    with salt.utils.atomicfile.atomic_open(path, "w") as handle:
+        try:
+            handle.write(text)
+            handle.flush()
+        except OSError:
+            os.unlink(handle.name)
+            raise
 
 
 def _collect(save):
@@ -311,8 +324,7 @@ def write(path=None):
             f"the textfile directory {directory} does not exist: apply vpn_gateway.monitoring "
             "(it creates it) or set vpn_gateway:monitoring:metrics:path")
     text = _collect(save=True)
-    with salt.utils.atomicfile.atomic_open(path, "w") as handle:
-        handle.write(text)
+    _write_atomic(path, text)
     os.chmod(path, 0o644)
     samples = sum(1 for line in text.splitlines() if line and not line.startswith("#"))
     return {"path": path, "samples": samples}
