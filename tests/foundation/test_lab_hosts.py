@@ -155,6 +155,8 @@ def _wait_running(proc):
     pytest.fail(f"lab up exited with {proc.wait()} before it was running")
 
 
+@pytest.mark.usefixtures("platform")  # the lab's life cycle is the same on
+@pytest.mark.platforms("debian13")  # each platform: once, not in each platform's pytest
 def test_ctrl_c_tears_the_lab_down():
     name = f"vgwlab-c{os.getpid()}"
     proc = _lab_cli("vpn-gw1", "remote-gw-primary", name=name)
@@ -172,6 +174,8 @@ def test_ctrl_c_tears_the_lab_down():
     assert leftovers(name) == []
 
 
+@pytest.mark.usefixtures("platform")  # the lab's life cycle is the same on
+@pytest.mark.platforms("debian13")  # each platform: once, not in each platform's pytest
 def test_clean_removes_what_a_killed_run_left():
     name = f"vgwlab-k{os.getpid()}"
     proc = _lab_cli("vpn-gw1", "remote-gw-primary", name=name)
@@ -186,6 +190,8 @@ def test_clean_removes_what_a_killed_run_left():
     assert _lab_command("leftovers", name).stdout.strip() == "lab: nothing left"
 
 
+@pytest.mark.usefixtures("platform")  # the lab's life cycle is the same on
+@pytest.mark.platforms("debian13")  # each platform: once, not in each platform's pytest
 def test_a_failed_start_leaves_nothing():
     name = f"vgwlab-e{os.getpid()}"
     lab = Lab(DEFAULT.subset(["salt-master", "vpn-gw1"]), name=name, venv="/nonexistent-venv")

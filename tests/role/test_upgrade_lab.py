@@ -56,8 +56,8 @@ def package_version(gw, package):
 
 def test_a_debian12_gateway_upgraded_to_debian13_converges_again(lab):
     gw = lab[GATEWAY]
-    assert highstate(lab)  # the first converge on debian12 changes things
-    assert highstate(lab) == []
+    # the first converge on debian12 (its second run changing nothing: tests/role)
+    assert highstate(lab)
     assert wait_for(lambda: tunnel_established(gw)), gw.run(["ipsec", "whack", "--status"])
     assert role.select_one(lab).stdout.strip() == "1"
     before = {p: package_version(gw, p) for p in ("libreswan", "pgbouncer", "firewalld")}
