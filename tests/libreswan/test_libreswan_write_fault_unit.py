@@ -1,7 +1,7 @@
 """apply_conn when a file cannot be written (issue 14, faults after validation: the
 disk full under /etc/ipsec.d): the state fails with the path and the reason, the old
 files stay byte for byte, pluto is not reloaded, and a secrets file written before
-the failing conf file is put back. The lab test (tests/monitoring/test_monitoring_lab.py,
+the failing conf file is put back. The lab test (tests/libreswan/test_lab.py, debian13:
 a full tmpfs over /etc/ipsec.d) shows the same against the real pluto."""
 import errno
 import os
