@@ -1,20 +1,6 @@
-"""Entry point for Salt's loader: where the pack's custom modules live.
-
-``pip install .`` registers these functions under the ``salt.loader`` entry
-point group, so a minion finds the modules without ``saltutil.sync_all``.
+"""The pack as a Salt extension: ``pip install .`` registers this package under
+the ``salt.loader`` entry point (setup.cfg), in the salt-extension template's
+form, and Salt's loader takes its sub-packages by kind: ``modules``,
+``states``, ``beacons`` (installed from salt/_modules, salt/_states,
+salt/_beacons). A minion then finds the modules without ``saltutil.sync_all``.
 """
-import os
-
-_HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def module_dirs():
-    return [os.path.join(_HERE, "_modules")]
-
-
-def states_dirs():
-    return [os.path.join(_HERE, "_states")]
-
-
-def beacons_dirs():
-    return [os.path.join(_HERE, "_beacons")]

@@ -69,7 +69,9 @@ def list_functions(config_dir, function, pythonpath=None):
 def test_the_package_ships_every_loader_module(installed):
     for kind in ("_modules", "_states", "_beacons"):
         ours = sorted(p.name for p in (REPO / "salt" / kind).glob("*.py"))
-        theirs = sorted(p.name for p in (installed / "vpn_gateway_loader" / kind).glob("*.py"))
+        # the template's layout: one sub-package per loader kind, named as Salt names it
+        theirs = sorted(p.name for p in (installed / "vpn_gateway_loader" / kind.lstrip("_"))
+                        .glob("*.py"))
         assert theirs == ours
 
 
