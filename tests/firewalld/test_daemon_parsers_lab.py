@@ -1,8 +1,9 @@
 """The validators against the daemons' own parsers of Debian 13 (firewalld 2.3,
-Libreswan 5.2): the differential tests of test_rich_rule_differential.py and
-tests/libreswan/test_algorithm_differential.py (which use this machine's
-firewalld 1.3 and Libreswan 4.10), with the oracle run in one lab host of the
-provisioned debian13 image: no master, no Salt, a few seconds in all."""
+Libreswan 5.2, PostgreSQL 17's SCRAM verifiers): the differential tests of
+test_rich_rule_differential.py, tests/libreswan/test_algorithm_differential.py and
+tests/pgbouncer/test_saslprep_postgres.py (which use this machine's firewalld 1.3,
+Libreswan 4.10 and PostgreSQL 15), with the oracle run in one lab host of the
+provisioned debian13 image: no master, no Salt, seconds in all."""
 import sys
 
 import pytest
@@ -11,6 +12,7 @@ from repo_modules import REPO, load
 sys.path.insert(0, str(REPO / "tests" / "libreswan"))  # algorithm_gen, for the module below
 FIREWALLD = load("tests/firewalld/test_rich_rule_differential.py")
 ALGORITHMS = load("tests/libreswan/test_algorithm_differential.py")
+SASLPREP = load("tests/pgbouncer/test_saslprep_postgres.py")
 
 pytestmark = [pytest.mark.lab, pytest.mark.platforms("debian13")]
 HOST = "remote-gw-primary"  # a provisioned image: firewalld and libreswan installed
@@ -45,3 +47,16 @@ def test_algorithm_lists_against_libreswan_5(host):
     compared = ALGORITHMS.compare(load("salt/_modules/libreswan.py"), run)
     assert len(compared) >= 500
     assert ALGORITHMS.disagreements(compared) == []
+
+
+def test_scram_verifiers_against_postgresql_17(host):
+    """tests/pgbouncer/test_saslprep_postgres.py's passwords in a scratch cluster of the
+    host's PostgreSQL 17 (Unicode 15.1 tables) against _scram_verifier here."""
+    def run(argv, stdin):
+        return host.run(argv, input=stdin, timeout=300, check=True).stdout
+
+    version, stored = SASLPREP.postgres_verifiers(run, host.lab.venv / "bin" / "python",
+                                                  SASLPREP.batch())
+    assert version.startswith("17"), version
+    assert len(stored) >= 220
+    assert SASLPREP.disagreements(stored) == []

@@ -10,23 +10,28 @@ salt and iterations of ``pg_authid.rolpassword`` must give the same verifier.
 The password goes to the server as a bind parameter of a function that runs
 the ALTER ROLE: never in argv, a statement text or a log.
 
-The gateway computes verifiers with its Python's Unicode tables, PostgreSQL
-with its own (Python 3.11 and PostgreSQL 15 on Debian 12: Unicode 14.0; Python
-3.13 and PostgreSQL 17 on Debian 13: Unicode 15.1): this machine checks the
-Debian 12 pair.
+The gateway computes verifiers with its Python's Unicode tables (NFKC; the
+SASLprep tables are RFC 3454's, Unicode 3.2), PostgreSQL with its own (15 on
+Debian 12: Unicode 14.0; 17 on Debian 13: Unicode 15.1). This machine checks its
+PostgreSQL 15 here; tests/firewalld/test_daemon_parsers_lab.py (lab, debian13) sends
+``batch()`` to a scratch cluster of Debian 13's PostgreSQL 17 in a lab host, against
+``_scram_verifier`` in the lab's Python (the venv's, which the lab's minions run).
 """
 import contextlib
+import json
 import os
 import pwd
+import random
 import re
 import shutil
 import subprocess
 import tempfile
+import unicodedata
 from pathlib import Path
 
 import pytest
 from hypothesis import example, given, settings, strategies as st
-from repo_modules import load
+from repo_modules import REPO, load
 
 pytestmark = pytest.mark.unit
 
@@ -149,27 +154,39 @@ ALPHABET = st.one_of(st.sampled_from(INTERESTING),
                      st.characters(min_codepoint=0x20, max_codepoint=0x7e))
 # right-to-left letters with what mapping or NFKC changes: a bidi refusal then
 # shows (the password is used as it is, not prepared)
-BIDI = st.sampled_from(["\u05d0", "\u05ea", "\u0627", "\u0660", "a", "1", " ", "\u00ad",
-                        "\u00a0", "\ufb01", "\ufe8d", "\u0301", "\u200b"])
+BIDI_CHARS = ["\u05d0", "\u05ea", "\u0627", "\u0660", "a", "1", " ", "\u00ad", "\u00a0",
+              "\ufb01", "\ufe8d", "\u0301", "\u200b"]
+BIDI = st.sampled_from(BIDI_CHARS)
 PASSWORDS = st.one_of(st.lists(ALPHABET, min_size=1, max_size=8),
                       st.lists(BIDI, min_size=1, max_size=5)).map("".join).filter(
     lambda p: not PREHASHED.fullmatch(p))
 
 
+EXAMPLES = [
+    "plain ascii pencil",
+    "I\u00adX",            # mapped to nothing
+    "\u2168",               # NFKC: IX
+    "\ufb01x",              # NFKC: fix
+    "a\u3000b",             # non-ASCII space
+    "\u05d0\u00ada\u05d1",  # RandALCat with LCat: prohibited, used as is
+    "\u05d0\u00ad1",        # RandALCat not last: prohibited, used as is
+    "\u05d0\u00ad1\u05d1",  # RandALCat first and last: prepared
+    "\U0001f600",           # unassigned in Unicode 3.2
+    "\u00ad",               # empty after mapping
+    "\u0340",               # found: prohibited before NFKC, allowed after
+    "a\u200bb",             # found: in B.1 and C.1.2, PostgreSQL maps it to a space
+]
+
+
+def with_examples(test):
+    for password in reversed(EXAMPLES):
+        test = example(password)(test)
+    return test
+
+
 @settings(max_examples=100, deadline=None)
 @given(PASSWORDS)
-@example("plain ascii pencil")
-@example("I\u00adX")           # mapped to nothing
-@example("\u2168")              # NFKC: IX
-@example("\ufb01x")             # NFKC: fix
-@example("a\u3000b")            # non-ASCII space
-@example("\u05d0\u00ada\u05d1")  # RandALCat with LCat: prohibited, used as is
-@example("\u05d0\u00ad1")        # RandALCat not last: prohibited, used as is
-@example("\u05d0\u00ad1\u05d1")  # RandALCat first and last: prepared
-@example("\U0001f600")          # unassigned in Unicode 3.2
-@example("\u00ad")              # empty after mapping
-@example("\u0340")              # found: prohibited before NFKC, allowed after
-@example("a\u200bb")            # found: in B.1 and C.1.2, PostgreSQL maps it to a space
+@with_examples
 def test_our_verifier_equals_postgresql_s(server, password):
     check(server, password)
 
@@ -202,3 +219,76 @@ def test_verifiers_postgresql_made_for_what_the_property_found(password, prepare
     iterations, salt = VERIFIER.fullmatch(stored).groups()
     assert pgb._saslprep(password) == prepared
     assert pgb._scram_verifier(password, salt, int(iterations)) == stored
+
+
+# -- another host's PostgreSQL: Debian 13's 17 (tests/firewalld/test_daemon_parsers_lab.py) ---
+# The same scratch cluster in a lab host of the provisioned image, run by the lab's venv
+# Python (the gateway's minion runs it too, so ours is computed in this process); the
+# passwords go in on stdin as JSON, PostgreSQL's verifiers come back on stdout.
+IN_HOST = """\
+import json, sys
+sys.path[:0] = [sys.argv[1] + "/tests", sys.argv[1] + "/tests/pgbouncer"]
+from repo_modules import REPO, load
+saslprep = load("tests/pgbouncer/test_saslprep_postgres.py")
+passwords = json.load(sys.stdin)
+with saslprep.scratch_cluster() as conn:
+    (version,) = conn.execute("SHOW server_version").fetchone()
+    stored = [saslprep.postgres_verifier(conn, password) for password in passwords]
+print(json.dumps({"version": version, "stored": stored}))
+"""
+
+
+def batch(count=150, seed=14):
+    """Passwords for one run on another host, the same every time: the examples, what
+    the property found, each interesting code point alone, then ``count`` drawn as
+    PASSWORDS draws them (a random generator seeded, not Hypothesis: one call does all)."""
+    rng = random.Random(seed)
+
+    def anything():
+        while True:
+            char = chr(rng.randrange(1, 0x110000))
+            if unicodedata.category(char) != "Cs":
+                return char
+
+    def drawn():
+        if rng.random() < 0.25:
+            return "".join(rng.choice(BIDI_CHARS) for _ in range(rng.randint(1, 5)))
+        return "".join(rng.choice([lambda: rng.choice(INTERESTING), anything,
+                                   lambda: chr(rng.randrange(0x20, 0x7f))])()
+                       for _ in range(rng.randint(1, 8)))
+
+    passwords = EXAMPLES + [p for p, _, _ in RECORDED] + INTERESTING + [
+        drawn() for _ in range(count)]
+    return list(dict.fromkeys(p for p in passwords if not PREHASHED.fullmatch(p)))
+
+
+def postgres_verifiers(run, python, passwords):
+    """(server_version, {password: rolpassword}) from the scratch cluster that ``run``
+    (argv, stdin -> stdout) starts where it runs, with ``python`` (a venv with psycopg)."""
+    out = json.loads(run([str(python), "-c", IN_HOST, str(REPO)],
+                         json.dumps(passwords)).strip().splitlines()[-1])
+    return out["version"], dict(zip(passwords, out["stored"]))
+
+
+def disagreements(stored):
+    """The passwords (as code points) whose verifier from ``_scram_verifier`` with
+    PostgreSQL's salt and iterations is not PostgreSQL's."""
+    wrong = []
+    for password, verifier in stored.items():
+        match = VERIFIER.fullmatch(verifier or "")
+        if not match or pgb._scram_verifier(password, match.group(2),
+                                            int(match.group(1))) != verifier:
+            wrong.append([hex(ord(c)) for c in password])
+    return wrong
+
+
+def test_the_batch_for_another_host_is_fixed_and_varied():
+    """What the lab sends Debian 13's PostgreSQL: the same every run, mostly non-ASCII,
+    with passwords SASLprep changes and ones it leaves (prohibited, bidi) as they are."""
+    passwords = batch()
+    assert len(passwords) >= 220 and batch() == passwords
+    assert sum(not p.isascii() for p in passwords) >= 200
+    prepared = [p for p in passwords if pgb._saslprep(p) != p]
+    assert len(prepared) >= 40, prepared
+    kept = [p for p in passwords if not p.isascii() and pgb._saslprep(p) == p]
+    assert len(kept) >= 120, kept
