@@ -179,7 +179,7 @@ class Lab:
     """
 
     def __init__(self, topology=topo.DEFAULT, name=None, repo=REPO, venv=None, log=print,
-                 platform=None, repos=()):
+                 platform=None, repos=(), salt_config=None):
         self.name = name or os.environ.get("VGWLAB_NAME", f"{PREFIX}-demo")
         if not re.fullmatch(rf"{PREFIX}-[a-z0-9]+", self.name):
             raise ValueError(f"a lab name is {PREFIX}-<letters and digits> (got {self.name!r}), "
@@ -196,6 +196,9 @@ class Lab:
         # Every platform's offline apt repository that a host may use (its own,
         # plus ``repos``: an upgrade test adds the newer platform's).
         self.platforms = sorted({h.platform.name for h in self.hosts.values()} | set(repos))
+        # Settings for every Salt master and minion over the lab's own (lab/saltstack.py),
+        # e.g. {"log_level": "debug"}: written before boot, so no restart is needed.
+        self.salt_config = dict(salt_config or {})
         self.images = {}  # platform -> {kind: path}, filled at start
         self.fabric = f"{self.name}-fabric"
         self.log = log or (lambda *a: None)
@@ -236,6 +239,10 @@ class Lab:
         for host in self.hosts.values():
             self._prepare(host)
         saltstack.provision(self)
+        for host in self.hosts.values():
+            if self.salt_config and host.spec.salt:  # read after lab.conf: these win
+                host.put(f"/etc/salt/{host.spec.salt}.d/overrides.conf",
+                         json.dumps(self.salt_config))
         for host in self.hosts.values():
             self._boot(host)
         for host in self.hosts.values():
