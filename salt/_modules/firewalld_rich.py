@@ -70,6 +70,17 @@ REJECT_TYPES = {
              "tcp-reset"),
 }
 IPSET_MAX_NAME = 32  # firewalld's IPSET_MAXNAMELEN
+# The ipsets this module manages: addresses (hash:ip) or networks (hash:net), per family.
+IPSET_TYPES = ("hash:ip", "hash:net")
+IPSET_FAMILIES = {"inet": "ipv4", "inet6": "ipv6"}
+IPSET_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,%d}" % IPSET_MAX_NAME)
+# The gateway's ipsets: the sources of its derived rules (inet; the ...6 ones inet6).
+NODES_IPSET, PEERS_IPSET = "vgw-nodes", "vgw-peers"
+# Up to this many changed entries of one ipset are written at runtime one D-Bus call each
+# (addEntry/removeEntry: the others stay in the set); more in one setEntries, which
+# firewalld applies as a flush and a refill of the set (new connections from its
+# addresses meet the zone's default for those milliseconds, established ones do not).
+RUNTIME_ENTRY_CALLS = 20
 MAC_RE = re.compile(r"[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}")
 # Elements that say what traffic a rule is about; a rule holds at most one.
 ELEMENTS = ("service", "port", "protocol", "source-port", "icmp-block", "icmp-type",
@@ -568,19 +579,178 @@ def _plan_zone(current, present=(), absent=(), owned=(), prune_owned=False):
             for side in ("runtime", "permanent")}
     before = set(keys["runtime"].values()) | set(keys["permanent"].values())
     plan = {"rules": {}}
-    for side, held in keys.items():
-        remove = [text for text, key in held.items() if key in unwanted]
-        there = set(held.values())
-        add = [text for text in wanted if text not in there]
-        plan[side] = {"add": add, "remove": remove}
-        plan["rules"][side] = [text for text in held if text not in remove] + add
+    _plan_sides(keys, wanted, unwanted, plan, plan["rules"])
     after = {_rule_key(text) for side in plan["rules"].values() for text in side}
     plan["owned"] = sorted(key for key in (set(owned) | (set(wanted) - before)) if key in after)
     return plan
 
 
+def _plan_sides(keys, wanted, unwanted, plan, lists):
+    """For each side of ``keys`` ({side: {text as held: key}}): into ``plan[side]`` the
+    texts to remove (key unwanted, firewalld's own text) and to add (wanted, key not
+    held); into ``lists[side]`` the full new list."""
+    for side, held in keys.items():
+        remove = [text for text, key in held.items() if key in unwanted]
+        there = set(held.values())
+        add = [text for text in wanted if text not in there]
+        plan[side] = {"add": add, "remove": remove}
+        lists[side] = [text for text in held if text not in remove] + add
+
+
 def _has_changes(plan):
     return any(plan[side][op] for side in ("runtime", "permanent") for op in ("add", "remove"))
+
+
+# -- ipsets: the sources of the derived rules ------------------------------------------
+
+
+@dataclass(frozen=True)
+class IPSet:
+    """A declared ipset: its entries in normal form, sorted."""
+
+    name: str
+    type: str
+    family: str  # inet | inet6
+    entries: tuple
+
+    def describe(self):
+        return f"{self.type} family={self.family}"
+
+
+def _ipset_entry(value, ipset_type, family):
+    """An entry in normal form (``198.18.2.31``, ``198.18.2.0/24``, IPv6 compressed);
+    RuleError for a bad one, one of another family or a network in a hash:ip set."""
+    _, text = _normalize_address(value, IPSET_FAMILIES[family])
+    if ipset_type == "hash:ip" and "/" in text:
+        raise RuleError(f"entry {value!r}: a hash:ip ipset holds addresses; use hash:net for "
+                        "networks")
+    if text in ("0.0.0.0", "::") or text.endswith("/0"):
+        raise RuleError(f"entry {value!r}: firewalld refuses the any address in an ipset")
+    return text
+
+
+@functools.lru_cache(maxsize=65536)
+def _entry_key(text, family):
+    """The comparison key of an entry firewalld holds (raw text when unreadable)."""
+    try:
+        return _normalize_address(text, IPSET_FAMILIES.get(family))[1]
+    except RuleError:
+        return "raw:" + text
+
+
+def _to_ipset(name, spec):
+    """An IPSet from ``{type, family, entries}`` (type default hash:ip; family default:
+    the entries', else inet)."""
+    name = str(name)
+    if not IPSET_NAME_RE.fullmatch(name):
+        raise RuleError(f"ipset name {name!r}: 1-{IPSET_MAX_NAME} letters, digits, '_', '.' "
+                        "or '-'")
+    spec = dict(spec or {})
+    unknown = set(spec) - {"type", "family", "entries"}
+    if unknown:
+        raise RuleError(f"ipset {name}: unknown key(s) {', '.join(sorted(unknown))} "
+                        "(type, family, entries)")
+    ipset_type = str(spec.get("type") or "hash:ip")
+    if ipset_type not in IPSET_TYPES:
+        raise RuleError(f"ipset {name}: type {ipset_type!r} is not one of "
+                        f"{', '.join(IPSET_TYPES)}")
+    entries = spec.get("entries") or []
+    if not isinstance(entries, (list, tuple)):
+        raise RuleError(f"ipset {name}: entries must be a list of addresses")
+    family = spec.get("family")
+    if family is None:
+        first = next(iter(entries), None)
+        family = "inet6" if first is not None and ":" in str(first) else "inet"
+    if family not in IPSET_FAMILIES:
+        raise RuleError(f"ipset {name}: family {family!r} is not one of inet, inet6")
+    normal = set()
+    for entry in entries:
+        try:
+            normal.add(_ipset_entry(entry, ipset_type, family))
+        except RuleError as exc:
+            raise RuleError(f"ipset {name}: {exc}") from None
+    return IPSet(name, ipset_type, family, tuple(sorted(normal, key=_address_order)))
+
+
+def _address_order(text):
+    network = ipaddress.ip_network(text, strict=False)
+    return network.version, network.network_address, network.prefixlen
+
+
+def _owned_ipsets(owned):
+    """{ipset name: [entry keys]} from the ownership record."""
+    return {key[len(IPSET_OWNED):]: value for key, value in owned.items()
+            if key.startswith(IPSET_OWNED)}
+
+
+IPSET_OWNED = "ipset:"  # the ownership record's key of an ipset's entries
+
+
+def _plan_ipsets(current, declared, owned=None, prune_owned=False):
+    """What to change in the ipsets so they hold the ``declared`` entries.
+
+    ``current``: {name: {"type", "family", "runtime": [entry text] or None (no such
+    ipset), "permanent": ...}} as firewalld holds them; ``declared``: {name: IPSet};
+    ``owned``: {name: [entry keys this pack added]}. With ``prune_owned``, owned entries
+    no longer declared go, also from ipsets no longer declared (the ipset itself stays:
+    firewalld removes an ipset only from its permanent configuration, with a reload).
+    Returns {name: {"create": type and family when it is not in the permanent
+    configuration, "reload": when not at runtime, "family", "runtime"/"permanent": {add,
+    remove}, "entries": {side: the full new list}, "owned": sorted keys afterwards}}.
+    Entries are removed under firewalld's own text.
+    """
+    owned = owned or {}
+    plan = {}
+    for name in sorted(set(declared) | (set(owned) if prune_owned else set())):
+        held = current.get(name) or {}
+        want = declared.get(name)
+        if want is not None and held.get("type") and (held["type"], held["family"]) \
+                != (want.type, want.family):
+            raise RuleError(f"ipset {name} exists in firewalld as {held['type']} family="
+                            f"{held['family']}, not {want.describe()}: remove it "
+                            f"(firewall-cmd --permanent --delete-ipset={name}; --reload) or "
+                            "name another")
+        if want is None and held.get("runtime") is None and held.get("permanent") is None:
+            plan[name] = {"gone": True, "owned": []}  # forget it
+            continue
+        family = want.family if want else held.get("family", "inet")
+        wanted = list(want.entries) if want else []
+        unwanted = set(owned.get(name, [])) - set(wanted) if prune_owned else set()
+        keys = {side: {text: _entry_key(text, family) for text in held.get(side) or []}
+                for side in ("runtime", "permanent")}
+        before = set(keys["runtime"].values()) | set(keys["permanent"].values())
+        entry = {"family": family, "entries": {},
+                 "create": want.describe() if want and held.get("permanent") is None else None,
+                 "reload": bool(want) and held.get("runtime") is None}
+        _plan_sides(keys, wanted, unwanted, entry, entry["entries"])
+        after = {_entry_key(t, family) for side in entry["entries"].values() for t in side}
+        entry["owned"] = sorted((set(owned.get(name, [])) | (set(wanted) - before)) & after,
+                                key=_address_order_or_raw)
+        plan[name] = entry
+    return plan
+
+
+def _address_order_or_raw(text):
+    try:
+        return (0, *_address_order(text))
+    except ValueError:
+        return (1, 0, 0, text)
+
+
+def _ipset_changes(plan):
+    """The ipsets' part of a state's changes: {name: {create?, runtime?, permanent?}}."""
+    changes = {}
+    for name, entry in plan.items():
+        if entry.get("gone"):
+            continue
+        change = {"create": entry["create"]} if entry["create"] else {}
+        for side in ("runtime", "permanent"):
+            ops = {op: entry[side][op] for op in ("add", "remove") if entry[side][op]}
+            if ops:
+                change[side] = ops
+        if change:
+            changes[name] = change
+    return changes
 
 
 # -- the guard: management access must survive a change -------------------------------
@@ -651,17 +821,31 @@ def _covers(rule_ports, flow_ports, certain):
     return rule_low <= high and low <= rule_high
 
 
-def _side_matches(match, net, certain):
-    """Whether a source match covers ``net``: all of it (certain) or any of it."""
+def _side_matches(match, net, certain, ipsets=None):
+    """Whether a source match covers ``net``: all of it (certain) or any of it.
+
+    ``ipsets``: {name: [entry]} of the ipsets whose entries are known (the declared
+    ones as they will be, and those read from firewalld); another ipset or a MAC is
+    unknowable here."""
     if match is None:
         return True
-    if match.kind != "address":  # an ipset or MAC: unknowable here
+    if match.kind == "ipset" and ipsets is not None and match.value in ipsets:
+        networks = []
+        for entry in ipsets[match.value]:
+            try:
+                networks.append(ipaddress.ip_network(entry, strict=False))
+            except ValueError:  # an entry we cannot read: the set is unknowable
+                return not certain
+    elif match.kind != "address":
         return not certain
-    rule_net = ipaddress.ip_network(match.value)
-    if rule_net.version != net.version:
-        return match.invert
+    else:
+        networks = [ipaddress.ip_network(match.value)]
+    networks = [n for n in networks if n.version == net.version]
     # certain: all of net inside (or, inverted, all outside); else: any part of it
-    inside = net.subnet_of(rule_net) if certain != match.invert else net.overlaps(rule_net)
+    if certain != match.invert:
+        inside = any(net.subnet_of(n) for n in networks)
+    else:
+        inside = any(net.overlaps(n) for n in networks)
     return inside != match.invert
 
 
@@ -682,7 +866,7 @@ def _element_matches(element, flow, service_ports, certain):
     return False  # icmp, masquerade: not TCP
 
 
-def _rule_matches(rule, flow, service_ports):
+def _rule_matches(rule, flow, service_ports, ipsets=None):
     """Does ``rule`` decide ``flow``? Deny rules count if they may match, accept
     rules only if they surely match (the guard errs on the side of refusing)."""
     certain = rule.action == "accept"
@@ -690,11 +874,11 @@ def _rule_matches(rule, flow, service_ports):
         return False
     if rule.destination is not None and certain:
         return False
-    return (_side_matches(rule.source, flow.network, certain)
+    return (_side_matches(rule.source, flow.network, certain, ipsets)
             and _element_matches(rule.element, flow, service_ports, certain))
 
 
-def _verdict(rules, zone, flow, service_ports):
+def _verdict(rules, zone, flow, service_ports, ipsets=None):
     """("accept" | "deny" | "default", deciding rule or None) for a new packet.
 
     Follows firewalld's order: rich rules with a negative priority, then deny
@@ -703,7 +887,7 @@ def _verdict(rules, zone, flow, service_ports):
     """
     def first(candidates):
         for rule in sorted(candidates, key=lambda r: r.priority):
-            if _rule_matches(rule, flow, service_ports):
+            if _rule_matches(rule, flow, service_ports, ipsets):
                 return ("accept" if rule.action == "accept" else "deny"), rule
         return None
 
@@ -722,14 +906,19 @@ def _verdict(rules, zone, flow, service_ports):
     return ("accept" if zone.get("target") == "ACCEPT" else "default"), None
 
 
-def _check_guard(before, after, zone, flows, service_ports):
-    """RuleError naming every protected connection the change would cut."""
+def _check_guard(before, after, zone, flows, service_ports, ipsets_before=None,
+                 ipsets_after=None):
+    """RuleError naming every protected connection the change would cut.
+
+    ``ipsets_before``/``ipsets_after``: {name: [entry]} of the ipsets known before and
+    after the change (a rule's ipset source then matches by its entries)."""
     problems = []
     for flow in flows:
-        now, rule = _verdict(after, zone, flow, service_ports)
+        now, rule = _verdict(after, zone, flow, service_ports, ipsets_after)
         if now == "deny":
             problems.append(f"{flow.label} would be blocked by {rule.render()!r}")
-        elif now != "accept" and _verdict(before, zone, flow, service_ports)[0] == "accept":
+        elif now != "accept" \
+                and _verdict(before, zone, flow, service_ports, ipsets_before)[0] == "accept":
             problems.append(f"{flow.label} is allowed now and would no longer be")
     if problems:
         raise RuleError("refused, the rule set would cut management access: "
@@ -754,35 +943,90 @@ def _parsed(texts):
 PEER_TRAFFIC = (("500", "udp"), ("4500", "udp"), (None, "esp"))
 
 
-def _gateway_rules(peers, nodes, pooler_port, node_exporter_port=None, salt_master=None):
-    """The gateway's rich rules, as normal-form strings, from pillar values.
-
-    IKE (udp 500), NAT-T (udp 4500) and ESP from each remote gateway in
-    ``peers`` ({name: {address: ...}}); the pooler port and the node exporter
-    port from each Kubernetes node in ``nodes``; the salt-master's packets
-    from its ports 4505/4506 (``salt_master``: its address or addresses).
-    """
+def _gateway_sources(peers, nodes):
+    """(peer addresses, node addresses) from pillar, each [(pillar key, address)];
+    RuleError with the key at fault."""
     if not isinstance(peers, dict) or not peers:
         raise RuleError("vpn_gateway:tunnel:peers is missing or empty: declare primary and "
                         "backup with an address each")
     if not isinstance(nodes, (list, tuple)):
         raise RuleError("vpn_gateway:kubernetes:nodes must be a list of node IP addresses")
-    rules = []
+    found = []
     for name in sorted(peers):
         key = f"vpn_gateway:tunnel:peers:{name}:address"
         address = (peers[name] or {}).get("address")
         if not address:
             raise RuleError(f"{key} is missing: set the remote gateway's public address")
-        rules += [_from_pillar(key, _accept, address, port, proto) for port, proto in PEER_TRAFFIC]
+        found.append((key, address))
+    return found, [(f"vpn_gateway:kubernetes:nodes[{i}]", node) for i, node in enumerate(nodes)]
+
+
+def _gateway_ports(pooler_port, node_exporter_port):
     ports = [("vpn_gateway:pooler:listen_port", pooler_port)]
     if node_exporter_port:
         ports.append(("vpn_gateway:firewall:node_exporter_port", node_exporter_port))
     for key, port in ports:
         _from_pillar(key, _normalize_port, port, "tcp")
-    for index, node in enumerate(nodes):
-        rules += [_from_pillar(f"vpn_gateway:kubernetes:nodes[{index}]", _accept, node, port)
-                  for _, port in ports]
+    return [port for _, port in ports]
+
+
+def _gateway_ipsets(peers, nodes):
+    """The gateway's ipsets from pillar: ``vgw-peers`` (the remote gateways) and
+    ``vgw-nodes`` (the Kubernetes nodes), hash:ip family inet, always; ``vgw-peers6``
+    and ``vgw-nodes6`` (inet6) when an address of that family is declared.
+    {name: {type, family, entries}}; RuleError with the pillar key at fault."""
+    peer_sources, node_sources = _gateway_sources(peers, nodes)
+    ipsets = {}
+    for base, sources in ((PEERS_IPSET, peer_sources), (NODES_IPSET, node_sources)):
+        by_family = {"inet": [], "inet6": []}
+        for key, address in sources:
+            family, text = _from_pillar(key, _normalize_address, address)
+            if "/" in text:
+                raise RuleError(f"{key}: {address!r} is a network: write the address")
+            by_family["inet6" if family == "ipv6" else "inet"].append(text)
+        for family, entries in by_family.items():
+            if family == "inet" or entries:
+                name = base + ("6" if family == "inet6" else "")
+                ipsets[name] = {"type": "hash:ip", "family": family,
+                                "entries": sorted(set(entries), key=_address_order)}
+    return ipsets
+
+
+def _gateway_rules(peers, nodes, pooler_port, node_exporter_port=None, salt_master=None,
+                   ipsets=True):
+    """The gateway's rich rules, as normal-form strings, from pillar values.
+
+    IKE (udp 500), NAT-T (udp 4500) and ESP from the remote gateways in ``peers``
+    ({name: {address: ...}}); the pooler port and the node exporter port from the
+    Kubernetes nodes in ``nodes``; the salt-master's packets from its ports 4505/4506
+    (``salt_master``: its address or addresses).
+
+    ``ipsets`` (the formula's way): the sources are the ipsets of ``_gateway_ipsets``,
+    so the rule count does not grow with the cluster (five rules per family and one per
+    master). Without it, one rule per address and port (the pack's way before ipsets;
+    the benchmark compares the two).
+    """
+    peer_sources, node_sources = _gateway_sources(peers, nodes)
+    ports = _gateway_ports(pooler_port, node_exporter_port)
+    rules = []
+    if ipsets:
+        for name, ipset in _gateway_ipsets(peers, nodes).items():
+            family = IPSET_FAMILIES[ipset["family"]]
+            if name.startswith(PEERS_IPSET):
+                rules += [_accept_set(name, family, port, proto) for port, proto in PEER_TRAFFIC]
+            else:
+                rules += [_accept_set(name, family, port) for port in ports]
+        return rules + _master_rules(salt_master)
+    for key, address in peer_sources:
+        rules += [_from_pillar(key, _accept, address, port, proto) for port, proto in PEER_TRAFFIC]
+    for key, node in node_sources:
+        rules += [_from_pillar(key, _accept, node, port) for port in ports]
     return rules + _master_rules(salt_master)
+
+
+def _accept_set(ipset, family, port, protocol="tcp"):
+    return _build_rule(family=family, source_ipset=ipset, port=port, protocol=protocol,
+                       action="accept").render()
 
 
 def _master_rules(masters):
@@ -869,6 +1113,97 @@ class _Zone:
         else:
             _busctl(self.config_path, "update2", "a{sv}", 1, *_rules_signature(rules),
                     interface=".config.zone")
+
+
+IPSET_SIGNATURE = "(ssssa{ss}as)"  # version, short, description, type, options, entries
+
+
+def _ipset_struct(settings):
+    """(type, family, entries) from an ipset's settings struct as busctl prints it."""
+    _, _, _, ipset_type, options, entries = settings
+    return ipset_type, (options or {}).get("family", "inet"), list(entries)
+
+
+class _IPSets:
+    """The ipsets ``names`` as firewalld holds them at runtime and in permanent
+    configuration: two calls to list them, then one (runtime) and two (permanent) per
+    ipset that exists."""
+
+    def __init__(self, names):
+        self.paths = {}
+        self.held = {}
+        if not names:
+            return
+        runtime = set(_busctl(DBUS_PATH, "getIPSets", interface=".ipset")[0])
+        permanent = set(_busctl(DBUS_PATH + "/config", "getIPSetNames", interface=".config")[0])
+        for name in sorted(names):
+            held = {"runtime": None, "permanent": None}
+            if name in runtime:
+                held["type"], held["family"], held["runtime"] = _ipset_struct(_busctl(
+                    DBUS_PATH, "getIPSetSettings", "s", name, interface=".ipset")[0])
+            if name in permanent:
+                path = _busctl(DBUS_PATH + "/config", "getIPSetByName", "s", name,
+                               interface=".config")[0]
+                self.paths[name] = path
+                held["type"], held["family"], held["permanent"] = _ipset_struct(_busctl(
+                    path, "getSettings", interface=".config.ipset")[0])
+            self.held[name] = held
+
+    def create(self, ipset, entries):
+        """Create ``ipset`` (an IPSet) in the permanent configuration with ``entries``."""
+        self.paths[ipset.name] = _busctl(
+            DBUS_PATH + "/config", "addIPSet", "s" + IPSET_SIGNATURE, ipset.name, "",
+            ipset.name, "vpn-gateway: sources of the gateway's rich rules", ipset.type,
+            1, "family", ipset.family, len(entries), *entries, interface=".config")[0]
+
+    def delete(self, name):
+        _busctl(self.paths.pop(name), "remove", interface=".config.ipset")
+
+    def write(self, side, name, entries, before=()):
+        """Make the ipset hold ``entries`` on one side: permanent in one call; runtime
+        one call per changed entry (``before``: what it holds), or one setEntries for
+        more than RUNTIME_ENTRY_CALLS changes."""
+        if side == "permanent":
+            _busctl(self.paths[name], "setEntries", "as", len(entries), *entries,
+                    interface=".config.ipset")
+            return
+        add = [e for e in entries if e not in set(before)]
+        remove = [e for e in before if e not in set(entries)]
+        if len(add) + len(remove) > RUNTIME_ENTRY_CALLS:
+            _busctl(DBUS_PATH, "setEntries", "sas", name, len(entries), *entries,
+                    interface=".ipset")
+            return
+        for entry in add:
+            _busctl(DBUS_PATH, "addEntry", "ss", name, entry, interface=".ipset")
+        for entry in remove:
+            _busctl(DBUS_PATH, "removeEntry", "ss", name, entry, interface=".ipset")
+
+
+IPSET_DIRS = ("/etc/firewalld/ipsets", "/usr/lib/firewalld/ipsets")  # first wins
+
+
+class _OfflineIPSets:
+    """The ipsets as firewalld will hold them once it starts (its permanent
+    configuration: the ipset files it will load; none when it is not installed)."""
+
+    def __init__(self, names, dirs=IPSET_DIRS):
+        self.held = {}
+        for name in sorted(names or ()):
+            held = {"runtime": None, "permanent": None}
+            for folder in dirs:
+                try:
+                    root = ElementTree.parse(os.path.join(folder, f"{name}.xml")).getroot()
+                except FileNotFoundError:
+                    continue
+                except (OSError, ElementTree.ParseError) as exc:
+                    raise CommandExecutionError(f"cannot read firewalld's ipset {name}: "
+                                                f"{exc}") from None
+                options = {o.get("name"): o.get("value") for o in root.iter("option")}
+                entries = [e.text.strip() for e in root.iter("entry") if e.text]
+                held = {"type": root.get("type"), "family": options.get("family") or "inet",
+                        "runtime": list(entries), "permanent": entries}
+                break
+            self.held[name] = held
 
 
 def _running():
@@ -1046,7 +1381,8 @@ def normalize_rich_rule(rule=None, **structured):
 def zone_rich_rules(zone=None):
     """
     Return a zone's rich rules: runtime, permanent (as firewalld holds them),
-    drift between the two, and the ones this pack added (normal form).
+    drift between the two, and the ones this pack added (normal form); and the
+    ipset entries this pack added, per ipset.
 
     zone
         The firewalld zone; default: firewalld's default zone.
@@ -1060,22 +1396,25 @@ def zone_rich_rules(zone=None):
     found = _Zone(zone)
     runtime = {_rule_key(t) for t in found.rules["runtime"]}
     permanent = {_rule_key(t) for t in found.rules["permanent"]}
+    record = _read_owned()
     return {
         "zone": found.name,
         "runtime": sorted(found.rules["runtime"]),
         "permanent": sorted(found.rules["permanent"]),
         "runtime_only": sorted(runtime - permanent),
         "permanent_only": sorted(permanent - runtime),
-        "owned": _read_owned().get(found.name, []),
+        "owned": record.get(found.name, []),
+        "owned_ipset_entries": _owned_ipsets(record),
     }
 
 
 def apply_rich_rules(zone=None, present=None, absent=None, prune_owned=False,
-                     management_networks=None, salt_master=None, test=False):
+                     management_networks=None, salt_master=None, ipsets=None, test=False):
     """
     Make a zone hold the ``present`` rich rules and none of the ``absent``
-    ones, in runtime and permanent configuration, without a reload: one
-    firewalld call per configuration that changes, however many rules.
+    ones, and the ``ipsets`` their entries, in runtime and permanent
+    configuration, without a reload: one firewalld call per configuration that
+    changes, however many rules; an ipset entry is one call per configuration.
 
     zone
         The firewalld zone; default: firewalld's default zone.
@@ -1084,10 +1423,17 @@ def apply_rich_rules(zone=None, present=None, absent=None, prune_owned=False,
         (see ``firewalld.normalize_rich_rule``).
     prune_owned
         Also remove the rules this pack added to the zone earlier and
-        ``present`` no longer declares. Rules others added are never touched.
+        ``present`` no longer declares, and the ipset entries it added and no
+        longer declares. Rules and entries others added are never touched.
     management_networks, salt_master
         Refuse the change (before anything changes) if it would block, or stop
         allowing, SSH from these networks or the master's ports 4505/4506.
+    ipsets
+        ``{name: {type: hash:ip|hash:net, family: inet|inet6, entries: [...]}}``:
+        ipsets the rules use as sources. An ipset firewalld does not hold yet is
+        created in its permanent configuration and firewalld is reloaded once
+        (firewalld creates ipsets nowhere else); the zone's runtime-only rich
+        rules are written back after that reload.
     test
         Only say what would change; touches nothing. While firewalld does not
         run, predicts what the first real run (after the formula installs or
@@ -1096,8 +1442,8 @@ def apply_rich_rules(zone=None, present=None, absent=None, prune_owned=False,
         service names are then not checked).
 
     Returns the changes per configuration (``runtime``/``permanent``: ``add``
-    and ``remove``); raises on bad input or when firewalld does not end up as
-    planned.
+    and ``remove``), per ipset (``ipsets``) and ``reload`` when one is needed;
+    raises on bad input or when firewalld does not end up as planned.
 
     CLI Example:
 
@@ -1105,61 +1451,142 @@ def apply_rich_rules(zone=None, present=None, absent=None, prune_owned=False,
 
         salt '*' firewalld.apply_rich_rules public \
             present='["rule family=ipv4 source address=198.18.0.21 protocol value=esp accept"]'
+        salt '*' firewalld.apply_rich_rules public \
+            present='["rule family=ipv4 source ipset=vgw-peers protocol value=esp accept"]' \
+            ipsets='{"vgw-peers": {"entries": ["198.18.0.21", "198.18.0.22"]}}'
     """
     live = not test or _running()
     services = _services() if live else _offline_services()
     present = [_to_rule(item, services) for item in present or []]
     absent = [_to_rule(item, services) for item in absent or []]
+    if ipsets is not None and not isinstance(ipsets, dict):
+        raise RuleError("ipsets must be a mapping {name: {type, family, entries}}")
+    declared = {str(name): _to_ipset(name, spec) for name, spec in (ipsets or {}).items()}
     found = _Zone(zone) if live else _OfflineZone(zone)
-    owned = _read_owned().get(found.name, [])
+    record = _read_owned()
+    owned = record.get(found.name, [])
+    owned_sets = _owned_ipsets(record)
     plan = _plan_zone(found.rules, present, absent, owned, prune_owned)
+    names = set(declared) | (set(owned_sets) if prune_owned else set())
+    sets = _IPSets(names) if live else _OfflineIPSets(names)
+    plan["ipsets"] = _plan_ipsets(sets.held, declared, owned_sets, prune_owned)
     flows = _guard_flows(management_networks, salt_master)
     if flows:
         after = _parsed(plan["rules"]["runtime"])
         services_used = {r.element[1] for r in after if r.element[:1] == ("service",)}
         service_ports = _service_ports if live else _offline_service_ports
+        known = {name: held["runtime"] for name, held in sets.held.items()
+                 if held.get("runtime") is not None}
+        planned = {**known, **{name: entry["entries"]["runtime"]
+                               for name, entry in plan["ipsets"].items() if not entry.get("gone")}}
         _check_guard(_parsed(found.rules["runtime"]), after, found.runtime, flows,
-                     service_ports(services_used | set(found.runtime.get("services", []))))
+                     service_ports(services_used | set(found.runtime.get("services", []))),
+                     known, planned)
     result = {"zone": found.name, "test": bool(test), "owned": plan["owned"],
               **{side: plan[side] for side in ("runtime", "permanent")}}
+    changed_sets = _ipset_changes(plan["ipsets"])
+    if changed_sets:
+        result["ipsets"] = changed_sets
+    reloads = [name for name, entry in plan["ipsets"].items() if entry.get("reload")]
+    if reloads:
+        result["reload"] = (f"firewalld reloaded once: it creates ipset(s) {', '.join(reloads)} "
+                            "only in its permanent configuration")
     if not live:
         result["predicted_from"] = found.source
-    if test or not _has_changes(plan):
+    if test or not (_has_changes(plan) or changed_sets or reloads):
         return result
-    _write_sides(found, plan)
-    _write_owned(found.name, plan["owned"])
-    _verify(_Zone(found.name), plan)
+    _write_all(found, sets, plan)
+    for name, entry in plan["ipsets"].items():
+        _write_owned(IPSET_OWNED + name, entry["owned"])
+    if _has_changes(plan):
+        _write_owned(found.name, plan["owned"])
+    _verify(_Zone(found.name), plan, _IPSets(set(plan["ipsets"])))
     return result
 
 
-def _write_sides(found, plan):
-    """Write the permanent configuration, then the runtime one. When the runtime write
-    fails after the permanent one was written, the permanent rules are put back as they
-    were, so the zone ends as it was (both sides agree, the next run applies both again)
-    instead of half changed; the error says what happened."""
-    written = False
-    for side in ("permanent", "runtime"):
-        if not (plan[side]["add"] or plan[side]["remove"]):
-            continue
+def _write_all(found, sets, plan):
+    """Write the permanent configuration (ipsets, then the zone's rules), then the
+    runtime one (ipset entries, then the zone's rules).
+
+    When a runtime write fails after permanent writes, everything written is put back
+    as it was, so the zone and its ipsets end as they were (both configurations agree,
+    nothing recorded as the pack's) instead of half changed; the error says so. When an
+    ipset must be created, firewalld is reloaded after the permanent writes (its runtime
+    then holds the permanent configuration) and the runtime writes restore what the
+    reload dropped of the zone's rich rules and these ipsets' entries; a failure after
+    the reload is reported as it is."""
+    undo = []  # (what, function) to put back, newest last
+    ipsets = {n: e for n, e in plan["ipsets"].items() if not e.get("gone")}
+    try:
+        for name, entry in ipsets.items():
+            if entry["create"]:
+                sets.create(_to_ipset(name, {"type": entry["create"].split()[0],
+                                             "family": entry["family"]}),
+                            entry["entries"]["permanent"])
+                undo.append((f"ipset {name}", functools.partial(sets.delete, name)))
+            elif entry["permanent"]["add"] or entry["permanent"]["remove"]:
+                sets.write("permanent", name, entry["entries"]["permanent"])
+                undo.append((f"ipset {name}", functools.partial(
+                    sets.write, "permanent", name, sets.held[name]["permanent"])))
+        if plan["permanent"]["add"] or plan["permanent"]["remove"]:
+            found.write("permanent", plan["rules"]["permanent"])
+            undo.append((f"zone {found.name}", functools.partial(
+                found.write, "permanent", found.rules["permanent"])))
+    except CommandExecutionError as exc:
+        _put_back(exc, undo, found.name, "permanent")
+    if any(entry["reload"] for entry in ipsets.values()):
+        _busctl(DBUS_PATH, "reload")
+        _after_reload(found, plan, ipsets)
+        return
+    try:
+        for name, entry in ipsets.items():
+            if entry["runtime"]["add"] or entry["runtime"]["remove"]:
+                before = sets.held[name]["runtime"]
+                sets.write("runtime", name, entry["entries"]["runtime"], before)
+                undo.append((f"the runtime entries of ipset {name}", functools.partial(
+                    sets.write, "runtime", name, before, entry["entries"]["runtime"])))
+        if plan["runtime"]["add"] or plan["runtime"]["remove"]:
+            found.write("runtime", plan["rules"]["runtime"])
+    except CommandExecutionError as exc:
+        _put_back(exc, undo, found.name, "runtime")
+
+
+def _put_back(exc, undo, zone, side):
+    """Undo the writes done (newest first) and raise ``exc`` saying what was put back."""
+    if not undo:
+        raise exc
+    failed = []
+    for what, function in reversed(undo):
         try:
-            found.write(side, plan["rules"][side])
-        except CommandExecutionError as exc:
-            if not written:
-                raise
-            try:
-                found.write("permanent", found.rules["permanent"])
-            except CommandExecutionError as again:
-                raise CommandExecutionError(
-                    f"{exc}; putting back the permanent configuration of zone {found.name} "
-                    f"failed too: {again}") from None
-            raise CommandExecutionError(
-                f"{exc}; the permanent configuration of zone {found.name} was put back as it "
-                "was (nothing changed)") from None
-        written = side == "permanent"
+            function()
+        except CommandExecutionError as again:
+            failed.append(str(again) if what == f"zone {zone}" else f"{what}: {again}")
+    if failed:
+        raise CommandExecutionError(
+            f"{exc}; putting back the permanent configuration of zone {zone} failed too: "
+            + "; ".join(failed)) from None
+    what = sorted({w for w, _ in undo if w != f"zone {zone}"})
+    raise CommandExecutionError(
+        f"{exc}; the permanent configuration of zone {zone} was put back as it was"
+        + (f" (with {', '.join(what)})" if what else "") + " (nothing changed)") from None
 
 
-def _verify(found, plan):
-    """Re-read the zone: every planned rule there, every removed one gone."""
+def _after_reload(found, plan, ipsets):
+    """After the reload that created ipsets: write back what it dropped at runtime (the
+    zone's planned runtime rules, the planned entries of ipsets that existed there)."""
+    now = _Zone(found.name)
+    if {_rule_key(t) for t in now.rules["runtime"]} \
+            != {_rule_key(t) for t in plan["rules"]["runtime"]}:
+        now.write("runtime", plan["rules"]["runtime"])
+    held = _IPSets(set(ipsets))
+    for name, entry in ipsets.items():
+        runtime = held.held[name]["runtime"] or []
+        if set(runtime) != set(entry["entries"]["runtime"]):
+            held.write("runtime", name, entry["entries"]["runtime"], runtime)
+
+
+def _verify(found, plan, sets=None):
+    """Re-read the zone and the ipsets: everything planned there, everything removed gone."""
     for side in ("runtime", "permanent"):
         held = {_rule_key(text) for text in found.rules[side]}
         missing = [text for text in plan[side]["add"] if text not in held]
@@ -1168,15 +1595,31 @@ def _verify(found, plan):
             raise CommandExecutionError(
                 f"firewalld zone {found.name} ({side}) does not hold what was applied: "
                 f"missing {missing}, still there {left}")
+    for name, entry in (plan.get("ipsets") or {}).items():
+        if entry.get("gone"):
+            continue
+        for side in ("runtime", "permanent"):
+            texts = (sets.held.get(name) or {}).get(side) if sets else None
+            if texts is None:
+                raise CommandExecutionError(f"firewalld ipset {name} ({side}) is missing "
+                                            "after it was applied")
+            held = {_entry_key(t, entry["family"]) for t in texts}
+            missing = [t for t in entry[side]["add"] if t not in held]
+            left = [t for t in entry[side]["remove"] if t in texts]
+            if missing or left:
+                raise CommandExecutionError(
+                    f"firewalld ipset {name} ({side}) does not hold what was applied: "
+                    f"missing {missing}, still there {left}")
 
 
 def vpn_gateway_rules(peers, nodes, pooler_port, node_exporter_port=None, salt_master=None):
     """
     Return the gateway's rich rules (normal form) derived from pillar values:
-    IKE udp 500, NAT-T udp 4500 and ESP from each remote gateway; the pooler
-    port and the node exporter port from each Kubernetes node; the
-    salt-master's packets from its ports 4505/4506. The formula calls the same
-    pure code as ``vpn_gateway.firewall_rules``, which renders without firewalld.
+    IKE udp 500, NAT-T udp 4500 and ESP from the remote gateways (ipset
+    ``vgw-peers``); the pooler port and the node exporter port from the
+    Kubernetes nodes (ipset ``vgw-nodes``); the salt-master's packets from its
+    ports 4505/4506. The formula calls the same pure code as
+    ``vpn_gateway.firewall_rules``, which renders without firewalld.
 
     CLI Example:
 
@@ -1186,3 +1629,20 @@ def vpn_gateway_rules(peers, nodes, pooler_port, node_exporter_port=None, salt_m
             '{"primary": {"address": "198.18.0.21"}}' '["198.18.2.31"]' 6432 9100 198.18.1.2
     """
     return _gateway_rules(peers, nodes, pooler_port, node_exporter_port, salt_master)
+
+
+def vpn_gateway_ipsets(peers, nodes):
+    """
+    Return the gateway's ipsets derived from pillar values: ``vgw-peers`` (the
+    remote gateways' addresses) and ``vgw-nodes`` (the Kubernetes nodes'),
+    hash:ip family inet; ``vgw-peers6``/``vgw-nodes6`` for IPv6 addresses.
+    The same pure code as ``vpn_gateway.firewall_ipsets``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' firewalld.vpn_gateway_ipsets '{"primary": {"address": "198.18.0.21"}}' \
+            '["198.18.2.31"]'
+    """
+    return _gateway_ipsets(peers, nodes)

@@ -274,8 +274,9 @@ _FIREWALLD_RICH = None
 def firewall_rules(peers, nodes, pooler_port, node_exporter_port=None, salt_master=None):
     """
     The gateway's firewalld rich rules (normal form) from pillar values: IKE
-    udp 500, NAT-T udp 4500 and ESP from each remote gateway; the pooler port
-    and the node exporter port from each Kubernetes node; the salt-master's
+    udp 500, NAT-T udp 4500 and ESP from the remote gateways (ipset vgw-peers);
+    the pooler port and the node exporter port from the Kubernetes nodes
+    (ipset vgw-nodes, see ``firewall_ipsets``); the salt-master's
     packets from its ports 4505/4506. Pure: needs neither firewalld nor Salt's
     firewalld module (``vpn_gateway.firewall`` renders with it on a fresh host).
     Bad pillar raises with the key at fault.
@@ -290,5 +291,26 @@ def firewall_rules(peers, nodes, pooler_port, node_exporter_port=None, salt_mast
     rules = _firewalld_rules_code()
     try:
         return rules._gateway_rules(peers, nodes, pooler_port, node_exporter_port, salt_master)
+    except rules.RuleError as exc:
+        raise CommandExecutionError(str(exc)) from None
+
+
+def firewall_ipsets(peers, nodes):
+    """
+    The firewalld ipsets the gateway's rich rules take their sources from:
+    ``vgw-peers`` (the remote gateways) and ``vgw-nodes`` (the Kubernetes
+    nodes), ``vgw-peers6``/``vgw-nodes6`` for IPv6 addresses. Pure, like
+    ``firewall_rules``. Bad pillar raises with the key at fault.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' vpn_gateway.firewall_ipsets '{"primary": {"address": "198.18.0.21"}}' \\
+            '["198.18.2.31"]'
+    """
+    rules = _firewalld_rules_code()
+    try:
+        return rules._gateway_ipsets(peers, nodes)
     except rules.RuleError as exc:
         raise CommandExecutionError(str(exc)) from None

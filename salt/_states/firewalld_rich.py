@@ -86,9 +86,10 @@ def rich_rule_absent(name, zone=None, rule=None, batch=None, **structured):
 
 
 def rich_rules_managed(name, rules=None, prune_owned=False, management_networks=None,
-                       salt_master=None):
+                       salt_master=None, ipsets=None):
     """
-    Make a zone hold ``rules`` (runtime and permanent) in one batch.
+    Make a zone hold ``rules`` (runtime and permanent) in one batch, and the
+    ``ipsets`` the rules take their sources from their entries.
 
     name
         The zone.
@@ -96,20 +97,26 @@ def rich_rules_managed(name, rules=None, prune_owned=False, management_networks=
         Rich rule strings or mappings of structured arguments.
     prune_owned
         Remove the rules this pack added to the zone before and no longer
-        declares; rules anyone else added stay.
+        declares, and the ipset entries it added and no longer declares;
+        rules and entries anyone else added stay.
     management_networks, salt_master
         Refuse a rule set that would block, or stop allowing, SSH from these
         networks or the salt-master's ports 4505/4506.
+    ipsets
+        ``{name: {type: hash:ip|hash:net, family: inet|inet6, entries: [...]}}``.
+        An entry added or removed is one call per configuration, no reload;
+        creating an ipset needs firewalld's one reload (the changes say so).
     """
     ret = {"name": name, "changes": {}, "result": True, "comment": ""}
     try:
         applied = __salt__["firewalld.apply_rich_rules"](
             zone=name, present=rules or [], prune_owned=prune_owned,
             management_networks=management_networks, salt_master=salt_master,
-            test=__opts__["test"])
+            test=__opts__["test"], **({"ipsets": ipsets} if ipsets else {}))
     except Exception as exc:  # noqa: BLE001 - every failure is the state's failure
         return {**ret, "result": False, "comment": str(exc)}
-    return _report(ret, applied, f"{len(rules or [])} rich rules")
+    what = f"{len(rules or [])} rich rules" + (f", {len(ipsets)} ipsets" if ipsets else "")
+    return _report(ret, applied, what)
 
 
 def _run(name, zone, kind, spec, batch):
@@ -143,18 +150,28 @@ def _report(ret, applied, what):
     changes = {side: {op: applied[side][op] for op in ("add", "remove") if applied[side][op]}
                for side in ("runtime", "permanent")}
     changes = {side: ops for side, ops in changes.items() if ops}
+    counts = [f"{side} +{len(applied[side]['add'])} -{len(applied[side]['remove'])}"
+              for side in changes]
+    if applied.get("ipsets"):
+        changes["ipsets"] = applied["ipsets"]
+        for name, change in applied["ipsets"].items():
+            sides = "".join(f" {side} +{len(change[side].get('add', []))}"
+                            f" -{len(change[side].get('remove', []))}"
+                            for side in ("runtime", "permanent") if side in change)
+            counts.append(f"ipset {name}" + (" created" if change.get("create") else "") + sides)
+    if applied.get("reload"):
+        changes["reload"] = applied["reload"]
     zone = applied["zone"]
     if not changes:
         return {**ret, "comment": f"{what}: zone {zone} already as declared"}
-    counts = ", ".join(f"{side} +{len(applied[side]['add'])} -{len(applied[side]['remove'])}"
-                       for side in changes)
+    counts = ", ".join(counts)
     if applied["test"]:
         source = f" (predicted from what it will load: {applied['predicted_from']})" \
             if applied.get("predicted_from") else ""
         return {**ret, "result": None, "changes": changes,
                 "comment": f"{what}: zone {zone} would change: {counts}{source}"}
-    return {**ret, "changes": changes,
-            "comment": f"{what}: zone {zone} changed: {counts} (no reload)"}
+    reload = " (reloaded once to create ipsets)" if applied.get("reload") else " (no reload)"
+    return {**ret, "changes": changes, "comment": f"{what}: zone {zone} changed: {counts}{reload}"}
 
 
 def mod_aggregate(low, chunks, running):

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.lab
 HOSTS = ["salt-master", "vpn-gw1", "remote-gw-backup", "k8s-node1", "outsider"]
 GW = "vpn-gw1"
 GW_K8S, GW_WAN = "198.18.2.11", "198.18.0.11"
-NODE, NODE2 = "198.18.2.31", "198.18.2.32"
+NODE, NODE2, NODE3 = "198.18.2.31", "198.18.2.32", "198.18.2.33"
 MASTER = "198.18.1.2"
 POOLER, EXPORTER = 6432, 9100
 PEERS = {"primary": {"address": "198.18.0.21"}, "backup": {"address": "198.18.0.22"}}
@@ -70,19 +70,28 @@ def pillar(nodes=(NODE,), peers=PEERS, **firewall):
                             "firewall": {**FIREWALL, **firewall}}}
 
 
-def derived(nodes=(NODE,), peers=PEERS):
-    """The rules the formula should derive, written out here independently."""
-    rules = set()
-    for peer in peers.values():
-        src = f'rule family="ipv4" source address="{peer["address"]}"'
-        rules |= {f'{src} port port="500" protocol="udp" accept',
-                  f'{src} port port="4500" protocol="udp" accept',
-                  f'{src} protocol value="esp" accept'}
-    for node in nodes:
-        rules |= {f'rule family="ipv4" source address="{node}" port port="{port}" '
-                  'protocol="tcp" accept' for port in (POOLER, EXPORTER)}
-    return rules | {f'rule family="ipv4" source address="{MASTER}" source-port '
-                    'port="4505-4506" protocol="tcp" accept'}
+# The rules the formula should derive, written out here independently: their sources
+# are the ipsets, so they do not depend on the nodes or the peers.
+PEER_SRC = 'rule family="ipv4" source ipset="vgw-peers"'
+NODE_SRC = 'rule family="ipv4" source ipset="vgw-nodes"'
+DERIVED = frozenset({
+    f'{PEER_SRC} port port="500" protocol="udp" accept',
+    f'{PEER_SRC} port port="4500" protocol="udp" accept',
+    f'{PEER_SRC} protocol value="esp" accept',
+    *(f'{NODE_SRC} port port="{port}" protocol="tcp" accept' for port in (POOLER, EXPORTER)),
+    f'rule family="ipv4" source address="{MASTER}" source-port port="4505-4506" protocol="tcp" '
+    'accept'})
+IKE = f'{PEER_SRC} port port="500" protocol="udp" accept'
+ESP = f'{PEER_SRC} protocol value="esp" accept'
+
+
+def derived():
+    return set(DERIVED)
+
+
+def entries(nodes=(NODE,), peers=PEERS):
+    """The ipsets' entries the formula should declare: {name: set}."""
+    return {"vgw-nodes": set(nodes), "vgw-peers": {p["address"] for p in peers.values()}}
 
 
 @pytest.fixture(scope="module")
@@ -140,6 +149,38 @@ def held(lab, permanent=False):
     return zone(lab)[permanent]
 
 
+def ipsets(lab, names=("vgw-nodes", "vgw-peers")):
+    """{name: (runtime entries, permanent entries)} read from firewalld over D-Bus
+    (None for a side that does not hold the ipset)."""
+    def call(path, interface, *args):
+        out = lab[GW].run(["busctl", "--json=short", "call", DBUS, path, f"{DBUS}{interface}",
+                           *args], check=True).stdout
+        return json.loads(out)["data"][0]
+
+    path = f"/{DBUS.replace('.', '/')}"
+    runtime, permanent = call(path, ".ipset", "getIPSets"), call(
+        f"{path}/config", ".config", "getIPSetNames")
+    found = {}
+    for name in names:
+        now = frozenset(call(path, ".ipset", "getIPSetSettings", "s", name)[5]) \
+            if name in runtime else None
+        saved = frozenset(call(call(f"{path}/config", ".config", "getIPSetByName", "s", name),
+                               ".config.ipset", "getSettings")[5]) if name in permanent else None
+        found[name] = (now, saved)
+    return found
+
+
+def both(sets):
+    """{name: set} -> {name: (set, set)}, as ipsets() reads them."""
+    return {name: (frozenset(value), frozenset(value)) for name, value in sets.items()}
+
+
+def added(**ipset_entries):
+    """The changes of entries added on both sides: {"ipsets": {name: ...}}."""
+    return {"ipsets": {name: {"runtime": {"add": list(new)}, "permanent": {"add": list(new)}}
+                       for name, new in ipset_entries.items()}}
+
+
 def firewall_cmd(lab, *args):
     lab[GW].run(["firewall-cmd", "--zone=public", *args], check=True)
 
@@ -191,7 +232,13 @@ def test_first_run_installs_firewalld_as_predicted_and_the_master_keeps_reaching
     changes = ret[RULE_STATE]["changes"]
     assert changes == rules["changes"]  # predicted exactly, order included
     assert as_set(changes, "runtime", "add") == as_set(changes, "permanent", "add") == derived()
+    # the ipsets were created (firewalld's one reload) with their entries on both sides
+    assert {name: (set(c["runtime"]["add"]), set(c["permanent"]["add"]), c["create"])
+            for name, c in changes["ipsets"].items()} == {
+        name: (value, value, "hash:ip family=inet") for name, value in entries().items()}
+    assert changes["reload"].startswith("firewalld reloaded once")
     assert held(lab) == held(lab, permanent=True) == derived()
+    assert ipsets(lab) == both(entries())
     assert salt(lab, "test.ping") is True
     for test in (False, True):
         again = apply_formula(lab, test=test)
@@ -232,20 +279,16 @@ def test_firewalld_in_the_host_prints_our_normal_form_unchanged(lab):
 
 
 def test_test_mode_predicts_exactly_and_touches_nothing(lab):
-    before = zone(lab)
+    before, sets = zone(lab), ipsets(lab)
     rules = apply_formula(lab, test=True, nodes=(NODE, NODE2))[RULE_STATE]
     assert rules["result"] is None, rules
-    new = derived((NODE, NODE2)) - derived()
-    assert len(new) == 2
-    assert {side: {op: set(texts) for op, texts in ops.items()}
-            for side, ops in rules["changes"].items()} \
-        == {"runtime": {"add": new}, "permanent": {"add": new}}
-    assert zone(lab) == before
+    assert rules["changes"] == added(**{"vgw-nodes": [NODE2]})  # one entry, no rule
+    assert zone(lab) == before and ipsets(lab) == sets
 
 
 def test_stopped_firewalld_test_mode_predicts_from_its_permanent_configuration(lab):
     gw = lab[GW]
-    ike = 'rule family="ipv4" source address="198.18.0.22" port port="500" protocol="udp" accept'
+    ike = IKE
     gw.run(["systemctl", "stop", "firewalld"], check=True)
     try:
         gw.run(["firewall-offline-cmd", "--zone=public", f"--remove-rich-rule={ike}"], check=True)
@@ -265,8 +308,9 @@ def test_stopped_firewalld_test_mode_predicts_from_its_permanent_configuration(l
         ret = apply_formula(lab)  # starts firewalld, which loads its permanent configuration
         assert all(r["result"] is True for r in ret.values()), {
             r["__id__"]: (r["result"], r["comment"]) for r in ret.values()}
-        assert ret[RULE_STATE]["changes"] == rules["changes"]
+        assert ret[RULE_STATE]["changes"] == rules["changes"]  # no ipset created, no reload
         assert held(lab) == held(lab, permanent=True) == derived()
+        assert ipsets(lab) == both(entries())
     finally:  # the module's later tests need firewalld running, whatever happened here
         gw.run(["systemctl", "start", "firewalld"], timeout=300)
 
@@ -305,10 +349,11 @@ def test_enforcement_from_nodes_peers_and_outsider(lab):
 
 
 SPELLINGS = {
-    "pooler": {"name": f"rule family=ipv4 port protocol=TCP port=0{POOLER} "
-                       f"source address={NODE}/32 accept"},
-    "esp": {"source": "198.18.0.22/32", "protocol": "50", "action": "accept"},
-    "ike": {"rule": "rule source address='198.18.0.22' port port='isakmp' protocol='udp' "
+    "pooler": {"name": f"rule family=IPv4 port protocol=TCP port=0{POOLER} "
+                       "source ipset=vgw-nodes accept"},
+    "esp": {"source_ipset": "vgw-peers", "family": "ipv4", "protocol": "50",
+            "action": "accept"},
+    "ike": {"rule": "rule source ipset='vgw-peers' port port='isakmp' protocol='udp' "
                     "family='ipv4' accept"},
 }
 
@@ -316,7 +361,7 @@ SPELLINGS = {
 def test_other_spellings_are_recognised_as_the_same_rule(lab):
     # The ESP rule is taken away by hand first: a state that did nothing at all would
     # pass "no changes" for the rules that are there, not the ESP rule coming back.
-    esp = 'rule family="ipv4" source address="198.18.0.22" protocol value="esp" accept'
+    esp = ESP
     assert esp in held(lab) and esp in held(lab, permanent=True)
     firewall_cmd(lab, f"--remove-rich-rule={esp}")
     firewall_cmd(lab, "--permanent", f"--remove-rich-rule={esp}")
@@ -359,7 +404,7 @@ def test_a_rule_written_by_hand_is_recognised_and_removed_in_its_own_spelling(la
 
 
 def test_runtime_drift_is_detected_and_repaired_both_ways(lab):
-    ike = 'rule family="ipv4" source address="198.18.0.22" port port="500" protocol="udp" accept'
+    ike = IKE
     firewall_cmd(lab, f"--remove-rich-rule={ike}")  # runtime only: permanent still has it
     assert not udp_answered(lab, "remote-gw-backup", GW_WAN, 500)
     predicted = apply_formula(lab, test=True)[RULE_STATE]
@@ -389,11 +434,9 @@ def test_no_reload_a_connection_and_a_runtime_only_rule_survive_a_change(lab):
     firewall_cmd(lab, f"--add-rich-rule={foreign}")
 
     ret = apply_formula(lab, nodes=(NODE, NODE2))[RULE_STATE]
-    new = derived((NODE, NODE2)) - derived()
-    assert ret["result"] is True and len(new) == 2
-    assert {side: set(ops["add"]) for side, ops in ret["changes"].items()} \
-        == {"runtime": new, "permanent": new}, ret
-    assert not any(ops.get("remove") for ops in ret["changes"].values())
+    assert ret["result"] is True, ret
+    assert ret["changes"] == added(**{"vgw-nodes": [NODE2]}), ret  # no rule, no reload
+    assert ipsets(lab) == both(entries((NODE, NODE2)))
 
     node.put("/root/client.go", "")
     wait_for(node, "/root/client.result")
@@ -405,20 +448,29 @@ def test_prune_removes_only_rules_this_pack_added(lab):
     foreign = foreign_rule(7004)
     firewall_cmd(lab, f"--add-rich-rule={foreign}")
     firewall_cmd(lab, "--permanent", f"--add-rich-rule={foreign}")
-    ours = derived((NODE, NODE2))
+    ours = derived()
     others = (held(lab) - ours, held(lab, permanent=True) - ours)
-    owned = set(salt(lab, "firewalld.zone_rich_rules", "public")["owned"])
-    assert owned == ours
+    record = salt(lab, "firewalld.zone_rich_rules", "public")
+    assert set(record["owned"]) == ours
+    assert record["owned_ipset_entries"] == {
+        name: sorted(value) for name, value in entries((NODE, NODE2)).items()}
+    # someone else's entry in our ipset, on both sides
+    lab[GW].run(["firewall-cmd", "--ipset=vgw-nodes", f"--add-entry={NODE3}"], check=True)
+    lab[GW].run(["firewall-cmd", "--permanent", "--ipset=vgw-nodes", f"--add-entry={NODE3}"],
+                check=True)
 
     ret = apply_formula(lab)[RULE_STATE]  # NODE2 left the pillar
-    dropped = derived((NODE, NODE2)) - derived()
-    assert {side: set(ops["remove"]) for side, ops in ret["changes"].items()} \
-        == {"runtime": dropped, "permanent": dropped}, ret
+    assert ret["changes"] == {"ipsets": {"vgw-nodes": {
+        "runtime": {"remove": [NODE2]}, "permanent": {"remove": [NODE2]}}}}, ret
     assert held(lab) == derived() | others[0]
     assert held(lab, permanent=True) == derived() | others[1]
+    assert ipsets(lab) == both({**entries(), "vgw-nodes": {NODE, NODE3}})
 
     kept = apply_formula(lab, prune_owned=False, nodes=())[RULE_STATE]
     assert kept["changes"] == {}, kept  # without pruning nothing is removed
+    for side in ([], ["--permanent"]):
+        lab[GW].run(["firewall-cmd", *side, "--ipset=vgw-nodes", f"--remove-entry={NODE3}"],
+                    check=True)
 
 
 # -- refusals: nothing changes ------------------------------------------------------------------
@@ -464,6 +516,65 @@ def test_bad_pillar_names_its_key_and_changes_nothing(lab):
     ret = apply_formula(lab, nodes=(NODE, "198.18.2"))
     assert "vpn_gateway:kubernetes:nodes[1]" in json.dumps(ret), ret
     assert zone(lab) == before
+
+
+# -- faults after validation (issue 14) ----------------------------------------------------------
+
+# First on the minion's PATH (/usr/local/sbin): every runtime write fails (the zone's
+# setZoneSettings2 and the runtime ipset calls on interface ...FirewallD1.ipset); every other
+# call, the permanent writes (update2, config.ipset setEntries) among them, goes through.
+FAILING_RUNTIME_BUSCTL = """\
+#!/bin/sh
+runtime_ipset= write=
+for arg in "$@"; do
+    case "$arg" in
+        org.fedoraproject.FirewallD1.ipset) runtime_ipset=1;;
+        addEntry|removeEntry|setEntries) write=1;;
+        setZoneSettings2) runtime_ipset=1 write=1;;
+    esac
+done
+if [ -n "$runtime_ipset" ] && [ -n "$write" ]; then
+    echo "Call failed: the runtime write refused by the lab's busctl wrapper" >&2
+    exit 1
+fi
+exec /usr/bin/busctl "$@"
+"""
+BUSCTL_WRAPPER = "/usr/local/sbin/busctl"
+
+
+@pytest.mark.platforms("debian13")  # the same D-Bus calls on firewalld 1.3
+def test_a_runtime_write_failing_after_the_permanent_one_leaves_the_zone_as_it_was(lab):
+    """Issue 14, faults after validation: firewalld fails between the permanent and the
+    runtime write, here of a node's ipset entry and a site rule. The state fails saying
+    the permanent configuration was put back; firewalld holds what it held before, the
+    zone's rules and the ipsets' entries, at runtime and in permanent configuration, and
+    the ownership record is unchanged (never in between). With the fault gone the same
+    run adds both; the example pillar again prunes both."""
+    gw, rule = lab[GW], foreign_rule(7301)
+    before, sets = zone(lab), ipsets(lab)
+    record = salt(lab, "firewalld.zone_rich_rules", "public")
+    gw.put(BUSCTL_WRAPPER, FAILING_RUNTIME_BUSCTL, mode=0o755)
+    try:
+        failed = apply_formula(lab, nodes=(NODE, NODE2), rules=[rule])[RULE_STATE]
+    finally:
+        gw.run(["rm", "-f", BUSCTL_WRAPPER], check=True)
+    assert failed["result"] is False and failed["changes"] == {}, failed
+    assert "refused by the lab's busctl wrapper" in failed["comment"], failed
+    assert "the permanent configuration of zone public was put back as it was (with ipset " \
+           "vgw-nodes)" in failed["comment"], failed
+    assert zone(lab) == before and ipsets(lab) == sets
+    after = salt(lab, "firewalld.zone_rich_rules", "public")
+    assert (after["owned"], after["owned_ipset_entries"]) \
+        == (record["owned"], record["owned_ipset_entries"])
+
+    applied = apply_formula(lab, nodes=(NODE, NODE2), rules=[rule])[RULE_STATE]
+    assert applied["result"] is True and applied["changes"] == {
+        "runtime": {"add": [rule]}, "permanent": {"add": [rule]},
+        **added(**{"vgw-nodes": [NODE2]})}, applied
+    assert zone(lab) == (before[0] | {rule}, before[1] | {rule})
+    assert ipsets(lab) == both(entries((NODE, NODE2)))
+    back = apply_formula(lab)[RULE_STATE]  # the zone as found: the rule and the entry pruned
+    assert back["result"] is True and zone(lab) == before and ipsets(lab) == sets, back
 
 
 # -- many single states, one batch ----------------------------------------------------------------

@@ -1,21 +1,24 @@
 {#- firewalld on the gateway: the service, and the gateway's rich rules derived from
-    the same pillar as the tunnel and the pooler (IKE, NAT-T and ESP from each remote
-    gateway; the pooler and node exporter ports from each Kubernetes node; the
-    salt-master's side of the minion's connections), applied to
-    runtime and permanent configuration in one batch, without a reload. Rules this pack
-    added and no longer derives are removed (prune_owned); a rule set that would cut
-    SSH from a management network or the salt-master's connection is refused. #}
+    the same pillar as the tunnel and the pooler (IKE, NAT-T and ESP from the remote
+    gateways, ipset vgw-peers; the pooler and node exporter ports from the Kubernetes
+    nodes, ipset vgw-nodes; the salt-master's side of the minion's connections), applied
+    to runtime and permanent configuration in one batch, without a reload: a node or a
+    peer is one ipset entry, the rule count stays the same (creating the ipsets, once,
+    needs firewalld's reload). Rules and entries this pack added and no longer derives
+    are removed (prune_owned); a rule set that would cut SSH from a management network
+    or the salt-master's connection is refused. #}
 include:
   - vpn_gateway.recovery_lock
 
 {%- from "vpn_gateway/map.jinja" import gateway with context %}
 {%- set fw = salt['pillar.get']('vpn_gateway:firewall', {}) %}
 {%- set master = fw.get('salt_master') or salt['config.get']('master') %}
+{%- set peers = salt['pillar.get']('vpn_gateway:tunnel:peers', {}) %}
+{%- set nodes = salt['pillar.get']('vpn_gateway:kubernetes:nodes', []) %}
 {%- set rules = salt['vpn_gateway.firewall_rules'](
-      salt['pillar.get']('vpn_gateway:tunnel:peers', {}),
-      salt['pillar.get']('vpn_gateway:kubernetes:nodes', []),
-      salt['pillar.get']('vpn_gateway:pooler:listen_port', 6432),
+      peers, nodes, salt['pillar.get']('vpn_gateway:pooler:listen_port', 6432),
       fw.get('node_exporter_port', 9100), master) + fw.get('rules', []) %}
+{%- set ipsets = salt['vpn_gateway.firewall_ipsets'](peers, nodes) %}
 
 firewalld-package:
   pkg.installed:
@@ -43,5 +46,6 @@ firewalld-gateway-rules:
     - prune_owned: {{ fw.get('prune_owned', True) | json }}
     - management_networks: {{ fw.get('management_networks', []) | json }}
     - salt_master: {{ master | json }}
+    - ipsets: {{ ipsets | json }}
     - require:
       - service: firewalld-service
