@@ -617,6 +617,7 @@ class IPSet:
         return f"{self.type} family={self.family}"
 
 
+@functools.lru_cache(maxsize=65536)
 def _ipset_entry(value, ipset_type, family):
     """An entry in normal form (``198.18.2.31``, ``198.18.2.0/24``, IPv6 compressed);
     RuleError for a bad one, one of another family or a network in a hash:ip set."""
@@ -666,12 +667,13 @@ def _to_ipset(name, spec):
     normal = set()
     for entry in entries:
         try:
-            normal.add(_ipset_entry(entry, ipset_type, family))
+            normal.add(_ipset_entry(str(entry), ipset_type, family))
         except RuleError as exc:
             raise RuleError(f"ipset {name}: {exc}") from None
     return IPSet(name, ipset_type, family, tuple(sorted(normal, key=_address_order)))
 
 
+@functools.lru_cache(maxsize=65536)
 def _address_order(text):
     network = ipaddress.ip_network(text, strict=False)
     return network.version, network.network_address, network.prefixlen
@@ -1167,8 +1169,9 @@ class _IPSets:
             _busctl(self.paths[name], "setEntries", "as", len(entries), *entries,
                     interface=".config.ipset")
             return
-        add = [e for e in entries if e not in set(before)]
-        remove = [e for e in before if e not in set(entries)]
+        held, wanted = set(before), set(entries)
+        add = [e for e in entries if e not in held]
+        remove = [e for e in before if e not in wanted]
         if len(add) + len(remove) > RUNTIME_ENTRY_CALLS:
             _busctl(DBUS_PATH, "setEntries", "sas", name, len(entries), *entries,
                     interface=".ipset")
