@@ -19,6 +19,9 @@ vpn_gateway:
     backoff: {base: 30, max: 600}
     failback: auto
     failback_after: 300
+    # Recovery on the minion itself (a watcher the beacon keeps running): no master
+    # needed; the master's reactor leaves the beacon's events alone (docs/monitoring.md).
+    recovery: local
     alerts: {rate_window: 900, timeout: 5}
     # A secret (webhook URLs carry tokens): ciphertext for the master's key.
     # Lab only: a receiver a test starts on the outsider host.

@@ -36,8 +36,32 @@ a hung pluto costs the minion at most ``QUERY_TIMEOUT`` s of every
 ``BACKOFF``. A skipped poll observes nothing: the hold-down still needs a
 second slow query, ``BACKOFF`` s later, before ``down`` is reported (one
 slow answer under load is not an outage).
+
+Recovery without the master (``recovery: local``, the default): the beacon
+keeps one recovery watcher running, a process of its own (Salt's
+``SignalHandlingProcess``, a fork of the minion as the scheduler makes its
+jobs: the minion's modules and pillar as they are now, no master involved).
+The watcher polls ``libreswan.health`` every ``WATCHER_INTERVAL`` s, applies the
+same hold-down and repeat clock (``_transition``) and runs
+``libreswan.recover`` for a tunnel at each change and repeat. It runs apart
+from the minion's main loop on purpose: a Salt 3008 minion that has lost its
+master stops running its beacons and schedule while it retries the master
+(seen in the monitoring lab), and that is when recovery is needed. One
+watcher per host (an exclusive flock held for its life); it ends when its
+settings are no longer the beacon's (a generation file the beacon writes) and
+the beacon starts a new one. The beacon's events are marked
+``recovery: local`` so that the master's reactor leaves them alone.
 """
+import fcntl
+import hashlib
+import json
+import logging
+import os
 import time
+
+import salt.utils.process
+
+log = logging.getLogger(__name__)
 
 __virtualname__ = "libreswan"
 HISTORY = 10  # reported changes kept per tunnel (when each began and was reported)
@@ -96,6 +120,123 @@ def _observe(skip_until, now, query, timeout=QUERY_TIMEOUT, backoff=BACKOFF,
     return healths, (now + backoff if clock() - started >= timeout else None)
 
 
+WATCHER_DIR = "/run/vpn-gateway"  # tmpfs, as the recovery lock's
+WATCHER_LOCK = "recovery-watcher.lock"  # held by the one watcher for its life
+WATCHER_GENERATION = "recovery-watcher.generation"  # the settings the beacon wants
+WATCHER_INTERVAL = 2  # s between the watcher's polls (one whack --status each)
+
+
+def _generation(settings, interval):
+    """What a watcher must be restarted for: the settings and the poll interval."""
+    text = json.dumps([settings, interval], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _try_lock(path):
+    """An exclusive flock on ``path`` without waiting: the open fd, or None when held."""
+    os.makedirs(os.path.dirname(path), mode=0o750, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _read(path):
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read().strip()
+    except OSError:
+        return None
+
+
+def _recover(tunnel):
+    """``libreswan.recover`` for one tunnel, its outcome logged in one line."""
+    try:
+        result = __salt__["libreswan.recover"](tunnel).get(tunnel, {})
+    except Exception as exc:  # a tunnel pillar no longer declares, pluto missing...
+        log.error("libreswan recovery watcher: recovery of %s failed: %s: %s", tunnel,
+                  type(exc).__name__, exc)
+        return None
+    summary = {k: result.get(k) for k in ("action", "state", "active", "result", "deferred",
+                                          "comment", "outcome") if result.get(k) is not None}
+    summary["steps"] = [s["step"] for s in result.get("steps") or []]
+    log.info("libreswan recovery watcher: recovery of %s: %s", tunnel, summary)
+    return result
+
+
+def _watch_once(entries, now, health, settings, recover):
+    """One poll of the watcher (pure but for ``health`` and ``recover``): advance each
+    tunnel's entry (``_transition``) and recover the tunnels whose state changed or
+    repeated. Returns the tunnels recovered."""
+    acted = []
+    for tunnel, observed in sorted(health.items()):
+        entries[tunnel], event = _transition(entries.get(tunnel, {}), observed["state"], now,
+                                             settings["holddown"], settings["repeat"],
+                                             settings["repeat_max"])
+        if event:
+            recover(tunnel)
+            acted.append(tunnel)
+    return acted
+
+
+def _watch(generation, interval, directory=WATCHER_DIR, sleep=time.sleep):
+    """The recovery watcher's life: the host's watcher lock, then a poll every
+    ``interval`` s until the beacon's generation file names other settings."""
+    fd = _try_lock(os.path.join(directory, WATCHER_LOCK))
+    if fd is None:  # another watcher runs
+        return
+    log.info("libreswan recovery watcher: started (pid %s, every %ss)", os.getpid(), interval)
+    entries = {}
+    try:
+        while _read(os.path.join(directory, WATCHER_GENERATION)) == generation:
+            try:
+                settings = __salt__["libreswan.monitoring_settings"]()
+                health = __salt__["libreswan.health"](timeout=QUERY_TIMEOUT)
+            except Exception as exc:  # pluto not installed yet, a bad setting: next poll
+                log.debug("libreswan recovery watcher: no health: %s", exc)
+                health = None
+            if health is not None:
+                _watch_once(entries, time.time(), health, settings, _recover)
+            sleep(interval)
+        log.info("libreswan recovery watcher: settings changed, ending")
+    finally:
+        os.close(fd)
+
+
+def _want(generation, directory):
+    """Write the generation the beacon wants (``off``: no watcher) unless it is there."""
+    path = os.path.join(directory, WATCHER_GENERATION)
+    if _read(path) != generation:
+        os.makedirs(directory, mode=0o750, exist_ok=True)
+        with open(path + ".tmp", "w", encoding="utf-8") as handle:
+            handle.write(generation)
+        os.replace(path + ".tmp", path)
+
+
+def _keep_watcher(settings, interval, directory=WATCHER_DIR):
+    """The beacon's part: write the wanted generation; start a watcher unless one runs."""
+    generation = _generation(settings, interval)
+    _want(generation, directory)
+    process = __context__.get("libreswan.beacon.watcher")
+    if process is not None and not process.is_alive():
+        process.join(0)  # reaped
+        process = __context__.pop("libreswan.beacon.watcher")
+    fd = _try_lock(os.path.join(directory, WATCHER_LOCK))
+    if fd is None:  # a watcher runs (this beacon's, or one it started before a reload)
+        return None
+    os.close(fd)
+    if process is not None and process.is_alive():  # started, not yet holding its lock
+        return None
+    process = salt.utils.process.SignalHandlingProcess(
+        target=_watch, args=(generation, interval, directory), name="LibreswanRecoveryWatcher")
+    process.start()
+    __context__["libreswan.beacon.watcher"] = process
+    return process
+
+
 # -- Salt side -------------------------------------------------------------------------------
 def validate(config):
     if not isinstance(config, list):
@@ -116,6 +257,11 @@ def beacon(config):
         __context__.get("libreswan.beacon.skip_until"), now,
         lambda timeout: __salt__["libreswan.health"](timeout=timeout),
         QUERY_TIMEOUT, BACKOFF, time.monotonic)
+    local = settings.get("recovery", "local") == "local"
+    if local:
+        _keep_watcher(settings, WATCHER_INTERVAL)
+    elif os.path.exists(os.path.join(WATCHER_DIR, WATCHER_GENERATION)):
+        _want("off", WATCHER_DIR)  # a watcher started while recovery was local ends
     if healths is None:  # backing off from a pluto that did not answer
         return []
     events, current = [], {}
@@ -129,4 +275,7 @@ def beacon(config):
                                active=health["active"], reason=health["reason"]))
     if current != saved:
         __salt__["libreswan.remember"]("beacon", current)
+    if local:
+        for event in events:
+            event["recovery"] = "local"
     return events

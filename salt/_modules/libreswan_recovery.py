@@ -17,7 +17,7 @@ beacon never lose each other's entries.
 The recovery lock (one per host, ``LOCK_DIR/recovery.lock``, an exclusive
 flock) keeps recovery and state runs apart:
 
-- a ladder (``ensure_up``, ``failback``) takes it without waiting, then
+- a ladder (``ensure_up``, ``failback``, ``recover``) takes it without waiting, then
   checks that no state job runs (``saltutil.is_running state.*``: the job's
   proc file exists from the job's start, before its render), runs its steps
   and releases it. Lock busy or a state job running: it does nothing and
@@ -90,6 +90,9 @@ DEFAULTS = {
     # (one try per failback_after); never: stay until an operator runs libreswan.switch.
     "failback": "auto",
     "failback_after": 300,
+    # Who answers the beacon's events: local (the beacon starts libreswan.recover in a
+    # process of the minion's own: no master needed) or master (the master's reactor).
+    "recovery": "local",
     # Webhook alerts (URL in webhook_url, a secret): one per conn and state per rate_window s.
     "alerts": {"rate_window": 900, "timeout": 5},
     # EndpointSlice ready follows tunnel health (k8s.set_endpoints_ready) when enabled.
@@ -104,6 +107,7 @@ DEFAULTS = {
     "state_dir": "/var/lib/vpn-gateway",
 }
 _CHOICES = {"up_when": ("child_sa", "ike_sa"), "failback": ("auto", "never"),
+            "recovery": ("local", "master"),
             "logrotate:frequency": ("daily", "weekly", "monthly")}
 _NUMBERS = {"holddown": (0, 3600), "repeat": (1, 86400), "repeat_max": (1, 86400),
             "conn_restarts": (0, 10), "step_timeout": (1, 300), "failback_after": (0, 86400),
@@ -787,6 +791,12 @@ def ensure_up(name=None, force=False):
         salt 'vpn-gw*' libreswan.ensure_up
         salt 'vpn-gw1' libreswan.ensure_up remote-db force=True
     """
+    return _each_locked(name, lambda settings, tunnel: _ensure_one(settings, tunnel, force))
+
+
+def _each_locked(name, act):
+    """``act(settings, tunnel)`` for each tunnel ``name`` selects (``_acting_on``), under
+    the host's recovery lock taken without waiting (busy: each one ``deferred``)."""
     declared = _declared_here()
     settings = monitoring_settings()
     results = {}
@@ -794,9 +804,36 @@ def ensure_up(name=None, force=False):
     tunnels = _acting_on(name, declared, status, settings)
     with _locked(settings, name) as mine:
         for tunnel in tunnels:
-            results[tunnel] = _ensure_one(settings, tunnel, force) if mine else dict(
-                _LOCK_BUSY, name=tunnel)
+            results[tunnel] = act(settings, tunnel) if mine else dict(_LOCK_BUSY, name=tunnel)
     return results
+
+
+def recover(name=None):
+    """
+    What a beacon event asks for, decided here from the tunnel's health now:
+    for tunnel ``name`` (default: every declared tunnel) carried by the backup,
+    the failback policy (as ``failback``); otherwise ``ensure_up`` (the ladder
+    when down or partial; when up, the EndpointSlice's ready back and a backup
+    up beside the primary taken down). With ``recovery: local`` (the default)
+    the recovery watcher the beacon keeps running on the minion calls it at each
+    change and repeat, so a tunnel heals while the master is unreachable. Only
+    tunnels this minion's pillar declares are acted on, under the one recovery
+    lock, within the retry budget.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call libreswan.recover remote-db
+        salt 'vpn-gw*' libreswan.recover
+    """
+    return _each_locked(name, _recover_one)
+
+
+def _recover_one(settings, tunnel):
+    if _health_now(settings, tunnel)["state"] == "failover":
+        return dict(_failback_one(settings, tunnel), action="failback")
+    return dict(_ensure_one(settings, tunnel, False), action="ensure_up")
 
 
 def _failback_one(settings, tunnel):
@@ -890,13 +927,4 @@ def failback(name=None):
 
         salt 'vpn-gw1' libreswan.failback remote-db
     """
-    declared = _declared_here()
-    settings = monitoring_settings()
-    results = {}
-    status = None if name is not None else _status()
-    tunnels = _acting_on(name, declared, status, settings)
-    with _locked(settings, name) as mine:
-        for tunnel in tunnels:
-            results[tunnel] = _failback_one(settings, tunnel) if mine else dict(
-                _LOCK_BUSY, name=tunnel)
-    return results
+    return _each_locked(name, _failback_one)

@@ -7,6 +7,10 @@
     conn restarts only when partial, within the retry budget; when up it only brings
     the EndpointSlice's ready back);
     failover: libreswan.failback (the pillar's failback policy decides).
+    Events marked recovery: local (the default since issue 15) are left alone: the
+    minion's own recovery watcher runs libreswan.recover, which needs no master
+    (docs/monitoring.md, "Recovery without the master"); only minions with
+    recovery: master (or an older pack) are recovered from here.
 
     Every byte of the tag and of data comes from a minion, which may be hostile
     (docs/monitoring.md, "The reactor and hostile minions"). So nothing from the
@@ -33,6 +37,8 @@
 {%- if not valid %}
 {%-   do salt['log.warning']('libreswan reactor: event refused, not a libreswan beacon '
                              'event: tag ' ~ (tag | json)) %}
+{%- elif data.get('recovery') == 'local' %}
+{#-   recovered on the minion itself: nothing to run from here #}
 {%- elif state in ('down', 'partial', 'up') %}
 libreswan_ensure_up:
   local.libreswan.ensure_up:

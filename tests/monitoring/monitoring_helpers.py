@@ -28,6 +28,8 @@ SETTINGS = {
     "conn_restarts": 2, "step_timeout": 5,
     "budget": {"attempts": 3, "window": 120}, "backoff": {"base": 4, "max": 16},
     "failback": "auto", "failback_after": 8,
+    # the beacon starts the recovery on the minion itself (the lab's pillar says master)
+    "recovery": "local",
     "alerts": {"rate_window": 15, "timeout": 3},
     "endpoint_ready": {"enabled": True, "service": "postgres", "namespace": "default",
                        "address": GATEWAY_ENDPOINT, "kubeconfig": KUBECONFIG},

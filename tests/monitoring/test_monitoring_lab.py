@@ -6,6 +6,11 @@ loopback Kubernetes API server inside vpn-gw1 for the EndpointSlice.
 This kernel has no ESP (FACTS): only the IKE SA comes up, so the gateway runs
 with ``up_when: ike_sa``; the tests' own oracle is ``whack --status`` (an
 established IKE SA to which peer), not the code under test.
+
+Recovery runs on the minion itself (``recovery: local``, issue 15): the beacon
+starts ``libreswan.recover``; the master's reactor leaves the beacon's marked
+events alone and still answers unmarked ones (the reactor-security tests below,
+which share this lab since issue 17's lab-time cut).
 """
 import json
 import re
@@ -122,6 +127,150 @@ def test_the_beacon_and_the_metrics_run_from_pillar(lab):
     assert 'vpn_gateway_tunnel_active_peer{tunnel="remote-db",peer="primary"} 1' in text
 
 
+# -- the reactor and hostile minions (issue 13; its own lab until the lab-time cut) ---------
+# vpn-gw1 plays the hostile minion: with ``salt-call event.fire_master`` it sends the master
+# crafted events, both the way the beacon sends its events (a list of events whose tags and
+# data the minion writes) and as a plain event (the master sets ``id``). The reactor must run
+# nothing: no ``cmd.run`` in the master's job cache, no marker file on any host, no job aimed
+# at another minion; while a well-formed, unmarked event for a declared tunnel still runs
+# ``libreswan.ensure_up`` on vpn-gw1, and one for a tunnel pillar does not declare is refused
+# by the minion itself. The oracles are the master's job cache (``jobs.list_jobs``,
+# ``jobs.lookup_jid``) and the hosts' filesystems. One platform: the reactor is the master's
+# Salt (the project's venv, the same on both).
+MARKER = "/tmp/pwned"
+INJECTION = ("x:\n  local.cmd.run:\n    - tgt: '*'\n    - arg: ['touch /tmp/pwned']\n"
+             "libreswan_ensure_up_y")
+REFUSED = "not a tunnel this minion's pillar declares"
+# Declared by pillar (remote-db's backup conn) and never reported by the beacon (it reports
+# base names): every job naming it comes from an event of this test.
+DECLARED = "remote-db-backup"
+LOCK = "/run/vpn-gateway/recovery.lock"  # libreswan_recovery.LOCK_DIR/LOCK_NAME
+
+
+def fire_events(gw, *events):
+    """Events as the beacon sends them: the minion writes each tag and its data."""
+    preload = {"events": [{"tag": tag, "data": data} for tag, data in events]}
+    fired = gw.run(["salt-call", "--out=json", "event.fire_master", "{}", "unused",
+                    f"preload={json.dumps(preload)}"], timeout=120)
+    assert fired.ok and json.loads(fired.stdout)["local"] is True, fired
+
+
+def fire_plain(gw, tag, data):
+    """A plain event: the master puts the minion's own id beside the data."""
+    fired = gw.run(["salt-call", "--out=json", "event.fire_master", "{}", tag,
+                    f"preload={json.dumps(data)}"], timeout=120)
+    assert fired.ok and json.loads(fired.stdout)["local"] is True, fired
+
+
+def jobs(lab):
+    ran = lab["salt-master"].run(["salt-run", "--out=json", "jobs.list_jobs"], timeout=120)
+    assert ran.ok, ran
+    return json.loads(ran.stdout)
+
+
+def job_return(lab, jid):
+    ran = lab["salt-master"].run(["salt-run", "--out=json", "jobs.lookup_jid", jid], timeout=120)
+    assert ran.ok, ran
+    return json.loads(ran.stdout) if ran.stdout.strip() else {}
+
+
+def ensure_up_jobs(lab, tunnel, before):
+    return {jid: job for jid, job in jobs(lab).items()
+            if jid not in before and job["Function"] == "libreswan.ensure_up"
+            and any(isinstance(a, dict) and a.get("name") == tunnel for a in job["Arguments"])}
+
+
+def lock_free(gw):
+    return gw.run(["flock", "-n", LOCK, "true"]).ok
+
+
+def hold_lock(gw, unit):
+    """The recovery lock held by hand (a transient unit) until ``release(gw, unit)``."""
+    gw.run(["systemd-run", "--unit", unit, "flock", LOCK, "sleep", "300"], check=True)
+    wait_for(lambda: not lock_free(gw), 10, "the recovery lock held by hand")
+
+
+def release(gw, unit):
+    gw.run(["systemctl", "stop", unit])
+    gw.run(["systemctl", "reset-failed", unit])
+
+
+@pytest.mark.platforms("debian13")
+def test_crafted_events_run_nothing_and_a_well_formed_one_still_recovers(lab):
+    """The recovery lock is held by hand meanwhile: the well-formed event's ensure_up gets
+    past the pillar check and stops at the lock (``deferred``), so the lab's tunnel is left
+    as it is (on this lab's hosts the backup conn is real)."""
+    gw = lab["vpn-gw1"]
+    started = time.monotonic()
+    hosts = [lab[name] for name in HOSTS]
+    for host in hosts:
+        host.run(["rm", "-f", MARKER], check=True)
+    before = set(jobs(lab))
+    hold_lock(gw, "reactor-test-lock")
+    try:
+        # the issue's payload in the beacon's own form, a glob as the target, the
+        # payload in a plain event, and another minion's id in the tag
+        fire_events(
+            gw,
+            ("salt/beacon/vpn-gw1/libreswan/x/down",
+             {"id": "vpn-gw1", "tunnel": INJECTION, "state": "down"}),
+            (f"salt/beacon/*/libreswan/{DECLARED}/down",
+             {"id": "*", "tunnel": DECLARED, "state": "down"}),
+        )
+        fire_plain(gw, "salt/beacon/vpn-gw1/libreswan/x/down",
+                   {"tunnel": INJECTION, "state": "down"})
+        fire_plain(gw, f"salt/beacon/vpn-gw2/libreswan/{DECLARED}/down",
+                   {"tunnel": DECLARED, "state": "down"})
+        # well formed: a tunnel pillar does not declare, then the declared one (the
+        # reactor renders events in order: once these ran, the crafted ones were seen)
+        fire_events(gw, ("salt/beacon/vpn-gw1/libreswan/other-db/down",
+                         {"id": "vpn-gw1", "tunnel": "other-db", "state": "down"}))
+        fire_events(gw, (f"salt/beacon/vpn-gw1/libreswan/{DECLARED}/down",
+                         {"id": "vpn-gw1", "tunnel": DECLARED, "state": "down"}))
+
+        wait_for(lambda: ensure_up_jobs(lab, DECLARED, before), 120,
+                 "the well-formed event's libreswan.ensure_up job")
+        (jid, _), = ensure_up_jobs(lab, DECLARED, before).items()
+        answer, _ = wait_for(lambda: job_return(lab, jid).get("vpn-gw1"), 120,
+                             f"vpn-gw1's return of ensure_up {DECLARED}")
+    finally:
+        release(gw, "reactor-test-lock")
+    # past the pillar check: it acted, up to the lock
+    assert REFUSED not in json.dumps(answer) and answer[DECLARED]["deferred"].startswith(
+        "the recovery lock is held"), answer
+    # any job published would have reached the minion by now: ask it
+    saltstack.salt(lab, "vpn-gw*", "test.ping", timeout=30)
+    time.sleep(3)
+    ran = {jid: job for jid, job in jobs(lab).items() if jid not in before}
+    assert not [j for j in ran.values() if j["Function"].startswith("cmd.")], ran
+    for host in hosts:
+        assert not host.run(["test", "-e", MARKER]).ok, f"{MARKER} on {host.name}"
+    # of the jobs naming this test's tunnels (the spoofed events' too) only the two
+    # well-formed ones, both on vpn-gw1 alone
+    reacted = [j for j in ran.values() if j["Function"].startswith("libreswan.") and any(
+        isinstance(a, dict) and a.get("name") in (DECLARED, "other-db") for a in j["Arguments"])]
+    assert len(reacted) == 2, [(j["Function"], j["Target"], j["Arguments"], j["StartTime"])
+                               for j in reacted]
+    assert all(j["Target"] == ["vpn-gw1"] and j["Target-type"] == "list"
+               for j in reacted), reacted
+    (other_jid, _), = ensure_up_jobs(lab, "other-db", before).items()
+    refusal, _ = wait_for(lambda: job_return(lab, other_jid).get("vpn-gw1"), 120,
+                          "vpn-gw1's return of ensure_up other-db")
+    assert REFUSED in json.dumps(refusal), refusal
+
+    log = lab["salt-master"].read("/var/log/salt/master")
+    assert log.count("libreswan reactor: event refused") >= 4, log[-3000:]
+    print(f"reactor security: {time.monotonic() - started:.0f}s")
+
+
+@pytest.mark.platforms("debian13")
+def test_a_starting_minion_is_still_synced_by_its_own_id(lab):
+    """minion_start.sls takes only a plain id, as that one minion: the boot-time syncs."""
+    synced = [j["Target"] for j in jobs(lab).values() if j["Function"] == "saltutil.sync_all"
+              and j["Target-type"] == "list"]
+    assert ["vpn-gw1"] in synced, synced
+
+
 def test_pluto_killed_is_recovered_without_a_person(lab):
     gw = lab["vpn-gw1"]
     before = memory(lab)["recoveries"]["success"]
@@ -134,6 +283,67 @@ def test_pluto_killed_is_recovered_without_a_person(lab):
                         "the recovery recorded")
     assert [s["step"] for s in state["last"]["steps"]][-1] == "restart_service"
     assert gw.run(["systemctl", "is-active", "ipsec"]).stdout.strip() == "active"
+
+
+def recoveries(gw):
+    """What recovery remembers of remote-db, read from its file (no salt call: the
+    master may be stopped)."""
+    found = gw.run(["cat", "/var/lib/vpn-gateway/recovery.json"]).stdout
+    entry = (json.loads(found) if found.strip() else {}).get("remote-db", {})
+    return dict(entry, recoveries=entry.get("recoveries") or {"success": 0, "failure": 0})
+
+
+def beacon_state(gw):
+    """The state the beacon last reported for remote-db, from its file (no salt call)."""
+    found = gw.run(["cat", "/var/lib/vpn-gateway/beacon.json"]).stdout
+    return (json.loads(found) if found.strip() else {}).get("remote-db", {}).get("state")
+
+
+def answers(lab):
+    """vpn-gw1 answers test.ping through the master (False while the master starts)."""
+    try:
+        return saltstack.salt(lab, "vpn-gw1", "test.ping", timeout=5,
+                              check=False).get("vpn-gw1") is True
+    except Exception:  # the salt CLI itself failed: the master is not up yet
+        return False
+
+
+def minion_log(gw):
+    return gw.run(["cat", "/var/log/salt/minion"]).stdout
+
+
+@pytest.mark.platforms("debian13")  # the same minion and the same ladder on 4.10
+def test_the_tunnel_heals_while_the_master_is_stopped(lab):
+    """Issue 15, recovery without the master: with the salt-master stopped, pluto killed
+    (SIGTERM: no systemd restart) is brought back by the ladder the beacon started on the
+    minion itself (restart_service), its alert reaches the webhook; once the master is back
+    the minion answers it again."""
+    master, gw = lab["salt-master"], lab["vpn-gw1"]
+    wait_for(lambda: established(gw) == {"primary"} and beacon_state(gw) == "up", 90,
+             "the tunnel up and reported up")
+    salt1(lab, "libreswan.remember", "alerts", "{}")  # no earlier alert's rate window
+    master.run(["truncate", "-s0", ALERTS], check=True)
+    before, log_from = recoveries(gw), len(minion_log(gw))
+    master.run(["systemctl", "stop", "salt-master"], check=True)
+    try:
+        gw.run(["pkill", "-TERM", "-x", "pluto"], check=True)
+        wait_for(lambda: not gw.run(["pgrep", "-x", "pluto"]).ok, 10, "pluto gone")
+        _, took = wait_for(lambda: established(gw) == {"primary"}, 90,
+                           "the tunnel back with the master stopped")
+        print(f"master stopped, pluto killed -> tunnel up: {took:.1f}s")
+        state, _ = wait_for(lambda: (m := recoveries(gw))["recoveries"]["success"] >
+                            before["recoveries"]["success"] and m, 30, "the recovery recorded")
+        assert [s["step"] for s in state["last"]["steps"]][-1] == "restart_service", state
+        sent, _ = wait_for(lambda: [a["body"] for a in alerts(lab)], 30, "the recovery's alert")
+        assert [(a["state"], a["step"]) for a in sent] == [("up", "restart_service")], sent
+        log = minion_log(gw)[log_from:]
+        assert "libreswan recovery watcher: recovery of remote-db: {'action': 'ensure_up'" \
+            in log, log[-3000:]
+        assert master.run(["systemctl", "is-active", "salt-master"]).stdout.strip() != "active"
+    finally:
+        master.run(["systemctl", "start", "salt-master"], check=True)
+    _, took = wait_for(lambda: answers(lab), 120, "vpn-gw1 answers the master again")
+    print(f"master started -> vpn-gw1 answers: {took:.1f}s")
 
 
 def ike_serial(gw, conn):
@@ -293,6 +503,10 @@ def test_a_hung_pluto_never_hangs_the_minion_and_reads_down_with_the_timeout(lab
         return None
 
     time.sleep(2)  # the watcher subscribes
+    # The recovery watcher polls pluto on its own (recovery: local) and would restart the
+    # hung pluto before the beacon's second slow query: the lock, held by hand, makes its
+    # recovery wait until the beacon has read the outage.
+    hold_lock(gw, "hung-pluto-lock")
     gw.run(["kill", "-STOP", pid], check=True)
     try:
         time.sleep(4)  # the beacon's first poll after the stop runs into its 3 s bound
@@ -317,7 +531,8 @@ def test_a_hung_pluto_never_hangs_the_minion_and_reads_down_with_the_timeout(lab
         assert event["tunnel"] == "remote-db" and event["state"] == "down", event
         assert event["reason"] == "pluto did not answer `ipsec whack --status` within 3 s"
     finally:
-        gw.run(["kill", "-CONT", pid])  # (the reactor's ladder may have restarted pluto)
+        gw.run(["kill", "-CONT", pid])
+        release(gw, "hung-pluto-lock")
         master.run(["systemctl", "stop", watcher])
         master.run(["systemctl", "reset-failed", watcher])
         wait_for(lambda: established(gw) == {"primary"}, 120, "the tunnel back after SIGCONT")
@@ -391,3 +606,113 @@ def test_prometheus_scrapes_every_documented_series(lab):
         assert len(loaded) == 6 and set(loaded.values()) == {"ok"}, loaded
     finally:
         master.run(["systemctl", "stop", "prometheus-lab"])
+
+
+# -- faults after validation (issue 14) --------------------------------------------------------
+# Each leaves the lab as it found it: the tunnel up on the primary, the shared receiver on.
+
+FAULTY_ALERTS = "/tmp/faulty-alerts.jsonl"
+# A webhook receiver that writes down each POST as it arrives, then answers 500 or, "slow",
+# holds the request far longer than the gateway's alert timeout (SETTINGS: 3 s).
+FAULTY_RECEIVER = """\
+import json, sys, time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+address, port, mode, out = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+class Receiver(BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+        with open(out, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"received": time.time(), "body": body}) + "\\n")
+        if mode == "slow":
+            time.sleep(40)
+        self.send_response(500)
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+ThreadingHTTPServer((address, port), Receiver).serve_forever()
+"""
+# What the minion's log says of each failed alert (vpn_alert._safe_error: never the URL).
+ALERT_FAILED = {"down": "unreachable (ConnectionRefusedError: Connection refused)",
+                "500": "HTTP 500", "slow": "TimeoutError"}
+
+
+def faulty_alerts(lab):
+    text = lab["salt-master"].run(["cat", FAULTY_ALERTS]).stdout
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+@pytest.mark.platforms("debian13")  # the same urllib and ladder on 4.10
+def test_a_webhook_down_failing_or_slower_than_its_timeout_never_delays_recovery(lab):
+    """Issue 14, faults after validation: the webhook receiver refusing connections,
+    answering 500, or holding the request longer than alerts:timeout. For each, the IKE SA
+    is taken down by hand and the beacon's ladder brings it back: the tunnel is up and the
+    EndpointSlice ready again by the time the alert is posted (recovery first, the alert
+    after), the ladder lets go of the recovery lock within the alert's timeout of the post
+    (a hung receiver holds neither), and the minion's log names each failure. A failed
+    alert is not remembered as sent: the next one goes out.
+
+    Each case starts once the beacon has reported the previous recovery's ``up`` and no
+    recovery holds the lock (the race of 47fb5d3, reverted in 8357e14: its loop took the
+    SA down again while the beacon still held ``down`` as its reported state, so the new
+    outage fired no ``down`` of its own, only the old one's repeat, 4, 8, then 16 s later,
+    and the up event's recovery ran into the next case; the ladder's job was watched in
+    proc files, which a recovery on the minion itself does not write)."""
+    master, gw = lab["salt-master"], lab["vpn-gw1"]
+    timeout = SETTINGS["alerts"]["timeout"]
+    salt1(lab, "libreswan.remember", "alerts", "{}")  # no earlier alert's rate window
+    master.put("/root/faulty_receiver.py", FAULTY_RECEIVER)
+    log_from = len(minion_log(gw))
+    master.run(["systemctl", "stop", "webhook"], check=True)
+    try:
+        for mode in ("down", "500", "slow"):
+            wait_for(lambda: established(gw) == {"primary"} and beacon_state(gw) == "up"
+                     and lock_free(gw), 90, f"webhook {mode}: the tunnel up, reported up, "
+                                            "no recovery running")
+            master.run(["rm", "-f", FAULTY_ALERTS], check=True)
+            if mode != "down":
+                master.run(["systemd-run", "--unit", f"webhook-{mode}", "/usr/bin/python3",
+                            "/root/faulty_receiver.py", "198.18.1.2", "8080", mode,
+                            FAULTY_ALERTS], check=True)
+                master.wait_port(8080, "198.18.1.2")
+            before = recoveries(gw)["recoveries"]["success"]
+            started = time.monotonic()
+            # (whack's exit status is its last message's code: the SA's state as it went)
+            gw.run(["ipsec", "whack", "--name", "remote-db", "--terminate"])
+            state, took = wait_for(
+                lambda: (m := recoveries(gw))["recoveries"]["success"] > before and m, 60,
+                f"webhook {mode}: the recovery recorded")
+            assert state["last"]["steps"][-1]["step"] == "restart_conn", state["last"]
+            if mode != "down":
+                posted, _ = wait_for(lambda: faulty_alerts(lab), 30,
+                                     f"webhook {mode}: the ladder's alert posted")
+                posted_at = time.monotonic()
+                # the moment the alert is posted, recovery is already done
+                assert established(gw) == {"primary"}, mode
+                assert [a["body"]["state"] for a in posted] == ["up"], posted
+            wait_for(lambda: lock_free(gw), timeout + 5,
+                     f"webhook {mode}: the ladder over within the alert timeout")
+            if mode != "down":
+                assert time.monotonic() - posted_at < timeout + 5, mode
+            assert endpoint_ready(lab) == {GATEWAY_ENDPOINT: True}, mode
+            print(f"webhook {mode}: IKE SA terminated -> recovered {took:.1f}s, ladder "
+                  f"{state['last']['time'] - state['last']['started']:.1f}s, lock free "
+                  f"{time.monotonic() - started:.1f}s")
+            master.run(["systemctl", "stop", f"webhook-{mode}"])
+        log = minion_log(gw)[log_from:]
+        for mode, reason in ALERT_FAILED.items():
+            assert f"webhook POST for remote-db/up failed: {reason}" in log, (mode, log[-3000:])
+        assert WEBHOOK_TOKEN not in log
+    finally:
+        for mode in ("500", "slow"):
+            master.run(["systemctl", "stop", f"webhook-{mode}"])
+            master.run(["systemctl", "reset-failed", f"webhook-{mode}"])
+        master.run(["systemctl", "reset-failed", "webhook"])
+        master.run(["systemd-run", "--unit", "webhook", "/usr/bin/python3",  # as prepare()
+                    f"{lab.repo}/tests/monitoring/webhook_receiver.py", "198.18.1.2", "8080",
+                    ALERTS], check=True)
+    master.wait_port(8080, "198.18.1.2")
+    wait_for(lambda: established(gw) == {"primary"} and lock_free(gw), 60, "the tunnel up")
+    master.run(["truncate", "-s0", ALERTS], check=True)
+    sent = salt1(lab, "vpn_alert.send", "remote-db", "up", "restart_conn")
+    assert sent == {"sent": True, "reason": "HTTP 204"}, sent
+    assert [a["body"]["step"] for a in alerts(lab)] == ["restart_conn"]

@@ -211,7 +211,9 @@ def test_the_beacon_asks_health_with_its_bound_and_stays_quiet_while_backing_off
 
     mod.__context__ = {}
     mod.__salt__ = {
-        "libreswan.monitoring_settings": lambda: {"holddown": 2, "repeat": 4, "repeat_max": 16},
+        # (recovery by the reactor: no local recovery process from this test)
+        "libreswan.monitoring_settings": lambda: {"holddown": 2, "repeat": 4, "repeat_max": 16,
+                                                  "recovery": "master"},
         "libreswan.monitoring_memory": lambda what: dict(saved),
         "libreswan.remember": lambda what, value: saved.update(value),
         "libreswan.health": health}

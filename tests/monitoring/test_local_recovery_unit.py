@@ -1,0 +1,222 @@
+"""Recovery without the master (issue 15): the beacon starts ``libreswan.recover`` on
+the minion itself, in a process of its own, and marks its events so that the
+master's reactor leaves them alone; ``recover`` picks the failback or the ladder
+from the tunnel's health now."""
+import json
+import time
+
+import pytest
+from monitoring_helpers import load
+from test_monitoring_unit import FakePluto, fresh_recovery
+from test_reactor_security_unit import beacon as beacon_event
+from test_reactor_security_unit import reactions, reactor  # noqa: F401 (a fixture)
+
+pytestmark = pytest.mark.unit
+
+
+# -- libreswan.recover ---------------------------------------------------------------------
+def test_recover_on_the_backup_applies_the_failback_policy(tmp_path, monkeypatch):
+    pluto = FakePluto(primary_alive=True)
+    module, _ = fresh_recovery(tmp_path, monkeypatch, salt=pluto.salt())
+    module._remember("remote-db", {"attempts": [], "recoveries": {"success": 1, "failure": 0},
+                                   "backup_since": time.time() - 10 ** 5})
+    result = module.recover("remote-db")["remote-db"]
+    assert (result["action"], result["outcome"], result["state"]) == (
+        "failback", "failed_back", "up"), result
+    assert pluto.calls == [("up", "remote-db"), ("down", "remote-db-backup")]
+
+
+def test_recover_when_down_climbs_the_ladder(tmp_path, monkeypatch):
+    pluto = FakePluto(primary_alive=True)
+    pluto.ike["remote-db-backup"] = False  # neither peer carries it
+    salt = dict(pluto.salt(), **{"libreswan.restart_conn": lambda conn, wait: pluto.up(conn)})
+    module, _ = fresh_recovery(tmp_path, monkeypatch, salt=salt)
+    result = module.recover("remote-db")["remote-db"]
+    assert (result["action"], result["state"], result["result"]) == ("ensure_up", "up", True)
+    assert [s["step"] for s in result["steps"]] == ["restart_conn"]
+    memory = module.recovery_state("remote-db")["remote-db"]
+    assert memory["recoveries"]["success"] == 1 and memory["attempts"] == []
+
+
+def test_recover_when_up_leaves_the_tunnel_alone(tmp_path, monkeypatch):
+    pluto = FakePluto(primary_alive=True)
+    pluto.ike.update({"remote-db": True, "remote-db-backup": False})
+    module, _ = fresh_recovery(tmp_path, monkeypatch, salt=pluto.salt())
+    result = module.recover("remote-db")["remote-db"]
+    assert (result["action"], result["comment"]) == ("ensure_up", "tunnel is up")
+    assert pluto.calls == []
+
+
+def test_recover_backs_off_while_the_lock_is_held_and_refuses_undeclared_tunnels(
+        tmp_path, monkeypatch):
+    pluto = FakePluto(primary_alive=False)
+    module, _ = fresh_recovery(tmp_path, monkeypatch, salt=pluto.salt())
+    assert module.hold_recovery_lock(timeout=1)["held"]
+    try:
+        other = load("salt/_modules/libreswan_recovery.py")  # another process's view
+        monkeypatch.setattr(other, "LOCK_DIR", module.LOCK_DIR)
+        monkeypatch.setattr(other, "monitoring_settings", module.monitoring_settings)
+        other.__salt__, other.__pillar__, other.__grains__ = (
+            module.__salt__, module.__pillar__, {})
+        result = other.recover("remote-db")["remote-db"]
+        assert result["deferred"].startswith("the recovery lock is held"), result
+    finally:
+        module.release_recovery_lock()
+    assert pluto.calls == []
+    with pytest.raises(module.CommandExecutionError, match="not a tunnel this minion's pillar"):
+        module.recover("other-db")
+
+
+def test_recovery_setting_is_local_or_master():
+    recovery = load("salt/_modules/libreswan_recovery.py")
+    assert recovery._settings({})["recovery"] == "local"
+    assert recovery._settings({"recovery": "master"})["recovery"] == "master"
+    with pytest.raises(recovery.SettingsError, match="vpn_gateway:monitoring:recovery: 'cron'"):
+        recovery._settings({"recovery": "cron"})
+
+
+# -- the recovery watcher -------------------------------------------------------------------
+SETTINGS = {"holddown": 2, "repeat": 4, "repeat_max": 16, "recovery": "local"}
+
+
+def test_the_watcher_recovers_at_each_change_and_repeat_after_the_holddown():
+    beacon = load("salt/_beacons/libreswan.py")
+    entries, recovered = {}, []
+
+    def poll(now, state):
+        return beacon._watch_once(entries, now, {"remote-db": {"state": state}}, SETTINGS,
+                                  recovered.append)
+
+    assert poll(0, "up") == [] and poll(2, "up") == ["remote-db"]  # first stable state
+    assert poll(4, "down") == [] and poll(5, "up") == []  # a blip inside the holddown
+    assert poll(6, "down") == [] and poll(8, "down") == ["remote-db"]  # down held 2 s
+    assert poll(10, "down") == [] and poll(12, "down") == ["remote-db"]  # repeat after 4 s
+    assert poll(14, "failover") == [] and poll(16, "failover") == ["remote-db"]
+    assert recovered == ["remote-db"] * 4
+
+
+def fake_watcher_salt(states, recovered):
+    """health reads states.pop(0) (the last one stays); recover records its tunnel."""
+    return {"libreswan.monitoring_settings": lambda: SETTINGS,
+            "libreswan.health": lambda timeout: {"remote-db": {
+                "state": states.pop(0) if len(states) > 1 else states[0]}},
+            "libreswan.recover": lambda tunnel: recovered.append(tunnel) or {
+                tunnel: {"action": "ensure_up", "state": "up", "steps": []}}}
+
+
+def test_the_watcher_ends_when_the_beacon_wants_other_settings(tmp_path):
+    beacon = load("salt/_beacons/libreswan.py")
+    recovered, clock = [], [0.0]
+    beacon.__salt__ = fake_watcher_salt(["down"], recovered)
+    beacon.time = type("T", (), {"time": staticmethod(lambda: clock[0])})
+    (tmp_path / beacon.WATCHER_GENERATION).write_text("g1")
+
+    def sleep(seconds):
+        clock[0] += seconds
+        if clock[0] >= 10:  # the beacon's settings changed
+            (tmp_path / beacon.WATCHER_GENERATION).write_text("g2")
+
+    beacon._watch("g1", 2, str(tmp_path), sleep=sleep)
+    assert clock[0] == 10 and recovered == ["remote-db"] * 2  # at 2 s, repeated at 6 s
+    held = beacon._try_lock(str(tmp_path / beacon.WATCHER_LOCK))
+    assert held is not None  # the watcher let go of its lock
+    try:  # a second watcher while one holds the lock returns at once
+        assert beacon._watch("g2", 2, str(tmp_path), sleep=sleep) is None
+    finally:
+        __import__("os").close(held)
+
+
+class FakeProcess:
+    started = []
+
+    def __init__(self, target, args, name):
+        self.args, self.alive = args, True
+
+    def start(self):
+        FakeProcess.started.append(self.args)
+
+    def is_alive(self):
+        return self.alive
+
+    def join(self, timeout=None):
+        pass
+
+
+def test_the_beacon_keeps_one_watcher_and_marks_its_events(tmp_path, monkeypatch):
+    beacon = load("salt/_beacons/libreswan.py")
+    memory, settings = {}, dict(SETTINGS, holddown=0)
+    beacon.__salt__ = {
+        "libreswan.monitoring_settings": lambda: settings,
+        "libreswan.monitoring_memory": lambda what: json.loads(json.dumps(memory)),
+        "libreswan.health": lambda timeout: {"remote-db": {
+            "state": "down", "active": None, "reason": "x"}},
+        "libreswan.remember": lambda what, data: memory.update(data) or {}}
+    beacon.__context__ = {}
+    monkeypatch.setattr(beacon, "WATCHER_DIR", str(tmp_path))
+    monkeypatch.setattr(beacon._keep_watcher, "__defaults__", (str(tmp_path),))
+    monkeypatch.setattr(beacon.salt.utils.process, "SignalHandlingProcess", FakeProcess)
+    FakeProcess.started = []
+    (fired,) = beacon.beacon([])
+    assert (fired["state"], fired["recovery"]) == ("down", "local")
+    (started,) = FakeProcess.started
+    generation = (tmp_path / beacon.WATCHER_GENERATION).read_text()
+    assert started == (generation, beacon.WATCHER_INTERVAL, str(tmp_path))
+    beacon.beacon([])  # alive (not yet holding its lock): none started
+    lock = beacon._try_lock(str(tmp_path / beacon.WATCHER_LOCK))  # the watcher's lock
+    beacon.__context__.clear()  # a beacon reload forgets its process: the lock still says
+    beacon.beacon([])
+    assert len(FakeProcess.started) == 1
+    settings["repeat"] = 5  # new settings: a new generation for the running watcher to see
+    beacon.beacon([])
+    assert (tmp_path / beacon.WATCHER_GENERATION).read_text() != generation
+    __import__("os").close(lock)  # the old watcher ended
+    beacon.beacon([])
+    assert len(FakeProcess.started) == 2
+    settings["recovery"] = "master"  # the reactor's: no watcher, no mark
+    beacon.__context__.clear()
+    memory.clear()
+    monkeypatch.setattr(beacon, "WATCHER_DIR", str(tmp_path))
+    (fired,) = beacon.beacon([])
+    assert "recovery" not in fired and len(FakeProcess.started) == 2
+    assert (tmp_path / beacon.WATCHER_GENERATION).read_text() == "off"  # the old one ends
+
+
+def test_the_watcher_runs_in_a_process_of_its_own(tmp_path):
+    """The real SignalHandlingProcess: a forked watcher calls libreswan.recover for a down
+    tunnel, and ends once the generation changes."""
+    beacon = load("salt/_beacons/libreswan.py")
+    out = tmp_path / "recovered"
+
+    def recover(tunnel):
+        with open(out, "a", encoding="utf-8") as handle:
+            handle.write(f"{tunnel} {__import__('os').getpid()}\n")
+        return {tunnel: {"action": "ensure_up", "state": "up", "steps": []}}
+
+    salt = fake_watcher_salt(["down"], [])
+    salt["libreswan.recover"] = recover
+    beacon.__salt__, beacon.__context__ = salt, {}
+    process = beacon._keep_watcher(dict(SETTINGS, holddown=0), 0.1, str(tmp_path))
+    try:
+        wait = time.monotonic() + 30
+        while not out.exists() and time.monotonic() < wait:
+            time.sleep(0.1)
+        tunnel, pid = out.read_text().split("\n")[0].split()
+        assert tunnel == "remote-db" and int(pid) == process.pid
+    finally:
+        (tmp_path / beacon.WATCHER_GENERATION).write_text("other")
+        process.join(30)
+    assert process.exitcode == 0
+
+
+# -- the master's reactor ------------------------------------------------------------------
+def test_the_reactor_leaves_events_the_minion_recovers_itself(reactor, caplog):  # noqa: F811
+    for state in ("down", "partial", "up", "failover"):
+        assert reactions(reactor, *beacon_event("vpn-gw1", "remote-db", state,
+                                                recovery="local")) == []
+    assert "event refused" not in caplog.text
+    (chunk,) = reactions(reactor, *beacon_event("vpn-gw1", "remote-db", "down",
+                                                recovery="master"))
+    assert chunk["fun"] == "libreswan.ensure_up"
+    # a crafted event stays refused, marked or not
+    assert reactions(reactor, *beacon_event("*", "remote-db", "down", recovery="local")) == []
+    assert "event refused" in caplog.text
