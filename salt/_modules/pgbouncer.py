@@ -1151,7 +1151,12 @@ def validate_config(sections, hba=None):
         # A dry run before the formula installed PgBouncer or made its account: the schema
         # check only (the real run checks with PgBouncer before it writes anything).
         return text
-    problems = check_config(_parse_ini(text), hba=hba)
+    sections = _parse_ini(text)
+    if __opts__.get("test"):
+        # A dry run before pgbouncer.tls_present wrote the TLS files: the scratch run checks
+        # without the leg whose files are not there yet (the real run checks them whole).
+        sections["pgbouncer"] = _without_missing_tls(sections.get("pgbouncer", {}))
+    problems = check_config(sections, hba=hba)
     hba_lines = [p for p in problems if re.search(r"hba line \d+", p)]
     if hba_lines:
         number = int(re.search(r"hba line (\d+)", hba_lines[0]).group(1))
@@ -1161,6 +1166,18 @@ def validate_config(sections, hba=None):
     if problems:
         raise SaltInvocationError(f"PgBouncer rejects the candidate config: {'; '.join(problems)}")
     return text
+
+
+def _without_missing_tls(settings):
+    """[pgbouncer] settings without the TLS leg (client_tls_* / server_tls_*) one of whose
+    files does not exist."""
+    settings = dict(settings)
+    for leg in ("client", "server"):
+        files = [settings.get(f"{leg}_tls_{kind}_file") for kind in ("key", "cert", "ca")]
+        if any(path and not os.path.exists(path) for path in files):
+            settings = {key: value for key, value in settings.items()
+                        if not key.startswith(f"{leg}_tls_")}
+    return settings
 
 
 def write_config(sections, hba=None):
@@ -1517,3 +1534,316 @@ def retire_packaged_config():
         return None
     os.replace(path, f"{path}.packaged")
     return f"{path}.packaged"
+
+
+# -- TLS: the pods' leg (client_tls_*) and the database leg (server_tls_*) ---------------------
+# The certificates and the key come from pillar (vpn_gateway:pooler:tls, docs/pgbouncer.md "TLS"),
+# are checked here (python cryptography, which Salt itself needs) and written 0640/0644
+# root:<pgbouncer group>. The key's text is never returned, logged or put in an error.
+
+TLS_MODES = {"cert": 0o644, "key": 0o640, "server_ca": 0o644}
+PEM_CERT = "-----BEGIN CERTIFICATE-----"
+
+
+def _crypto():
+    try:
+        from cryptography import x509  # pylint: disable=import-outside-toplevel
+        from cryptography.hazmat.primitives import (  # pylint: disable=import-outside-toplevel
+            hashes, serialization)
+    except ImportError:  # pragma: no cover (Salt itself needs it)
+        raise CommandExecutionError(
+            "python cryptography is missing in the minion's Python; install it (Salt's "
+            "packages ship it; pip install cryptography)") from None
+    return x509, hashes, serialization
+
+
+def _load_certs(text, key):
+    """The certificates of a PEM text (in order); SaltInvocationError naming ``key``."""
+    x509, _, _ = _crypto()
+    if not isinstance(text, str) or PEM_CERT not in text:
+        raise _invalid(key, "is not PEM certificate text", f"paste the PEM ({PEM_CERT} ...)")
+    if "PRIVATE KEY" in text:
+        raise _invalid(key, "holds a private key (certificate files are world-readable)",
+                       "put the key under key, only certificates here")
+    try:
+        return x509.load_pem_x509_certificates(text.encode())
+    except ValueError as exc:
+        raise _invalid(key, f"cannot be read as PEM certificates ({exc})",
+                       "paste the certificates as PEM") from None
+
+
+def _load_key(text, key):
+    """A PEM private key; errors name ``key`` and never hold its text."""
+    _, _, serialization = _crypto()
+    if not isinstance(text, str) or "PRIVATE KEY-----" not in text:
+        raise _invalid(key, "is not a PEM private key", "give the key as PEM (not shown)")
+    try:
+        loaded = serialization.load_pem_private_key(text.encode(), password=None)
+    except TypeError:
+        raise _invalid(key, "is encrypted with a passphrase, which PgBouncer cannot ask for",
+                       "store it unencrypted inside the encrypted pillar") from None
+    except ValueError:
+        raise _invalid(key, "cannot be read as a PEM private key",
+                       "give an RSA or EC key as PEM (not shown)") from None
+    if _key_kind(loaded).startswith("RSA") and loaded.key_size < 2048:
+        raise _invalid(key, f"is a {loaded.key_size}-bit RSA key, which OpenSSL refuses",
+                       "use RSA 2048 or more, or an EC key")
+    return loaded
+
+
+def _fingerprint(data):
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def _spki(public_key):
+    _, _, serialization = _crypto()
+    return public_key.public_bytes(serialization.Encoding.DER,
+                                   serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def _describe_cert(cert):
+    _, _, serialization = _crypto()
+    return (f"certificate {cert.subject.rfc4514_string()} until "
+            f"{cert.not_valid_after_utc:%Y-%m-%d} (sha256 "
+            f"{_fingerprint(cert.public_bytes(serialization.Encoding.DER))})")
+
+
+def _key_kind(private_key):
+    # pylint: disable-next=import-outside-toplevel
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    if isinstance(private_key, rsa.RSAPrivateKey):
+        return f"RSA {private_key.key_size}-bit"
+    if isinstance(private_key, ec.EllipticCurvePrivateKey):
+        return f"EC {private_key.curve.name}"
+    return type(private_key).__name__
+
+
+def _describe_key(private_key):
+    """A key by its public half only (nothing secret)."""
+    kind = _key_kind(private_key)
+    digest = _fingerprint(_spki(private_key.public_key()))
+    return f"{kind} private key of public key sha256 {digest}"
+
+
+def _check_validity(cert, key, now):
+    if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+        raise _invalid(key, f"{cert.subject.rfc4514_string()} is valid only from "
+                       f"{cert.not_valid_before_utc:%Y-%m-%d %H:%M} to "
+                       f"{cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC", "renew it")
+
+
+def _san_dns_names(cert):
+    x509, _, _ = _crypto()
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return [name.lower() for name in san.get_values_for_type(x509.DNSName)]
+
+
+def _name_covered(name, sans):
+    """Whether DNS ``name`` is among ``sans`` (a wildcard covers one leftmost label)."""
+    name = name.lower().rstrip(".")
+    return any(san == name or (san.startswith("*.") and "." in name
+                               and name.split(".", 1)[1] == san[2:]) for san in sans)
+
+
+def _issued_by(cert, issuer):
+    from cryptography.exceptions import InvalidSignature  # pylint: disable=import-outside-toplevel
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def _check_client_tls(cert, key, ca=None, dns_names=(), where="tls:client", now=None):
+    """Check PgBouncer's certificate for the pods (internal: ``key`` is the key's text).
+
+    ``cert``: PEM, the certificate then its intermediates; each valid now, each issued by the
+    next, the last by one of ``ca``'s certificates (when given); the first names every
+    ``dns_names`` in its subjectAltName; ``key`` is its private key. Returns
+    {"cert": description, "key": description}; SaltInvocationError names ``where:FIELD``.
+    """
+    import datetime  # pylint: disable=import-outside-toplevel
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    certs = _load_certs(cert, f"{where}:cert")
+    private_key = _load_key(key, f"{where}:key")
+    import salt.utils.x509  # pylint: disable=import-outside-toplevel
+    if not salt.utils.x509.is_pair(certs[0].public_key(), private_key):
+        raise _invalid(f"{where}:key", "is not the key of the certificate in cert "
+                       f"({_describe_cert(certs[0])})", "give the key the certificate was "
+                       "issued for, or the certificate of this key")
+    for item in certs:
+        _check_validity(item, f"{where}:cert", now)
+    sans = _san_dns_names(certs[0])
+    missing = [name for name in dns_names if not _name_covered(name, sans)]
+    if missing:
+        raise _invalid(f"{where}:cert", f"does not name {', '.join(missing)} in its "
+                       f"subjectAltName (it names {', '.join(sans) or 'no DNS name'})",
+                       "issue it for the Service's names (vpn_gateway:kubernetes:service)")
+    for child, parent in zip(certs, certs[1:]):
+        if not _issued_by(child, parent):
+            raise _invalid(f"{where}:cert", f"{child.subject.rfc4514_string()} is not issued "
+                           f"by the next certificate, {parent.subject.rfc4514_string()}",
+                           "put the certificate first, then each issuer in order")
+    if ca is not None:
+        roots = _load_certs(ca, f"{where}:ca")
+        for root in roots:
+            _check_validity(root, f"{where}:ca", now)
+        last = certs[-1]
+        if not any(_issued_by(last, root) or _spki(last.public_key()) == _spki(root.public_key())
+                   for root in roots):
+            raise _invalid(f"{where}:cert", f"does not chain to {where}:ca "
+                           f"({last.issuer.rfc4514_string()} did not sign "
+                           f"{last.subject.rfc4514_string()})",
+                           "give the CA that issued it, or a certificate that CA issued")
+    return {"cert": _describe_cert(certs[0]), "key": _describe_key(private_key)}
+
+
+def check_server_ca(ca, sslmode="verify-full", where="tls:server", now=None):
+    """Check the database's CA (PEM, CA certificates valid now) -> its description.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' pgbouncer.check_server_ca "$(cat /etc/pgbouncer/server-ca.crt)"
+    """
+    import datetime  # pylint: disable=import-outside-toplevel
+    x509, _, _ = _crypto()
+    if sslmode not in SSLMODES:
+        raise _invalid(f"{where}:sslmode", f"{sslmode!r} is not one of {', '.join(SSLMODES)}",
+                       "pick one of those")
+    if ca is None:
+        if sslmode in ("verify-ca", "verify-full"):
+            raise _invalid(f"{where}:ca", f"is missing but sslmode is {sslmode}",
+                           "give the database's CA certificate (PEM)")
+        return None
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    roots = _load_certs(ca, f"{where}:ca")
+    for root in roots:
+        _check_validity(root, f"{where}:ca", now)
+        try:
+            is_ca = root.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+        except x509.ExtensionNotFound:
+            is_ca = False
+        if not is_ca:
+            raise _invalid(f"{where}:ca", f"{root.subject.rfc4514_string()} is not a CA "
+                           "certificate (basicConstraints CA:TRUE)",
+                           "give the CA that issued the database's certificate, not the "
+                           "database's own")
+    return "; ".join(_describe_cert(root) for root in roots)
+
+
+def _tls_pillar(key):
+    if not key:
+        return {}
+    value = _pillar_secret(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _invalid("tls", "is not a mapping", "give client: and server: mappings")
+    return value
+
+
+def _tls_wanted(files, client_pillar=None, server_pillar=None, dns_names=()):
+    """{path: (content, mode, description, kind)} from pillar, checked (internal: holds the
+    key's text)."""
+    files = dict(files or {})
+    client, server = _tls_pillar(client_pillar), _tls_pillar(server_pillar)
+    wanted = {}
+    if client.get("cert") is not None or client.get("key") is not None:
+        described = _check_client_tls(client.get("cert"), client.get("key"),
+                                      client.get("ca"), list(dns_names or ()))
+        for kind in ("cert", "key"):
+            if not files.get(kind):
+                raise _invalid(f"files:{kind}", "is not set", "give the path to write it to")
+            text = client[kind].strip() + "\n"
+            wanted[files[kind]] = (text, TLS_MODES[kind], described[kind], kind)
+    if server:
+        described = check_server_ca(server.get("ca"), server.get("sslmode", "verify-full"))
+        if described is not None:
+            if not files.get("server_ca"):
+                raise _invalid("files:server_ca", "is not set", "give the path to write it to")
+            wanted[files["server_ca"]] = (server["ca"].strip() + "\n", TLS_MODES["server_ca"],
+                                          described, "server_ca")
+    return wanted
+
+
+def _describe_file(path, kind):
+    """(description, text) of what is at ``path`` now (its certificates or key described,
+    mode, owner); (None, None) when there is nothing. ``kind``: cert, key or server_ca."""
+    try:
+        stat = os.stat(path)
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            text = handle.read()
+    except FileNotFoundError:
+        return None, None
+    try:
+        if kind == "key":
+            what = _describe_key(_load_key(text, "old"))
+        elif kind == "cert":
+            what = _describe_cert(_load_certs(text, "old")[0])
+        else:
+            what = "; ".join(_describe_cert(c) for c in _load_certs(text, "old"))
+    except (SaltInvocationError, CommandExecutionError):
+        what = "a file that is not what PgBouncer needs here"
+    try:
+        owner = f"{pwd.getpwuid(stat.st_uid).pw_name}:{grp.getgrgid(stat.st_gid).gr_name}"
+    except KeyError:
+        owner = f"{stat.st_uid}:{stat.st_gid}"
+    return f"{what}, {stat.st_mode & 0o7777:04o} {owner}", text
+
+
+def tls_changes(files, client_pillar=None, server_pillar=None, dns_names=None):
+    """What writing the TLS files from pillar would change: {path: {"old": description or
+    None, "new": description}}; descriptions name certificates and, for the key, its public
+    half only. Checks the pillar's certificates and key first (SaltInvocationError naming the
+    key, never its text).
+
+    files
+        {"cert": path, "key": path, "server_ca": path}: where each goes.
+    client_pillar, server_pillar
+        Pillar keys of the client and server sections (``vpn_gateway:pooler:tls:client``).
+    dns_names
+        Names the client certificate must hold (the Service's DNS names).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' pgbouncer.tls_changes '{"cert": "/etc/pgbouncer/client.crt", ...}' \\
+            vpn_gateway:pooler:tls:client vpn_gateway:pooler:tls:server \\
+            '["postgres.databases.svc", "postgres.databases.svc.cluster.local"]'
+    """
+    group = _option("group")
+    changes = {}
+    for path, (content, mode, described, kind) in _tls_wanted(
+            files, client_pillar, server_pillar, dns_names).items():
+        new = f"{described}, {mode:04o} root:{group}"
+        old, text = _describe_file(path, kind)
+        if old == new and text == content:
+            continue
+        if old == new:
+            new += " (rewritten: same certificate or key, other text)"
+        changes[path] = {"old": old, "new": new}
+    return changes
+
+
+def write_tls(files, client_pillar=None, server_pillar=None, dns_names=None):
+    """Check the TLS certificates and key from pillar (see ``tls_changes``), then write each
+    file that differs atomically, mode and owner set before the rename (certificates 0644,
+    the key 0640, root:<pgbouncer group>). Returns the paths written. PgBouncer reads them
+    on its next RELOAD.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' pgbouncer.write_tls '{"cert": "/etc/pgbouncer/client.crt", ...}' \\
+            vpn_gateway:pooler:tls:client vpn_gateway:pooler:tls:server
+    """
+    wanted = _tls_wanted(files, client_pillar, server_pillar, dns_names)
+    return [path for path, (content, mode, _, _) in wanted.items()
+            if write_file(path, content, mode=mode, owner="root", group=_option("group"))]

@@ -122,6 +122,64 @@ def packaged_instance_absent(name="pgbouncer", package="pgbouncer", starts_on_in
                                  if foreign_config else [])))
 
 
+def tls_present(name, files, client_pillar=None, server_pillar=None, dns_names=None,
+                pillar_key=None):
+    """PgBouncer's TLS files from pillar: the pods' leg (its certificate and key) and the
+    database's CA (docs/pgbouncer.md, "TLS"). The certificate must be valid now, name every
+    ``dns_names`` (the Service's DNS names), belong to the key and chain to the client
+    section's ``ca``; the server CA must be CA certificates valid now. Nothing is written
+    unless all of it holds. Written atomically, certificates 0644 and the key 0640,
+    root:<pgbouncer group>; then RELOAD when PgBouncer runs (it re-reads them). Changes and
+    comments describe certificates and the key by fingerprints, never by their text.
+
+    name
+        A label for the state.
+    files
+        {"cert": path, "key": path, "server_ca": path}.
+    client_pillar, server_pillar
+        Pillar keys of the sections (``vpn_gateway:pooler:tls:client`` with cert, key, ca;
+        ``vpn_gateway:pooler:tls:server`` with sslmode, ca); read on the minion, never
+        passed as values.
+
+    .. code-block:: yaml
+
+        pgbouncer-tls:
+          pgbouncer.tls_present:
+            - files: {cert: /etc/pgbouncer/client.crt, key: /etc/pgbouncer/client.key,
+                      server_ca: /etc/pgbouncer/server-ca.crt}
+            - client_pillar: vpn_gateway:pooler:tls:client
+            - server_pillar: vpn_gateway:pooler:tls:server
+            - dns_names: [postgres.databases.svc, postgres.databases.svc.cluster.local]
+    """
+    ret = _ret(name)
+    args = (files, client_pillar, server_pillar, dns_names or [])
+    try:
+        changes = __salt__["pgbouncer.tls_changes"](*args)
+        live = __salt__["pgbouncer.running"]() if changes else False
+    except (SaltInvocationError, CommandExecutionError) as exc:
+        return _fail(ret, exc, pillar_key)
+    if not changes:
+        ret["comment"] = "PgBouncer's TLS files are in place"
+        return ret
+    action = "reload" if live else "none"
+    changes = {**changes, "apply": action}
+    if __opts__["test"]:
+        ret.update(result=None, changes=changes,
+                   comment=f"PgBouncer's TLS files would change ({action})")
+        return ret
+
+    def steps():
+        __salt__["pgbouncer.write_tls"](*args)
+        if live:
+            __salt__["pgbouncer.reload"]()
+        left = __salt__["pgbouncer.tls_changes"](*args)
+        if left:
+            raise CommandExecutionError(f"{sorted(left)} still differ after writing")
+
+    return _apply(ret, changes, "PgBouncer's TLS files", steps,
+                  "PgBouncer's TLS files written" + (" and reloaded" if live else ""))
+
+
 def _running_config():
     """{key: row} of SHOW CONFIG, or None when PgBouncer does not run."""
     if not __salt__["pgbouncer.running"]():

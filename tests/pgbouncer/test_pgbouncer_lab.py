@@ -15,14 +15,18 @@ import time
 import pytest
 
 import remote_db
-from lab import saltstack
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from lab import postgres, saltstack
 
 pytestmark = pytest.mark.lab
 
 HOSTS = ["salt-master", "vpn-gw1", "remote-gw-primary", "remote-db", "k8s-node1"]
 SECRETS = ("lab-app-password", "lab-admin-password", "lab-stats-password")
+TLS_FILES = {"cert": "/etc/pgbouncer/client-tls.crt", "key": "/etc/pgbouncer/client-tls.key",
+             "server_ca": "/etc/pgbouncer/server-ca.crt"}
 CONFIG_FILES = ("/etc/pgbouncer/pgbouncer.ini", "/etc/pgbouncer/userlist.txt",
-                "/etc/pgbouncer/pg_hba.conf")
+                "/etc/pgbouncer/pg_hba.conf", *TLS_FILES.values())
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +43,16 @@ def apply(lab, test=False, pillar=None, sls="vpn_gateway.pgbouncer"):
         [f"pillar={json.dumps({'vpn_gateway': {'pooler': pillar}})}"] if pillar else [])
     raw = saltstack.salt(lab, "vpn-gw1", "state.apply", *args)["vpn-gw1"]
     assert isinstance(raw, dict), raw
-    assert not any(secret in json.dumps(raw) for secret in SECRETS)
+    assert not any(secret in json.dumps(raw) for secret in SECRETS + tls_key_lines(lab))
     return {key.split("_|-")[1]: value for key, value in raw.items()}
+
+
+def tls_key_lines(lab):
+    """The base64 lines of PgBouncer's TLS key once written (a secret, like SECRETS)."""
+    try:
+        return tuple(lab["vpn-gw1"].read("/etc/pgbouncer/client-tls.key").splitlines()[1:-1])
+    except FileNotFoundError:
+        return ()
 
 
 def single(lab, function, *args, test=False):
@@ -82,7 +94,8 @@ def apply_raw(lab, test=False):
     args = ["vpn_gateway.pgbouncer"] + (["test=True"] if test else [])
     raw = saltstack.salt(lab, "vpn-gw1", "state.apply", *args, timeout=600)["vpn-gw1"]
     assert isinstance(raw, dict), raw
-    assert not any(secret in json.dumps(raw) for secret in SECRETS)
+    assert not any(secret in json.dumps(raw) for secret in SECRETS + tls_key_lines(lab))
+    assert "PRIVATE KEY" not in json.dumps(raw)
     return {key.split("_|-")[1]: (key.split("_|-")[0], value) for key, value in raw.items()}
 
 
@@ -101,7 +114,8 @@ def test_fresh_gateway_predicted_first_run_converges_second_changes_nothing(lab,
     assert gw.run(["pgrep", "-x", "pgbouncer"]).stdout == ""
     predicted_ids = sorted(sid for sid, (_, r) in predicted.items() if r["result"] is None)
     own = {sid for sid, (module, _) in predicted.items() if module == "pgbouncer"}
-    assert {"pgbouncer-packaged-instance", "pgbouncer-settings", "pgbouncer-user-app",
+    assert {"pgbouncer-packaged-instance", "pgbouncer-tls", "pgbouncer-settings",
+            "pgbouncer-user-app",
             "pgbouncer-pool-appdb", "pgbouncer-service", "pgbouncer-package",
             "pgbouncer-client-package"} <= set(predicted_ids)
 
@@ -148,13 +162,16 @@ def test_pgbouncer_1_24_takes_max_prepared_statements(lab, platform):
 def test_formula_files_unit_and_service(lab):
     gw = lab["vpn-gw1"]
     stat = gw.run("stat -c '%n %U:%G %a' /etc/pgbouncer /etc/pgbouncer/userlist.txt "
-                  "/etc/pgbouncer/pgbouncer.ini /var/log/pgbouncer /var/run/pgbouncer",
-                  check=True).stdout.split("\n")
-    assert stat[:5] == ["/etc/pgbouncer root:pgbouncer 750",
+                  "/etc/pgbouncer/pgbouncer.ini /var/log/pgbouncer /var/run/pgbouncer "
+                  + " ".join(TLS_FILES.values()), check=True).stdout.split("\n")
+    assert stat[:8] == ["/etc/pgbouncer root:pgbouncer 750",
                         "/etc/pgbouncer/userlist.txt pgbouncer:pgbouncer 640",
                         "/etc/pgbouncer/pgbouncer.ini root:pgbouncer 640",
                         "/var/log/pgbouncer pgbouncer:pgbouncer 750",
-                        "/var/run/pgbouncer pgbouncer:pgbouncer 755"]
+                        "/var/run/pgbouncer pgbouncer:pgbouncer 755",
+                        "/etc/pgbouncer/client-tls.crt root:pgbouncer 644",
+                        "/etc/pgbouncer/client-tls.key root:pgbouncer 640",
+                        "/etc/pgbouncer/server-ca.crt root:pgbouncer 644"]
     assert gw.read("/etc/tmpfiles.d/pgbouncer.conf").split() == [
         "d", "/var/run/pgbouncer", "0755", "pgbouncer", "pgbouncer", "-"]
     props = dict(line.split("=", 1) for line in gw.run(
@@ -178,9 +195,11 @@ def test_formula_files_unit_and_service(lab):
         "default_pool_size": "20", "min_pool_size": "3", "auth_type": "hba"}
     # No secret in the logs, the minion's cache or the master's job cache (the master's
     # pillar source and its minion data cache hold pillar by design).
+    key_line = tls_key_line(lab)  # the TLS key (issue 15): a line of its base64 body
     for host, paths in ((gw, ["/var/log/salt", "/var/cache/salt"]),
                         (lab["salt-master"], ["/var/log/salt", "/var/cache/salt/master/jobs"])):
-        leaked = host.run(["grep", "-rlF", "-e", SECRETS[0], "-e", SECRETS[1], *paths])
+        leaked = host.run(["grep", "-rlF", "-e", SECRETS[0], "-e", SECRETS[1], "-e", key_line,
+                           *paths])
         assert leaked.stdout == "", leaked.stdout
 
 
@@ -210,6 +229,87 @@ def test_k8s_node_connects_through_the_pooler_with_psql_and_psycopg(lab):
     assert {row["database"] for row in show} == {"appdb"}
     stats = next(row for row in stats if row["database"] == "appdb")
     assert stats["total_xact_count"] >= 21
+
+
+def tls_key_line(lab):
+    """A line of the base64 body of PgBouncer's TLS key (a secret: in no output or log)."""
+    return lab["vpn-gw1"].read(TLS_FILES["key"]).splitlines()[1]
+
+
+SERVICE = "postgres.databases.svc"  # vpn_gateway:kubernetes:service, as cluster DNS names it
+
+
+def tls_psql(lab, host, sslmode="verify-full", sql="SELECT 1"):
+    """psql in k8s-node1 through the pooler by name, verifying with the pods' CA."""
+    return lab["k8s-node1"].run(
+        ["psql", "-X", "-At", "-c", sql,
+         f"host={host} port=6432 dbname=appdb user={remote_db.ROLE} sslmode={sslmode} "
+         "sslrootcert=/root/cluster-ca.crt"],
+        env={"PGPASSWORD": remote_db.PASSWORD, "PGCONNECT_TIMEOUT": "10"}, timeout=60)
+
+
+# debian12 (PgBouncer 1.18) passed once (the whole module); a second run did not fit
+# before the lab cut-off: on debian13 only until it is green twice there.
+@pytest.mark.platforms("debian13")
+def test_tls_on_both_legs_pods_verify_the_service_name_pgbouncer_verifies_the_database(lab):
+    """Issue 15. k8s-node1 resolves the Service's names as cluster DNS would (/etc/hosts:
+    vpn-gw1's address) and connects with sslmode=verify-full against the pods' CA: the query
+    answers through the pooler, and the backend serving it runs over TLS (PgBouncer to
+    PostgreSQL, verify-full; remote-db accepts hostssl only). A name the certificate does not
+    hold fails verify-full; a client without TLS is refused. No output holds the key."""
+    node = lab["k8s-node1"]
+    ca = saltstack.salt(lab, "vpn-gw1", "pillar.get", "vpn_gateway:pooler:tls:client:ca",
+                        "unmask=True")
+    assert ca["vpn-gw1"].startswith("-----BEGIN CERTIFICATE-----"), ca
+    node.put("/root/cluster-ca.crt", ca["vpn-gw1"])
+    node.run(["sh", "-c", f"echo '198.18.2.11 {SERVICE}.cluster.local {SERVICE} "
+              "other.databases.svc.cluster.local' >> /etc/hosts"], check=True)
+    for name in (f"{SERVICE}.cluster.local", SERVICE):
+        answer = tls_psql(lab, name, sql="SELECT current_database(), ssl FROM pg_stat_ssl "
+                                         "WHERE pid = pg_backend_pid()")
+        assert answer.ok and answer.stdout.strip() == "app|t", answer
+    wrong = tls_psql(lab, "other.databases.svc.cluster.local")
+    assert wrong.returncode != 0 and "does not match host name" in wrong.stderr, wrong
+    plain = tls_psql(lab, f"{SERVICE}.cluster.local", sslmode="disable")
+    assert plain.returncode != 0 and "SSL required" in plain.stderr, plain
+    # Every server connection PgBouncer holds to the database is TLS.
+    servers = saltstack.salt(lab, "vpn-gw1", "pgbouncer.show", "servers")["vpn-gw1"]
+    assert servers and all(row["tls"] for row in servers), servers
+    assert all(row[0] == "t" for row in remote_db.sql(
+        lab["remote-db"], "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) "
+                          "WHERE a.datname = 'app' AND a.backend_type = 'client backend'"))
+
+
+# debian12 (PgBouncer 1.18) passed once (the whole module); a second run did not fit
+# before the lab cut-off: on debian13 only until it is green twice there.
+@pytest.mark.platforms("debian13")
+def test_tls_server_leg_with_the_wrong_ca_fails_and_the_right_one_heals(lab):
+    """Issue 15, database leg: pillar's server CA replaced by another CA of the same name
+    (another key): pgbouncer.tls_present writes it and RELOADs; PgBouncer's new server
+    connections fail verify-full and a query through the pooler does not answer. The example
+    pillar's CA back: the query answers again. Only the CA file changed (the key untouched)."""
+    gw = lab["vpn-gw1"]
+    key_before = gw.read(TLS_FILES["key"])
+    other = postgres.pem(postgres.issue(postgres.DB_CA_NAME, ec.generate_private_key(
+        ec.SECP256R1()), ca=True, serial=1))
+    log_size = len(gw.read(PGBOUNCER_LOG))
+    applied = apply(lab, pillar={"tls": {"server": {"ca": other}},
+                                 "settings": {"query_wait_timeout": 5}})
+    try:
+        assert not failed(applied), failed(applied)
+        assert set(changed(applied)["pgbouncer-tls"]) == {TLS_FILES["server_ca"], "apply"}
+        assert gw.read(TLS_FILES["server_ca"]) == other
+        console_calls(lab, ("reconnect", "appdb"), ("wait_close", "appdb"))
+        refused = psql(lab, "SELECT 1")
+        assert refused.returncode != 0 and refused.stdout == "", refused
+        log = gw.read(PGBOUNCER_LOG)[log_size:]
+        assert "certificate verify failed" in log, log[-2000:]
+    finally:
+        restored = apply(lab)
+    assert not failed(restored), failed(restored)
+    assert set(changed(restored)["pgbouncer-tls"]) == {TLS_FILES["server_ca"], "apply"}
+    assert gw.read(TLS_FILES["key"]) == key_before
+    wait_for(lambda: psql(lab, "SELECT 1").stdout.strip() == "1", "the server leg back", 90)
 
 
 def console_calls(lab, *calls):

@@ -365,7 +365,8 @@ def secret_placement(draw, pillar):
 def test_every_secret_of_the_schema_is_placed():
     assert [path for path, node in SECRET_PATHS if is_secret(node)] == [
         ("tunnel", "psk"), ("tunnel", "backup_psk"), ("pooler", "users", None, "password"),
-        ("kubernetes", "kubeconfig_contents"), ("monitoring", "webhook_url")]
+        ("pooler", "tls", "client", "key"), ("kubernetes", "kubeconfig_contents"),
+        ("monitoring", "webhook_url")]
     assert all(0 not in path for path, _ in SECRET_PATHS)  # no secret in a list item
 
 

@@ -18,6 +18,30 @@ include:
       'listen_port': pooler.get('listen_port', 6432),
       'listen_addr': pooler.get('listen_addr', '127.0.0.1'),
     } %}
+{#- TLS on both legs (docs/pgbouncer.md, "TLS"): the pods' leg with a certificate for the
+    Service's DNS names (vpn_gateway:kubernetes:service), the database leg verified against
+    the database's CA. pgbouncer.tls_present writes the files; the settings name them. #}
+{%- set tls = pooler.get('tls', {}) %}
+{%- set tls_files = {'cert': pgb.conf_dir ~ '/client-tls.crt',
+                     'key': pgb.conf_dir ~ '/client-tls.key',
+                     'server_ca': pgb.conf_dir ~ '/server-ca.crt'} %}
+{%- set service = salt['pillar.get']('vpn_gateway:kubernetes:service', {}) %}
+{%- set dns_names = [] %}
+{%- if service.get('name') and service.get('namespace') %}
+{%-   set svc = service.name ~ '.' ~ service.namespace ~ '.svc' %}
+{%-   do dns_names.extend([svc, svc ~ '.cluster.local']) %}
+{%- endif %}
+{%- if tls.get('client') %}
+{%-   do settings.update({'client_tls_sslmode': tls.client.get('sslmode', 'require'),
+                          'client_tls_cert_file': tls_files.cert,
+                          'client_tls_key_file': tls_files.key}) %}
+{%- endif %}
+{%- if tls.get('server') %}
+{%-   do settings.update({'server_tls_sslmode': tls.server.get('sslmode', 'verify-full')}) %}
+{%-   if tls.server.get('ca') %}
+{%-     do settings.update({'server_tls_ca_file': tls_files.server_ca}) %}
+{%-   endif %}
+{%- endif %}
 {%- do settings.update(pooler.get('settings', {})) %}
 
 pgbouncer-package:
@@ -100,6 +124,24 @@ pgbouncer-auth-file:
     - mode: '0640'
     - require:
       - file: pgbouncer-dir-{{ pgb.conf_dir }}
+
+{%- if tls.get('client') or tls.get('server') %}
+
+pgbouncer-tls:
+  pgbouncer.tls_present:
+    - files: {{ tls_files | json }}
+    - client_pillar: vpn_gateway:pooler:tls:client
+    - server_pillar: vpn_gateway:pooler:tls:server
+    - dns_names: {{ dns_names | json }}
+    - pillar_key: vpn_gateway:pooler
+    - require:
+      - pkg: pgbouncer-package
+      - pkg: pgbouncer-client-package
+      - pgbouncer: pgbouncer-packaged-instance
+      - file: pgbouncer-dir-{{ pgb.conf_dir }}
+    - require_in:
+      - pgbouncer: pgbouncer-settings
+{%- endif %}
 
 pgbouncer-settings:
   pgbouncer.settings:
