@@ -454,6 +454,8 @@ def stop_ps_sampler(host):
     return host.read("/root/ps.log")
 
 
+# the same pillar-key path on 1.18; its SCRAM login is the test above
+@pytest.mark.platforms("debian13")
 def test_user_set_from_pillar_logs_in_and_its_password_leaves_no_trace(lab):
     """A user whose password exists only in the pillar repository (and the server): set with
     the state and the execution functions by pillar key, it logs in through the pooler, and
