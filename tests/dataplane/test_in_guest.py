@@ -19,8 +19,11 @@ def test_esp_data_plane_in_a_qemu_guest(esp, guest_result, platform, capsys):
     with capsys.disabled():
         print(f"\nguest ({platform}): booted in {result.timings['boot']:.1f}s, "
               f"tests took {result.timings['command']:.1f}s")
-        for line in result.stdout.splitlines():  # what the in-guest tests measured
-            if "full data path" in line or line.startswith("failback"):
+        durations = False  # what the in-guest tests measured, and pytest's slowest steps
+        for line in result.stdout.splitlines():
+            if line.startswith("="):
+                durations = "slowest" in line
+            elif durations or "full data path" in line or line.startswith("failback"):
                 print(f"guest ({platform}): {line.strip()}")
     assert result.returncode == 0, output
     counts = qemu.pytest_outcomes(result.stdout)

@@ -12,9 +12,10 @@ vpn-gw1 is configured by the role's formulas (vpn_gateway.sysctl, .ipsec,
 (``salt-call --local``): under TCG a salt-master and its minion need minutes
 for each round trip, and applying the role from the master is proven by
 tests/role on every kernel. It boots from the fresh image as the same
-formulas converged it on this machine's own kernel (lab/converged.py: real
-apt from the offline repository, which under TCG took 515-688 s of each
-guest's run); here they are applied again and must fail nothing.
+formulas converged it on this machine's own kernel, in this run
+(lab/converged.py: real apt from the offline repository, which under TCG
+took 515-688 s of each guest's run); its ipsec and pgbouncer units come up
+at boot.
 
 The remote gateways' Libreswan (lab/peers.py) and the database
 (lab/postgres.py) are set up by hand, as the remote cloud's operators would.
@@ -63,20 +64,16 @@ def path(lab_factory, platform):
     peers.configure(lab)
     postgres.start(lab["remote-db"])
     gateway = lab[GATEWAY]
+    # For the tests' own salt-call --local; the role is not applied again: the
+    # root is what it converged to in this run (key: every file of salt/ and
+    # pillar/), and re-applying it here changed nothing in every run, at 77-137 s
+    # of TCG per guest (tests/role proves the second run changes nothing).
     saltstack.masterless(lab, gateway)
-    started = time.monotonic()
-    returns = saltstack.call_local(lab, gateway, "state.apply", converged.ROLE_SLS,
-                                   timeout=SLOW * 10)
-    timings["state.apply"] = time.monotonic() - started
-    assert isinstance(returns, dict), returns  # a list: the formulas did not render
-    failed = {r.get("__id__", key): r["comment"] for key, r in returns.items()
-              if r["result"] is False}
-    assert not failed, f"{failed}\n{pluto_log(gateway)}"
-    changed = sorted(r["__id__"] for r in returns.values() if r["changes"])
-    print(f"full data path: the converged gateway's apply changed {changed}")
-    slowest = sorted(returns.values(), key=lambda r: -r.get("duration", 0))[:5]
-    print("full data path slowest states (s): "
-          + ", ".join(f"{r['__id__']} {r.get('duration', 0) / 1000:.1f}" for r in slowest))
+    deadline = time.monotonic() + SLOW * SLOWDOWN  # the units start at boot
+    while (units := gateway.run(["systemctl", "is-active", "ipsec", "pgbouncer"],
+                                timeout=SLOW)).stdout.split() != ["active", "active"]:
+        assert time.monotonic() < deadline, f"{units}\n{pluto_log(gateway)}"
+        time.sleep(2)
     return lab
 
 
@@ -163,8 +160,15 @@ def test_a_dead_primary_leaves_the_backup_and_a_live_one_takes_the_tunnel_back(p
         assert child_sa_peers(gateway) == {"primary"}, f"{outcomes}\n{pluto_log(gateway)}"
         assert "failed_back" in outcomes, outcomes
         assert backup_serial(gateway) is None, pluto_log(gateway)
-        tunnel = call("libreswan.status")["tunnels"][TUNNEL]
-        assert tunnel["active"] == "primary" and tunnel["state"] == "up", tunnel
+        # What an operator asks: up on the primary. On 4.10 under TCG the primary's
+        # Child SAs may still be re-made just after the move (seen once: all three
+        # subnets missing a moment after the Child SAs were there): a bounded wait.
+        deadline = time.monotonic() + SLOW * SLOWDOWN
+        while ((tunnel := call("libreswan.status")["tunnels"][TUNNEL])["active"], tunnel["state"]) \
+                != ("primary", "up") and time.monotonic() < deadline:
+            time.sleep(5)
+        assert tunnel["active"] == "primary" and tunnel["state"] == "up", \
+            f"{tunnel}\n{pluto_log(gateway)}"
     finally:
         gateway.run(["rm", "-f", settings])
 
