@@ -248,9 +248,6 @@ def tls_psql(lab, host, sslmode="verify-full", sql="SELECT 1"):
         env={"PGPASSWORD": remote_db.PASSWORD, "PGCONNECT_TIMEOUT": "10"}, timeout=60)
 
 
-# debian12 (PgBouncer 1.18) passed once (the whole module); a second run did not fit
-# before the lab cut-off: on debian13 only until it is green twice there.
-@pytest.mark.platforms("debian13")
 def test_tls_on_both_legs_pods_verify_the_service_name_pgbouncer_verifies_the_database(lab):
     """Issue 15. k8s-node1 resolves the Service's names as cluster DNS would (/etc/hosts:
     vpn-gw1's address) and connects with sslmode=verify-full against the pods' CA: the query
@@ -280,9 +277,6 @@ def test_tls_on_both_legs_pods_verify_the_service_name_pgbouncer_verifies_the_da
                           "WHERE a.datname = 'app' AND a.backend_type = 'client backend'"))
 
 
-# debian12 (PgBouncer 1.18) passed once (the whole module); a second run did not fit
-# before the lab cut-off: on debian13 only until it is green twice there.
-@pytest.mark.platforms("debian13")
 def test_tls_server_leg_with_the_wrong_ca_fails_and_the_right_one_heals(lab):
     """Issue 15, database leg: pillar's server CA replaced by another CA of the same name
     (another key): pgbouncer.tls_present writes it and RELOADs; PgBouncer's new server
