@@ -77,6 +77,24 @@ def salt1(lab, function, *args):
     return saltstack.salt(lab, "vpn-gw1", function, *args)["vpn-gw1"]
 
 
+def start_webhook(lab, timeout=15):
+    """The webhook receiver as the transient unit ``webhook`` on the master. Started again
+    after a test stopped it, the old unit may still be loaded for a moment (systemd unloads
+    it on its next garbage collection; a CI run once hit "Unit webhook.service was already
+    loaded"), so a refused start is retried, bounded."""
+    argv = ["systemd-run", "--unit", "webhook", "/usr/bin/python3",
+            f"{lab.repo}/tests/monitoring/webhook_receiver.py", "198.18.1.2", "8080", ALERTS]
+    started = time.monotonic()
+    while True:
+        result = lab["salt-master"].run(argv)
+        if result.ok:
+            return
+        if ("already loaded" not in result.stderr
+                or time.monotonic() - started > timeout):
+            raise AssertionError(f"the webhook receiver did not start: {result}")
+        time.sleep(0.5)
+
+
 def prepare(lab, log=print):
     """Remote responders, the master's reactor, the webhook receiver, the API
     server in vpn-gw1, the monitoring settings, vpn_gateway.ipsec applied,
@@ -86,9 +104,7 @@ def prepare(lab, log=print):
     peers.configure(lab)  # hand-written remote gateways with the example pillar's PSK
     master.put("/etc/salt/master.d/reactor.conf",
                "reactor:\n  - 'salt/beacon/*/libreswan/*':\n    - salt://reactor/libreswan.sls\n")
-    master.run(["systemd-run", "--unit", "webhook", "/usr/bin/python3",
-                f"{lab.repo}/tests/monitoring/webhook_receiver.py", "198.18.1.2", "8080",
-                ALERTS], check=True)
+    start_webhook(lab)
     # The Kubernetes API server for the EndpointSlice: loopback inside vpn-gw1.
     gw.run(["systemd-run", "--unit", "fake-apiserver", f"{lab.venv}/bin/python",
             f"{lab.repo}/tests/k8s/fake_apiserver.py"], check=True)

@@ -20,7 +20,7 @@ import time
 import pytest
 from monitoring_helpers import (ALERTS, GATEWAY_ENDPOINT, HOSTS, KUBECONFIG, PEERS, SETTINGS,
                                 WEBHOOK_TOKEN, alerts, established, prepare, salt1, start_peer,
-                                wait_for)
+                                start_webhook, wait_for)
 
 from lab import saltstack
 
@@ -707,10 +707,7 @@ def test_a_webhook_down_failing_or_slower_than_its_timeout_never_delays_recovery
         for mode in ("500", "slow"):
             master.run(["systemctl", "stop", f"webhook-{mode}"])
             master.run(["systemctl", "reset-failed", f"webhook-{mode}"])
-        master.run(["systemctl", "reset-failed", "webhook"])
-        master.run(["systemd-run", "--unit", "webhook", "/usr/bin/python3",  # as prepare()
-                    f"{lab.repo}/tests/monitoring/webhook_receiver.py", "198.18.1.2", "8080",
-                    ALERTS], check=True)
+        start_webhook(lab)
     master.wait_port(8080, "198.18.1.2")
     wait_for(lambda: established(gw) == {"primary"} and lock_free(gw), 60, "the tunnel up")
     master.run(["truncate", "-s0", ALERTS], check=True)
