@@ -75,20 +75,28 @@ class LabHost:
     def address(self, segment):
         return self.spec.address(segment)
 
+    def nsenter_argv(self, cmd, env=None):
+        """nsenter argv that runs argv ``cmd`` inside all of the host's namespaces."""
+        if self.pid is None:
+            raise LabError(f"{self.name} is not running (powered off, or not started)")
+        environment = [f"PATH={HOST_PATH}", "LANG=C.UTF-8", "HOME=/root", "TERM=dumb"]
+        environment += [f"{k}={v}" for k, v in (env or {}).items()]
+        return ["nsenter", "-t", str(self.pid), "-a", "--wdns=/", "--", "/usr/bin/env", "-i",
+                *environment, *cmd]
+
+    def popen(self, cmd, env=None, **kwargs):
+        """Start argv ``cmd`` inside the host, as ``run`` would, without waiting for it."""
+        return subprocess.Popen(self.nsenter_argv(cmd, env), **kwargs)
+
     def run(self, cmd, timeout=60, check=False, input=None, env=None):
         """Run ``cmd`` (argv list, or a string for /bin/sh -c) inside the host.
 
         Returns a Result; with ``check=True`` raises LabError on a non-zero exit.
         The environment is a clean one, as a login on the host would have.
         """
-        if self.pid is None:
-            raise LabError(f"{self.name} is not running (powered off, or not started)")
         if isinstance(cmd, str):
             cmd = ["/bin/sh", "-c", cmd]
-        environment = [f"PATH={HOST_PATH}", "LANG=C.UTF-8", "HOME=/root", "TERM=dumb"]
-        environment += [f"{k}={v}" for k, v in (env or {}).items()]
-        argv = ["nsenter", "-t", str(self.pid), "-a", "--wdns=/", "--", "/usr/bin/env", "-i",
-                *environment, *cmd]
+        argv = self.nsenter_argv(cmd, env)
         try:
             proc = subprocess.run(argv, input=input, capture_output=True, text=True,
                                   timeout=timeout * SLOWDOWN)

@@ -11,10 +11,12 @@ come from the project's venv, bind-mounted read-only into every host.
 """
 import json
 import os
+import select
 import shutil
 import subprocess
 import tempfile
 import time
+from pathlib import Path
 
 import yaml
 
@@ -216,6 +218,42 @@ def call_local(lab, host, function, *args, timeout=120):
         return json.loads(result.stdout)["local"]
     except (json.JSONDecodeError, KeyError) as exc:
         raise RuntimeError(f"{host.name}: salt-call {function}: {result}") from exc
+
+
+class CallerSession:
+    """``salt-call --local`` in ``host`` through one long-lived Caller (lab/salt_caller.py):
+    ``session("libreswan.status")`` returns what ``call_local`` would. For the QEMU
+    guest, where each salt-call pays Salt's start-up again (19-34 s under TCG).
+    The process starts on the first call and ends with ``close`` or the host."""
+
+    def __init__(self, lab, host):
+        self.lab, self.host, self.proc = lab, host, None
+        # its log: read by path, as a seek here would move the writer's offset too
+        self.stderr = tempfile.NamedTemporaryFile(mode="w", prefix="vgw-caller-", suffix=".log")
+
+    def __call__(self, function, *args, timeout=120):
+        if self.proc is None or self.proc.poll() is not None:
+            self.proc = self.host.popen(
+                [str(self.lab.venv / "bin" / "python"), str(self.lab.repo / "lab/salt_caller.py")],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, text=True)
+        self.proc.stdin.write(json.dumps([function, list(args)]) + "\n")
+        self.proc.stdin.flush()
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout * SLOWDOWN)
+        line = self.proc.stdout.readline() if ready else ""
+        if not line:
+            self.close()
+        answer = json.loads(line) if line else {"error": f"no answer within {timeout}s"}
+        if "error" in answer:
+            log = Path(self.stderr.name).read_text(errors="replace")
+            raise RuntimeError(f"{self.host.name}: salt-call {function}: {answer['error']}\n"
+                               f"{log[-3000:]}")
+        return answer["local"]
+
+    def close(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
 
 
 def minions(lab):

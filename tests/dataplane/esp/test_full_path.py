@@ -77,6 +77,15 @@ def path(lab_factory, platform):
     return lab
 
 
+@pytest.fixture(scope="module")
+def call(path):
+    """salt-call --local in the gateway, through one long-lived Caller: each salt-call
+    under TCG pays Salt's start-up again (lab/salt_caller.py)."""
+    session = saltstack.CallerSession(path, path[GATEWAY])
+    yield session
+    session.close()
+
+
 def test_the_formulas_tunnel_has_child_sas_on_both_sides(path):
     wait_esp_pair(path[GATEWAY], GATEWAY_WAN, PEER_WAN)
     wait_esp_pair(path[PEER], PEER_WAN, GATEWAY_WAN)
@@ -84,7 +93,7 @@ def test_the_formulas_tunnel_has_child_sas_on_both_sides(path):
     assert f'"{TUNNEL}' in traffic, traffic
 
 
-def test_select_1_from_k8s_node_through_pooler_and_tunnel(path):
+def test_select_1_from_k8s_node_through_pooler_and_tunnel(path, call):
     gateway = path[GATEWAY]
     before = wait_esp_pair(gateway, GATEWAY_WAN, PEER_WAN)
     started = time.monotonic()
@@ -99,7 +108,7 @@ def test_select_1_from_k8s_node_through_pooler_and_tunnel(path):
                            f"pg_stat_activity WHERE datname = '{postgres.DATABASES[0]}'")
     assert clients == [[TUNNEL_IP]], clients
     # What an operator asks the gateway: the tunnel up on the primary, bytes through it.
-    status = saltstack.call_local(path, gateway, "libreswan.status", timeout=SLOW)
+    status = call("libreswan.status", timeout=SLOW)
     # Up: each of the three database subnets carried by an established Child SA.
     assert status["tunnels"][TUNNEL] == {"primary": TUNNEL, "backup": f"{TUNNEL}-backup",
                                          "active": "primary", "up": True, "state": "up",
@@ -121,7 +130,7 @@ def wait_child_sas(lab, wanted, timeout=SLOW):
         time.sleep(2)
 
 
-def test_a_dead_primary_leaves_the_backup_and_a_live_one_takes_the_tunnel_back(path):
+def test_a_dead_primary_leaves_the_backup_and_a_live_one_takes_the_tunnel_back(path, call):
     """Failback make before break on real Child SAs. On Libreswan 4.10 a primary
     brought up beside the backup that carries the tunnel keeps its IKE SA for
     well under a second (its first Child SA cannot route over the backup's:
@@ -135,7 +144,7 @@ def test_a_dead_primary_leaves_the_backup_and_a_live_one_takes_the_tunnel_back(p
     settings = "/etc/salt/minion.d/failback.conf"
     gateway.put(settings, json.dumps({"vpn_gateway": {"monitoring": FAILBACK_SETTINGS}}))
     try:
-        call = functools.partial(saltstack.call_local, path, gateway, timeout=SLOW * 10)
+        call = functools.partial(call, timeout=SLOW * 10)
         call("libreswan.switch", TUNNEL, "to=backup", "wait=60")
         wait_child_sas(path, {"backup"})
         call("libreswan.failback", TUNNEL)  # marks since when the backup carries it
@@ -157,12 +166,13 @@ def test_a_dead_primary_leaves_the_backup_and_a_live_one_takes_the_tunnel_back(p
             outcomes.append(call("libreswan.failback", TUNNEL)[TUNNEL].get("outcome"))
         print(f"failback: on the primary after {time.monotonic() - started:.0f}s, "
               f"outcomes {outcomes}")
-        assert child_sa_peers(gateway) == {"primary"}, f"{outcomes}\n{pluto_log(gateway)}"
-        assert "failed_back" in outcomes, outcomes
+        assert "failed_back" in outcomes, f"{outcomes}\n{pluto_log(gateway)}"
+        # On 4.10 under TCG the primary's Child SAs may still be re-made just after
+        # the move (seen: the three re-established a second after the loop saw them;
+        # and all three subnets missing from status a moment after): bounded waits.
+        wait_child_sas(path, {"primary"})
         assert backup_serial(gateway) is None, pluto_log(gateway)
-        # What an operator asks: up on the primary. On 4.10 under TCG the primary's
-        # Child SAs may still be re-made just after the move (seen once: all three
-        # subnets missing a moment after the Child SAs were there): a bounded wait.
+        # What an operator asks: up on the primary.
         deadline = time.monotonic() + SLOW * SLOWDOWN
         while ((tunnel := call("libreswan.status")["tunnels"][TUNNEL])["active"], tunnel["state"]) \
                 != ("primary", "up") and time.monotonic() < deadline:
@@ -173,17 +183,16 @@ def test_a_dead_primary_leaves_the_backup_and_a_live_one_takes_the_tunnel_back(p
         gateway.run(["rm", "-f", settings])
 
 
-def test_a_peer_that_narrows_a_subnet_away_leaves_the_tunnel_partial(path):
+def test_a_peer_that_narrows_a_subnet_away_leaves_the_tunnel_partial(path, call):
     """The remote side offers two of the three declared database subnets (a
     narrowing peer): the Child SAs that come up carry only those, and the
     gateway reports the tunnel partial with the missing subnet, never up."""
-    gateway = path[GATEWAY]
     peers.configure(path, subnets=peers.DATABASE_SUBNETS[:2])
     peers.reload(path[PEER], GATEWAY)
-    saltstack.call_local(path, gateway, "libreswan.restart_conn", TUNNEL, timeout=SLOW)
+    call("libreswan.restart_conn", TUNNEL, timeout=SLOW)
     deadline = time.monotonic() + SLOW * SLOWDOWN
     while True:
-        status = saltstack.call_local(path, gateway, "libreswan.status", timeout=SLOW)
+        status = call("libreswan.status", timeout=SLOW)
         tunnel = status["tunnels"][TUNNEL]
         if tunnel["state"] == "partial" or time.monotonic() > deadline:
             break
