@@ -12,6 +12,7 @@ starts ``libreswan.recover``; the master's reactor leaves the beacon's marked
 events alone and still answers unmarked ones (the reactor-security tests below,
 which share this lab since issue 17's lab-time cut).
 """
+import hashlib
 import json
 import re
 import threading
@@ -714,3 +715,132 @@ def test_a_webhook_down_failing_or_slower_than_its_timeout_never_delays_recovery
     sent = salt1(lab, "vpn_alert.send", "remote-db", "up", "restart_conn")
     assert sent == {"sent": True, "reason": "HTTP 204"}, sent
     assert [a["body"]["step"] for a in alerts(lab)] == ["restart_conn"]
+
+
+# -- the salt-master stopped in the middle of a state run (issue 14) ---------------------------
+CONN = "/etc/ipsec.d/remote-db.conf"  # the libreswan module's CONF_DIR/NAME.conf
+CONN_VERSIONS = "/root/conn-versions"
+# Every version of the conn file, as its md5, each time it differs from the one before
+# (read every 20 ms): a half-written file would show as a version of its own.
+CONN_WATCHER = """\
+import hashlib, sys, time
+path, out, last = sys.argv[1], sys.argv[2], None
+with open(out, "a") as handle:
+    while True:
+        try:
+            with open(path, "rb") as conf:
+                seen = hashlib.md5(conf.read()).hexdigest()
+        except OSError:
+            seen = "missing"
+        if seen != last:
+            handle.write(seen + "\\n")
+            handle.flush()
+            last = seen
+        time.sleep(0.02)
+"""
+
+
+def dpddelay(gw):
+    """The primary conn's DPD delay as the running pluto holds it (whack --status)."""
+    found = re.search(r'^"remote-db":\s+liveness: \S+ dpddelay:(\d+)s', gw.run(
+        ["ipsec", "whack", "--status"]).stdout, re.M)
+    return found and int(found.group(1))
+
+
+def lock_waiters(gw):
+    """Processes other than flock/sleep with the recovery lock file open: a state run
+    waiting in its first state (vpn_gateway_recovery_lock)."""
+    return gw.run(["python3", "-c", """import os, sys
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        if open(f"/proc/{pid}/comm").read().strip() in ("flock", "sleep"):
+            continue
+        if any(os.readlink(f"/proc/{pid}/fd/{fd}") == sys.argv[1]
+               for fd in os.listdir(f"/proc/{pid}/fd")):
+            print(pid)
+    except OSError:
+        pass
+""", LOCK]).stdout.split()
+
+
+def md5(text):
+    return hashlib.md5(text.encode()).hexdigest()
+
+
+def reconnect_log(gw, since):
+    """The minion's log lines about its master from offset ``since`` (a failure's evidence)."""
+    return "\n".join(line for line in minion_log(gw)[since:].splitlines() if re.search(
+        r"master|Minion is ready|tune in|Re-initialising|Request timed out", line))[-4000:]
+
+
+@pytest.mark.platforms("debian13")  # the same minion, master and atomic write on 4.10
+def test_the_master_stopped_in_the_middle_of_a_state_run(lab):
+    """Issue 14, faults after validation: the salt-master stops while a state run (a pillar
+    change of the tunnel's dpddelay) is under way on vpn-gw1. The run waits in its first state
+    (the recovery lock, held by hand) when the master goes, then finishes without it: the conn
+    file goes from the old version to the new one whole (every version of it is watched),
+    pluto runs the change, the tunnel comes back, the lock is let go. Once the master is back
+    the minion answers it again on its own, and the next run puts the pillar's state back
+    (every state true, the lock free at once)."""
+    master, gw = lab["salt-master"], lab["vpn-gw1"]
+    wait_for(lambda: established(gw) == {"primary"} and lock_free(gw), 120,
+             "the tunnel to the primary, no recovery running")
+    before = gw.read(CONN)
+    assert "dpddelay=30" in before, before
+    gw.put("/root/conn_watcher.py", CONN_WATCHER)
+    gw.run(["rm", "-f", CONN_VERSIONS], check=True)
+    gw.run(["systemd-run", "--unit", "conn-watch", "python3", "/root/conn_watcher.py", CONN,
+            CONN_VERSIONS], check=True)
+    hold_lock(gw, "master-stop-lock")
+    stopped, log_from = False, len(minion_log(gw))
+    try:
+        pillar = json.dumps({"vpn_gateway": {"tunnel": {"dpddelay": 31}}})
+        master.run(["salt", "--async", "vpn-gw1", "state.apply", "vpn_gateway.ipsec",
+                    f"pillar={pillar}"], check=True)
+        wait_for(lambda: lock_waiters(gw), 60, "the state run waiting for the recovery lock")
+        master.run(["systemctl", "stop", "salt-master"], check=True)
+        stopped = True
+        # (the lab's unit stops the main process only, as the minion's must: its children
+        # must be gone too, or the next master could not bind its ports)
+        wait_for(lambda: not master.run(["pgrep", "-f", "bin/salt-master"]).ok, 15,
+                 "no salt-master process left")
+        release(gw, "master-stop-lock")
+        started = time.monotonic()
+        wait_for(lambda: "dpddelay=31" in gw.read(CONN), 60, "the run's change, masterless")
+        wait_for(lambda: lock_free(gw) and not lock_waiters(gw), 60, "the run over, lock free")
+        wait_for(lambda: established(gw) == {"primary"} and dpddelay(gw) == 31, 60,
+                 "pluto running the change, the tunnel back")
+        print(f"master stopped: the run finished in {time.monotonic() - started:.1f}s")
+        after = gw.read(CONN)
+        assert after == before.replace("dpddelay=30", "dpddelay=31"), after
+        assert master.run(["systemctl", "is-active", "salt-master"]).stdout.strip() != \
+            "active"
+    finally:
+        release(gw, "master-stop-lock")
+        gw.run(["systemctl", "stop", "conn-watch"])
+        gw.run(["systemctl", "reset-failed", "conn-watch"])
+        if stopped:
+            master.run(["systemctl", "start", "salt-master"], check=True)
+    # never in between: the file was the old one, then the new one, nothing else
+    versions = gw.run(["cat", CONN_VERSIONS], check=True).stdout.split()
+    assert versions == [md5(before), md5(after)], (
+        f"the conn file's versions (md5) {versions}: expected the old one "
+        f"{md5(before)}, then the new one {md5(after)}, nothing in between")
+    assert not [n for n in gw.run(["ls", "-a", "/etc/ipsec.d"]).stdout.split()
+                if n.startswith(".___atomic")], gw.run(["ls", "-a", "/etc/ipsec.d"]).stdout
+    back = time.monotonic()
+    try:
+        wait_for(lambda: answers(lab), 120, "vpn-gw1 answers the master again")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; the minion's log about its master since the stop:\n"
+                             f"{reconnect_log(gw, log_from)}") from None
+    print(f"master started -> vpn-gw1 answers: {time.monotonic() - back:.1f}s")
+    ret = {s["__id__"]: s for s in saltstack.salt(
+        lab, "vpn-gw1", "state.apply", "vpn_gateway.ipsec", timeout=240)["vpn-gw1"].values()}
+    assert all(state["result"] is True for state in ret.values()), ret
+    assert "+\tdpddelay=30" in ret["libreswan_tunnel"]["changes"]["diff"], ret["libreswan_tunnel"]
+    assert re.search(r"\(waited 0\.\d+s\)", ret["vpn_gateway_recovery_lock"]["comment"]), \
+        ret["vpn_gateway_recovery_lock"]
+    assert gw.read(CONN) == before
+    wait_for(lambda: established(gw) == {"primary"} and dpddelay(gw) == 30, 60,
+             "the tunnel back as the pillar declares it")
