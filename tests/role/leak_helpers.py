@@ -9,13 +9,11 @@ so that no check can pass on an empty or missing sink.
 - ``needles``: the strings to search for each secret (a URL's path too).
 - ``scan``: one sink (files searched recursively, or a command's output) in a
   host or on this machine.
-- ``ExecTrace``: ``strace -f -e trace=execve`` attached from this machine's
-  root namespace to every salt-minion process of lab hosts: every program
-  the minion starts, with its whole argv, recorded rather than sampled.
+- ``ExecTrace``: lab hosts' salt-minions run under this machine's ``strace -f
+  --seccomp-bpf -e trace=execve``: every program a minion starts, with its
+  whole argv, recorded rather than sampled.
 """
-import os
 import re
-import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -222,84 +220,77 @@ def needles(secrets):
     return out
 
 
-def minion_pids(host):
-    """Root-namespace PIDs of every salt-minion process of lab host ``host``
-    (the container's processes are descendants of its PID 1)."""
-    pids, todo = [], [host.pid]
-    while todo:
-        pid = todo.pop()
-        for task in Path(f"/proc/{pid}/task").glob("*"):
-            try:
-                todo += [int(c) for c in (task / "children").read_text().split()]
-            except OSError:
-                continue
-        try:
-            # Salt's processes retitle themselves: one string "... salt-minion MultiMinion..."
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").split()
-        except OSError:
-            continue
-        if any(a.endswith(b"/salt-minion") or a == b"salt-minion" for a in argv[:3]):
-            pids.append(pid)
-    return sorted(pids)
-
-
 class ExecTrace:
-    """``strace -f -e trace=execve -s 65535`` attached from this machine to
-    every salt-minion process of ``hosts`` (its jobs run in children it forks,
-    which -f follows), one trace file per host in ``directory``. strace is this
-    machine's (scripts/install), never installed in a host. Use as a context
-    manager; ``files`` {host name: trace path}."""
+    """Every program the salt-minion of ``hosts`` starts, with its whole argv: for
+    the block, each host's minion runs under this machine's ``strace -f
+    --seccomp-bpf -e trace=execve -s 65535`` (its jobs run in children it forks,
+    which -f follows), started in the host's namespaces with nsenter in place of
+    its unit's, which is back after the block. strace is this machine's
+    (scripts/install), never installed in a host. --seccomp-bpf stops a tracee
+    only at execve, not at each system call; strace cannot use it for a process
+    it attaches to (-p), and attached to the unit's minion it made the role's
+    first run about twice as long. Use as a context manager; ``files`` {host
+    name: trace path}, ``consoles`` {host name: what the traced minion printed,
+    which the unit's would have sent to the journal}. ``minion``: the minion's
+    argv; ``ready(host)``: whether it answers (the master's test.ping)."""
 
-    def __init__(self, hosts, directory, attach_timeout=30):
+    def __init__(self, hosts, directory, minion, ready, timeout=120):
         self.hosts, self.directory = list(hosts), Path(directory)
-        self.attach_timeout = attach_timeout
-        self.tracers, self.files = {}, {}
+        self.minion, self.ready, self.timeout = list(minion), ready, timeout
+        self.tracers, self.files, self.consoles = {}, {}, {}
 
     def __enter__(self):
         try:
             for host in self.hosts:
-                self._attach(host)
+                self._start(host)
+            for host in self.hosts:
+                self._wait(host, "the traced salt-minion answers")
         except BaseException:
-            self.stop()
+            self._stop()
             raise
         return self
 
     def __exit__(self, *exc):
-        self.stop()
+        self._stop()
+        for host in self.hosts:
+            self._wait(host, "the unit's salt-minion answers again")
 
-    def _attach(self, host):
-        pids = minion_pids(host)
-        assert pids, f"{host.name}: no salt-minion process to trace"
+    def _start(self, host):
+        host.run(["systemctl", "stop", "salt-minion"], check=True)
         trace = self.directory / f"{host.name}.execve"
-        log = self.directory / f"{host.name}.strace-stderr"
-        with open(log, "wb") as err:
-            tracer = subprocess.Popen(
-                ["strace", "-f", "-e", "trace=execve", "-s", "65535", "-o", str(trace),
-                 *(a for pid in pids for a in ("-p", str(pid)))],
+        console = self.directory / f"{host.name}.console"
+        with open(console, "wb") as err:  # strace's own lines too: "Process N attached"
+            self.tracers[host.name] = subprocess.Popen(
+                ["strace", "-f", "--seccomp-bpf", "-e", "trace=execve", "-s", "65535",
+                 "-o", str(trace), *host.nsenter_argv(self.minion)],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
-        self.tracers[host.name], self.files[host.name] = tracer, trace
-        # strace says "Process N attached" for each thread it seized: wait for every
-        # process asked for (a job's process may end first: then its error line).
-        deadline = time.monotonic() + self.attach_timeout
-        while True:
-            text = log.read_text(errors="replace")
-            done = [p for p in pids if re.search(rf"Process {p} attached|\b{p}\b.*No such process",
-                                                 text)]
-            if len(done) == len(pids):
-                break
-            if tracer.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"{host.name}: strace did not attach to {pids}: {text}")
-            time.sleep(0.1)
-        assert any(f"Process {p} attached" in text for p in pids), text
+        self.files[host.name], self.consoles[host.name] = trace, console
 
-    def stop(self):
-        """Detach (SIGINT: strace lets the tracees go on) and wait for each tracer."""
-        for name, tracer in self.tracers.items():
+    def _wait(self, host, what):
+        deadline = time.monotonic() + self.timeout
+        while not self.ready(host):
+            tracer = self.tracers.get(host.name)
+            assert tracer is None or tracer.poll() is None, f"{host.name}: strace ended"
+            assert time.monotonic() < deadline, f"{host.name}: not within {self.timeout}s: {what}"
+            time.sleep(1)
+
+    def _stop(self):
+        """The traced minion ends, as systemd stops a unit: SIGTERM, then SIGKILL for
+        what is left after 30 s (a traced minion once hung in its shutdown and then
+        held its pidfile against the unit's); strace ends with its tracees. The
+        unit's minion is started again."""
+        for signal_name in ("TERM", "KILL"):
+            for host in self.hosts:
+                if host.name in self.tracers and self.tracers[host.name].poll() is None:
+                    host.run(["pkill", f"-{signal_name}", "-f", self.minion[0]])
+            deadline = time.monotonic() + 30
+            while (any(t.poll() is None for t in self.tracers.values())
+                   and time.monotonic() < deadline):
+                time.sleep(0.2)
+        for tracer in self.tracers.values():
             if tracer.poll() is None:
-                os.kill(tracer.pid, signal.SIGINT)
-        for name, tracer in self.tracers.items():
-            try:
-                tracer.wait(timeout=30)
-            except subprocess.TimeoutExpired:
                 tracer.kill()
                 tracer.wait(timeout=10)
+        self.tracers = {}
+        for host in self.hosts:
+            host.run(["systemctl", "start", "salt-minion"], check=True)

@@ -4,14 +4,13 @@ missing path, a failed command or a sink without its canary fails the check
 instead of passing it; the example pillar's secrets are all found."""
 import subprocess
 import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 from lab import peers, postgres
-from leak_helpers import (ExecTrace, local_run, minion_pids, needles, paths_without,
+from leak_helpers import (ExecTrace, local_run, needles, paths_without,
                           pillar_secrets, report, scan)
 
 pytestmark = pytest.mark.unit
@@ -124,37 +123,52 @@ def test_a_key_of_several_lines_is_searched_line_by_line():
     assert needles({"key": key}) == {"key": lines}
 
 
-# A stand-in for a minion: its argv[0] is salt-minion; it forks a child that
-# starts a program with the secret in its argv (as a careless state would).
+# A stand-in for a minion: it forks a child that starts a program with the
+# secret in its argv (as a careless state would), then waits to be stopped.
 MINION = """
 import subprocess, sys, time
-sys.stdout.write("ready\\n"); sys.stdout.flush()
-sys.stdin.readline()
 subprocess.run(["/bin/echo", "--password=" + sys.argv[1]], stdout=subprocess.DEVNULL)
 subprocess.run(["/bin/true"])
 time.sleep(60)
 """
 
 
-def test_an_argv_is_recorded_by_strace_attached_to_the_minion(tmp_path):
+class FakeHost:
+    """A lab host's part that ExecTrace uses, on this machine: nsenter_argv runs the
+    argv as it is; run records systemctl and stops the stand-in minion for pkill."""
+
+    name = "fake-minion"
+
+    def __init__(self):
+        self.calls = []
+
+    def nsenter_argv(self, cmd):
+        return cmd
+
+    def run(self, cmd, check=False):
+        self.calls.append(cmd[:2])
+        if cmd[0] == "pkill":  # never on this machine: only the stand-in
+            subprocess.run(["pkill", "-TERM", "-f", MINION_TAG])
+        return SimpleNamespace(ok=True)
+
+
+MINION_TAG = "vgw-fake-salt-minion-5d1c"
+
+
+def test_an_argv_is_recorded_by_strace_running_the_minion(tmp_path):
     secret = SECRETS["psk"][0]
-    minion = subprocess.Popen(["bash", "-c", 'exec -a salt-minion "$0" -c "$1" "$2"',
-                               sys.executable, MINION, secret],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert minion.stdout.readline() == "ready\n"
-        host = SimpleNamespace(name="fake-minion", pid=minion.pid)
-        assert minion_pids(host) == [minion.pid]
-        with ExecTrace([host], tmp_path) as trace:
-            minion.stdin.write("go\n")
-            minion.stdin.flush()
-            deadline = time.monotonic() + 30
-            while 'execve("/bin/true"' not in trace.files["fake-minion"].read_text():
-                assert time.monotonic() < deadline, "no execve recorded"
-                time.sleep(0.1)
-        sink = scan(local_run, "argv", SECRETS, ['execve("/bin/echo", '],
-                    paths=[str(trace.files["fake-minion"])])
-        assert sink.hits == {"psk": [str(trace.files["fake-minion"])]}, sink
-    finally:
-        minion.kill()
-        minion.wait(timeout=10)
+    host = FakeHost()
+    minion = [sys.executable, "-c", MINION, secret, MINION_TAG]
+    answered = []
+
+    def ready(h):  # the traced minion "answers" once its child's execve is recorded
+        trace = tmp_path / f"{h.name}.execve"
+        answered.append(trace.exists() and 'execve("/bin/true"' in trace.read_text())
+        return answered[-1]
+
+    with ExecTrace([host], tmp_path, minion, ready, timeout=30) as trace:
+        assert answered[-1]
+    assert host.calls == [["systemctl", "stop"], ["pkill", "-TERM"], ["systemctl", "start"]]
+    sink = scan(local_run, "argv", SECRETS, ['execve("/bin/echo", '],
+                paths=[str(trace.files["fake-minion"])])
+    assert sink.hits == {"psk": [str(trace.files["fake-minion"])]}, sink

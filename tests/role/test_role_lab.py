@@ -1,18 +1,22 @@
 """The whole gateway role from a real salt-master on two gateways, with pillar
 served from Git: test=True predicts the first run exactly, the first run
-converges, the second changes nothing, a pillar commit (a new Kubernetes
-node) changes exactly the firewall rules for that node, and a PSK rotation
-committed as ciphertext brings the tunnel up with the new key. Tests run in
-file order and share one lab."""
+converges, the second changes nothing, no secret of that full apply is in any
+journal, log, cache, outputter's text or program's argv, a pillar commit (a new
+Kubernetes node) changes exactly the firewall rules for that node, and a PSK
+rotation committed as ciphertext brings the tunnel up with the new key. Salt
+runs at debug level throughout. Tests run in file order and share one lab."""
 import json
 import re
 import secrets
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import yaml
+from leak_helpers import (DEBUG, DEBUG_LINE, ExecTrace, local_run, needles, paths_without,
+                          pillar_secrets, report, scan)
 
 from lab import peers, pillar_gpg, postgres, role, saltstack
 from lab.lab import SLOWDOWN
@@ -24,13 +28,19 @@ REPO = Path(__file__).resolve().parents[2]
 NEW_NODE = "198.18.2.38"
 # Salt's default minion data cache: rendered pillar, plaintext secrets included (docs/pillar.md).
 MINION_DATA_CACHE = "/var/cache/salt/master/pillar/"
+STATE_ID = "libreswan_package"  # in every gateway's returns and compiled states
 # The pack's own states (salt/_states): their test=True changes are compared whole.
 PACK_STATES = {"libreswan", "pgbouncer", "firewalld", "k8s"}
 
 
+# What the first test left for the leak test: {"traces"|"consoles": {gateway: file}}.
+FULL_APPLY = {}
+OUTPUTTERS = ("json", "yaml", "nested", "highstate")
+
+
 @pytest.fixture(scope="module")
 def lab(lab_factory):
-    lab = lab_factory(role.HOSTS)
+    lab = lab_factory(role.HOSTS, salt_config=DEBUG)  # the leak test reads debug logs
     role.prepare(lab)
     return lab
 
@@ -62,24 +72,106 @@ def pack_changes(returns):
             for m, states in returns.items()}
 
 
-def test_test_mode_predicts_the_first_run_and_the_second_run_changes_nothing(lab):
+def answers(lab, minion):
+    return saltstack.salt(lab, minion, "test.ping", timeout=5, check=False).get(minion) is True
+
+
+def test_test_mode_predicts_the_first_run_and_the_second_run_changes_nothing(lab, tmp_path):
     # The gateways are fresh hosts: test=True must render and predict before
     # any of the role's packages is installed, and touch nothing.
     for gateway in GATEWAYS:
         assert not lab[gateway].run(["dpkg-query", "-W", "libreswan"]).ok
-    dry = highstate(lab, test=True)
-    prediction = predicted(dry)
-    assert all(prediction.values()), prediction
-    for gateway in GATEWAYS:
-        assert not lab[gateway].run(["dpkg-query", "-W", "libreswan"]).ok
-        assert "libreswan_package" in prediction[gateway]
-    first = highstate(lab)
+    # Every program the minions start in the dry run and the full apply, for the leak test.
+    with ExecTrace([lab[g] for g in GATEWAYS], tmp_path, [str(lab.venv / "bin/salt-minion")],
+                   lambda host: answers(lab, host.name)) as trace:
+        dry = highstate(lab, test=True)
+        prediction = predicted(dry)
+        assert all(prediction.values()), prediction
+        for gateway in GATEWAYS:
+            assert not lab[gateway].run(["dpkg-query", "-W", "libreswan"]).ok
+            assert "libreswan_package" in prediction[gateway]
+        first = highstate(lab)
+    FULL_APPLY["traces"], FULL_APPLY["consoles"] = trace.files, trace.consoles
     assert changed(first) == prediction
     # exactly: each of the pack's states changed what test=True said it would
     assert pack_changes(first) == pack_changes(dry)
     second = highstate(lab)
     assert changed(second) == {g: [] for g in GATEWAYS}
     assert predicted(highstate(lab, test=True)) == {g: [] for g in GATEWAYS}
+
+
+def test_no_secret_of_the_full_apply_is_in_a_journal_log_cache_output_or_argv(lab):
+    """Issue 14: after the dry run and the full apply above (Salt at debug level,
+    every secret set: each pillar secret, the kubeconfig's token), each secret's
+    plaintext is in none of: every host's journal (every field), the Salt hosts'
+    /var/log, the master's cache (jobs and the rest) and the minions' caches, the
+    two runs' returns through each outputter (the job cache, jobs.lookup_jid
+    --out), the argv of each program the minions started (strace, above). Each
+    sink must hold what it should (a canary: debug lines, the runs' state ids,
+    an execve of ipsec and pgbouncer), and a grep error (a missing path) fails."""
+    assert FULL_APPLY.get("traces"), "the first test did not record the full apply"
+    master = lab["salt-master"]
+    plain = pillar_secrets(REPO / "pillar")  # the tree the lab's pillar repository holds
+    kubeconfig = yaml.safe_load(lab[role.KUBERNETES_MINION].read(role.KUBECONFIG))
+    for user in kubeconfig["users"]:
+        plain[f"kubeconfig token ({user['name']})"] = user["user"]["token"]
+    wanted = needles(plain)
+    jobs = json.loads(master.run(["salt-run", "--out=json", "jobs.list_jobs",
+                                  "search_function=state.apply"], check=True).stdout)
+    dry_jid, first_jid = sorted(jobs)[:2]  # the first test's dry run, then its full apply
+    assert jobs[dry_jid]["Arguments"] == [{"__kwarg__": True, "test": True}], jobs[dry_jid]
+    assert jobs[first_jid]["Arguments"] == [], jobs[first_jid]
+
+    checks = stored(lab, role.HOSTS)
+    for gateway in GATEWAYS:
+        checks.append((local_run, f"{gateway} argv (strace execve)",
+                       ['execve("/usr/sbin/ipsec", ', 'execve("/usr/sbin/pgbouncer", '],
+                       {"paths": [str(FULL_APPLY["traces"][gateway])]}))
+        # the traced minion's console: what the unit's sends to the journal
+        checks.append((local_run, f"{gateway} traced minion's console", [DEBUG_LINE],
+                       {"paths": [str(FULL_APPLY["consoles"][gateway])]}))
+    for jid, run in ((dry_jid, "dry run"), (first_jid, "full apply")):
+        for out in OUTPUTTERS:
+            checks.append((master.run, f"{run} --out={out}", [STATE_ID],
+                           {"command": ["salt-run", "jobs.lookup_jid", jid, f"--out={out}"]}))
+    assert len(checks) == len(role.HOSTS) + 2 * 3 + 1 + 3 * len(GATEWAYS) + 2 * len(OUTPUTTERS)
+    leaks = find_leaks(checks, wanted)
+    assert not leaks, leaks
+
+
+def stored(lab, hosts):
+    """The checks (run, sink, canaries, paths or command) of every place on ``hosts``
+    where Salt and the role store or log: each host's journal (every field), a Salt
+    host's log and all of /var/log, the master's cache, a minion's cache."""
+    checks = []
+    for name in hosts:
+        host = lab[name]
+        canaries = [f"_HOSTNAME={name}"] + ([DEBUG_LINE] if host.spec.salt else [])
+        checks.append((host.run, f"{name} journald", canaries,
+                       {"command": ["journalctl", "-o", "export", "--no-pager"]}))
+        if host.spec.salt:
+            checks.append((host.run, f"{name} salt log", [DEBUG_LINE],
+                           {"paths": [f"/var/log/salt/{host.spec.salt}"]}))
+            checks.append((host.run, f"{name} /var/log", [DEBUG_LINE], {"paths": ["/var/log"]}))
+        if host.spec.salt == "master":
+            # All of the master's cache (the job cache and the rest) but Salt's minion data
+            # cache: each minion's rendered pillar, plaintext by design (docs/pillar.md).
+            checks.append((host.run, f"{name} cache", [STATE_ID], {"paths": paths_without(
+                host.run, "/var/cache/salt/master", [MINION_DATA_CACHE])}))
+        elif host.spec.salt == "minion":
+            # No exclusion: the minion's cache is no secret store (the role keeps the
+            # secrets in /etc/ipsec.d, /etc/pgbouncer and /etc/vpn-gateway).
+            checks.append((host.run, f"{name} salt-minion cache", [STATE_ID],
+                           {"paths": ["/var/cache/salt/minion"]}))
+    return checks
+
+
+def find_leaks(checks, wanted):
+    """Run ``checks`` for the secrets ``wanted`` ({name: [needles]}), four at a
+    time; the report of the sinks that are not clean (names, never values)."""
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        sinks = list(pool.map(lambda c: scan(c[0], c[1], wanted, c[2], **c[3]), checks))
+    return report(sinks)
 
 
 # the same Git, master and rule derivation on debian12; firewalld 1.3 is tests/firewalld's
@@ -153,12 +245,8 @@ def test_a_psk_rotation_pushed_to_git_as_ciphertext_brings_the_tunnel_up_and_lea
                   "lab-stats-password", "hooks/lab-only"]
     assert pillar_gpg.BEGIN in history
     assert [s for s in plaintexts if s in history] == []
-    for host in ["salt-master", *GATEWAYS]:
-        found = lab[host].run(
-            ["sh", "-c", "{ journalctl -o cat --no-pager; cat /var/log/salt/* 2>/dev/null;"
-             " grep -r -a -l -F -e \"$1\" /var/cache/salt/master/jobs 2>/dev/null; } "
-             "| grep -c -F -e \"$1\"", "leak", new_psk]).stdout.strip()
-        assert found == "0", f"{host}: the new PSK is in its journal, logs or job cache"
+    leaks = find_leaks(stored(lab, role.HOSTS), {"the new PSK": [new_psk]})
+    assert not leaks, leaks
     # The master's own caches hold it only where docs/pillar.md says (minion data cache).
     cached = master.run(["grep", "-r", "-a", "-l", "-F", "-e", new_psk,
                          "/var/cache/salt/master"]).stdout.split()
@@ -204,9 +292,6 @@ def test_a_secret_in_the_wrong_shape_fails_the_render_and_is_shown_nowhere(lab):
     for key in ("pooler:users:app", "tunnel:psk", "monitoring:webhook_url"):
         assert f"pillar key vpn_gateway:{key}: " in text, (key, returns)
     assert "wrong-shape-" not in text
-    for host in ("salt-master", "vpn-gw1"):
-        found = lab[host].run(
-            ["sh", "-c", "{ journalctl -o cat --no-pager; cat /var/log/salt/* 2>/dev/null;"
-             " grep -r -a -h -o -F -e wrong-shape- /var/cache/salt/master/jobs 2>/dev/null;"
-             " } | grep -c -F -e wrong-shape-"]).stdout.strip()
-        assert found == "0", f"{host}: a wrong-shaped secret is in its journal, logs or job cache"
+    leaks = find_leaks(stored(lab, ["salt-master", *GATEWAYS]),
+                       {"a wrong-shaped secret": ["wrong-shape-"]})
+    assert not leaks, leaks
