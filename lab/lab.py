@@ -187,7 +187,7 @@ class Lab:
     """
 
     def __init__(self, topology=topo.DEFAULT, name=None, repo=REPO, venv=None, log=print,
-                 platform=None, repos=(), salt_config=None):
+                 platform=None, repos=(), salt_config=None, pillar=None):
         self.name = name or os.environ.get("VGWLAB_NAME", f"{PREFIX}-demo")
         if not re.fullmatch(rf"{PREFIX}-[a-z0-9]+", self.name):
             raise ValueError(f"a lab name is {PREFIX}-<letters and digits> (got {self.name!r}), "
@@ -207,6 +207,9 @@ class Lab:
         # Settings for every Salt master and minion over the lab's own (lab/saltstack.py),
         # e.g. {"log_level": "debug"}: written before boot, so no restart is needed.
         self.salt_config = dict(salt_config or {})
+        # Pillar of this lab's own over the repo's (its lab.sls, lab/saltstack.py), e.g.
+        # saltstack.QUIET_SCHEDULES.
+        self.pillar = dict(pillar or {})
         self.images = {}  # platform -> {kind: path}, filled at start
         self.fabric = f"{self.name}-fabric"
         self.log = log or (lambda *a: None)

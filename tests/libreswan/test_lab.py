@@ -60,7 +60,7 @@ def peer_secret(name, psk):
 
 @pytest.fixture(scope="module")
 def lab(lab_factory):
-    return prepare(lab_factory(HOSTS))
+    return prepare(lab_factory(HOSTS, pillar=saltstack.QUIET_SCHEDULES))  # not this area's
 
 
 def prepare(lab):

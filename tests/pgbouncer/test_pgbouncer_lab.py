@@ -31,7 +31,7 @@ CONFIG_FILES = ("/etc/pgbouncer/pgbouncer.ini", "/etc/pgbouncer/userlist.txt",
 
 @pytest.fixture(scope="module")
 def lab(lab_factory):
-    lab = lab_factory(HOSTS)
+    lab = lab_factory(HOSTS, pillar=saltstack.QUIET_SCHEDULES)  # not this area's
     remote_db.start(lab["remote-db"])
     saltstack.salt(lab, "vpn-gw1", "saltutil.sync_all")
     return lab

@@ -19,7 +19,7 @@ APT = ["env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "-q", "-y",
 
 @pytest.fixture(scope="module")
 def lab(lab_factory):
-    lab = lab_factory(HOSTS, repos=("debian13",))
+    lab = lab_factory(HOSTS, repos=("debian13",), pillar=saltstack.QUIET_SCHEDULES)
     peers.configure(lab)
     postgres.start(lab["remote-db"])
     role.prepare(lab)
