@@ -286,6 +286,15 @@ def salt(lab, target, function, *args, timeout=120, check=True):
     return returns
 
 
+def answers(lab, minion, timeout=5):
+    """Whether ``minion`` answers test.ping through the master now (False while the
+    master or the minion is not up yet)."""
+    try:
+        return salt(lab, minion, "test.ping", timeout=timeout, check=False).get(minion) is True
+    except (RuntimeError, LabError):  # the salt command line itself failed
+        return False
+
+
 def wait_ready(lab, timeout=240):
     """Wait until the master runs and every minion answers test.ping."""
     master = lab.topology.master()

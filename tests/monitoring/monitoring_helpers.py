@@ -116,8 +116,7 @@ def prepare(lab, log=print):
         ["journalctl", "-u", "fake-apiserver", "-o", "cat"]).stdout), 60, "fake API server")
     gw.run(["install", "-D", "-m", "0600", path.group(1), KUBECONFIG], check=True)
     master.wait_port(8080, "198.18.1.2")
-    wait_for(lambda: saltstack.salt(lab, "vpn-gw1", "test.ping", timeout=5,
-                                    check=False).get("vpn-gw1") is True, 90, "vpn-gw1 answers")
+    wait_for(lambda: saltstack.answers(lab, "vpn-gw1"), 90, "vpn-gw1 answers")
     log(f"monitoring lab: daemons ready after {time.monotonic() - started:.0f}s")
     salt1(lab, "saltutil.sync_all")
     applied = saltstack.salt(lab, "vpn-gw1", "state.apply", "vpn_gateway.ipsec", timeout=240)

@@ -300,15 +300,6 @@ def beacon_state(gw):
     return (json.loads(found) if found.strip() else {}).get("remote-db", {}).get("state")
 
 
-def answers(lab):
-    """vpn-gw1 answers test.ping through the master (False while the master starts)."""
-    try:
-        return saltstack.salt(lab, "vpn-gw1", "test.ping", timeout=5,
-                              check=False).get("vpn-gw1") is True
-    except Exception:  # the salt CLI itself failed: the master is not up yet
-        return False
-
-
 def minion_log(gw):
     return gw.run(["cat", "/var/log/salt/minion"]).stdout
 
@@ -343,7 +334,8 @@ def test_the_tunnel_heals_while_the_master_is_stopped(lab):
         assert master.run(["systemctl", "is-active", "salt-master"]).stdout.strip() != "active"
     finally:
         master.run(["systemctl", "start", "salt-master"], check=True)
-    _, took = wait_for(lambda: answers(lab), 120, "vpn-gw1 answers the master again")
+    _, took = wait_for(lambda: saltstack.answers(lab, "vpn-gw1"), 120,
+                       "vpn-gw1 answers the master again")
     print(f"master started -> vpn-gw1 answers: {took:.1f}s")
 
 
@@ -830,7 +822,7 @@ def test_the_master_stopped_in_the_middle_of_a_state_run(lab):
                 if n.startswith(".___atomic")], gw.run(["ls", "-a", "/etc/ipsec.d"]).stdout
     back = time.monotonic()
     try:
-        wait_for(lambda: answers(lab), 120, "vpn-gw1 answers the master again")
+        wait_for(lambda: saltstack.answers(lab, "vpn-gw1"), 120, "vpn-gw1 answers the master again")
     except AssertionError as exc:
         raise AssertionError(f"{exc}; the minion's log about its master since the stop:\n"
                              f"{reconnect_log(gw, log_from)}") from None

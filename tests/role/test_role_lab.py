@@ -72,10 +72,6 @@ def pack_changes(returns):
             for m, states in returns.items()}
 
 
-def answers(lab, minion):
-    return saltstack.salt(lab, minion, "test.ping", timeout=5, check=False).get(minion) is True
-
-
 def test_test_mode_predicts_the_first_run_and_the_second_run_changes_nothing(lab, tmp_path):
     # The gateways are fresh hosts: test=True must render and predict before
     # any of the role's packages is installed, and touch nothing.
@@ -83,7 +79,7 @@ def test_test_mode_predicts_the_first_run_and_the_second_run_changes_nothing(lab
         assert not lab[gateway].run(["dpkg-query", "-W", "libreswan"]).ok
     # Every program the minions start in the dry run and the full apply, for the leak test.
     with ExecTrace([lab[g] for g in GATEWAYS], tmp_path, [str(lab.venv / "bin/salt-minion")],
-                   lambda host: answers(lab, host.name)) as trace:
+                   lambda host: saltstack.answers(lab, host.name)) as trace:
         dry = highstate(lab, test=True)
         prediction = predicted(dry)
         assert all(prediction.values()), prediction
