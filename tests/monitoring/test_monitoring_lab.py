@@ -164,13 +164,14 @@ def fire_plain(gw, tag, data):
 
 
 def jobs(lab):
-    ran = lab["salt-master"].run(["salt-run", "--out=json", "jobs.list_jobs"], timeout=120)
+    ran = saltstack.master_cli(lab, ["salt-run", "--out=json", "jobs.list_jobs"], timeout=120)
     assert ran.ok, ran
     return json.loads(ran.stdout)
 
 
 def job_return(lab, jid):
-    ran = lab["salt-master"].run(["salt-run", "--out=json", "jobs.lookup_jid", jid], timeout=120)
+    ran = saltstack.master_cli(lab, ["salt-run", "--out=json", "jobs.lookup_jid", jid],
+                               timeout=120)
     assert ran.ok, ran
     return json.loads(ran.stdout) if ran.stdout.strip() else {}
 
