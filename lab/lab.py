@@ -424,7 +424,8 @@ def _python_home(venv):
     home = Path(re.search(r"^home\s*=\s*(.+)$", config, re.M).group(1).strip()).parent
     if home == Path("/usr"):
         raise LabError(f"the venv {venv} uses this machine's /usr/bin/python3: image hosts cannot "
-                       "bind /usr; make the venv from a Python installed elsewhere (pyenv, /opt)")
+                       "bind /usr; make the venv with scripts/install (it copies Debian's "
+                       "Python to /opt first), or from a Python installed elsewhere (pyenv)")
     return home
 
 
