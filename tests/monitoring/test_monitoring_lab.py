@@ -114,9 +114,15 @@ def test_logrotate_leaves_out_a_log_another_package_rotates_and_refuses_a_duplic
 
 def test_the_beacon_and_the_metrics_run_from_pillar(lab):
     gw = lab["vpn-gw1"]
-    beacon, _ = wait_for(lambda: salt1(lab, "libreswan.monitoring_memory", "beacon").get(
-        "remote-db"), 30, "the beacon's first report")
-    assert beacon["state"] == "up"
+
+    def reported_up():
+        entry = salt1(lab, "libreswan.monitoring_memory", "beacon").get("remote-db")
+        return entry if entry and entry["state"] == "up" else None
+
+    # The beacon runs from the minion's start, before the lab applied vpn_gateway.ipsec: its
+    # first report may be the tunnel down, and up comes one hold-down after the tunnel
+    # (seen on debian12 under the suite's load, 2026-11-30).
+    beacon, _ = wait_for(reported_up, 60, "the beacon reporting the tunnel up")
     # a pillar refresh reloads the beacons: the state on disk holds, no new event
     salt1(lab, "saltutil.refresh_pillar", "wait=True")
     time.sleep(3 * 2)  # three polls (interval 2 s, pillar/vpn_gateway/monitoring.sls)
