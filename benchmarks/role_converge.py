@@ -2,13 +2,20 @@
 first converge and of the no-change re-apply, and how many programs each run
 starts on each gateway.
 
-Run by hand, as root: ``.venv/bin/python benchmarks/role_converge.py [--rounds N]``.
+Run by hand, as root, on a quiet machine:
+``.venv/bin/python benchmarks/role_converge.py [--rounds N] [--platform debian13]``.
+
+The anchor, measured in the same lab right after the re-apply: Salt's own
+floor for a state run from the master on these gateways, ``state.single
+test.nop`` (job, pillar with its decryption, one state, the return), so the
+ratio tells how much of the re-apply is the role's own work.
 
 Each round uses a fresh lab. Wall times come from rounds without tracing;
-the subprocess counts from one more round with ``strace -f -e trace=execve``
-attached to each gateway's salt-minion (successful execve calls: every
-program started, including shells and what they start). Tracing slows that
-round, so its times are not used.
+the program counts from one more round where each gateway's salt-minion runs
+under ``strace -f --seccomp-bpf -e trace=execve`` (the role lab's leak test's
+``ExecTrace``: strace is this machine's, the fresh gateways have none), with
+the minion restarted under it before each run. Tracing slows that round, so
+its times are not used.
 """
 import argparse
 import collections
@@ -16,34 +23,18 @@ import os
 import re
 import statistics
 import sys
+import tempfile
 import time
+from pathlib import Path
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+REPO = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(REPO), str(REPO / "tests" / "role")]
 
-from lab import DEFAULT, Lab, role  # noqa: E402
+from lab import DEFAULT, Lab, role, saltstack  # noqa: E402
+from leak_helpers import ExecTrace  # noqa: E402
 
-TRACE = "/run/vpn-gateway-bench-execve.log"
 EXECVE_CALL = re.compile(r'^(\d+) +execve\("([^"]+)"')
 EXECVE_DONE = re.compile(r"^(\d+) .*execve(\(| resumed>).*= 0$")
-
-
-def start_tracing(host):
-    """strace every salt-minion process (jobs run in an existing child, so
-    following only the main PID's new children would miss them)."""
-    pids = host.run(["pgrep", "-f", "salt-minion"], check=True).stdout.split()
-    attach = " ".join(f"-p {pid}" for pid in pids)
-    tracer = host.run(["sh", "-c", f"strace -f -qq -e trace=execve -o {TRACE} {attach} "
-                       ">/dev/null 2>&1 & echo $!"], check=True).stdout.strip()
-    time.sleep(1)  # let it attach before the run starts
-    return tracer
-
-
-def stop_tracing(host, tracer):
-    host.run(["kill", tracer])
-    time.sleep(0.5)
-    lines = host.run(["cat", TRACE]).stdout.splitlines()
-    host.run(["rm", "-f", TRACE])
-    return programs(lines)
 
 
 def programs(lines):
@@ -60,15 +51,48 @@ def programs(lines):
     return started
 
 
-def one_round(index, trace=False):
-    """{"first": seconds, "again": seconds, "first_execs": {gw: Counter}, "again_execs": ...}"""
+def traced(lab, run):
+    """``run()``'s return, and {gateway: Counter of the programs its minion started
+    during the run}: what the traced minion started before it answered (its own
+    start) is left out."""
+    def lines(trace, gateway):
+        return Path(trace.files[gateway]).read_text().splitlines()
+
+    with tempfile.TemporaryDirectory(prefix="vgw-bench-") as directory:
+        with ExecTrace([lab[g] for g in role.GATEWAYS], directory,
+                       [str(lab.venv / "bin/salt-minion")],
+                       lambda host: saltstack.answers(lab, host.name)) as trace:
+            time.sleep(1)  # strace writes a line once the call returns
+            started = {g: len(lines(trace, g)) for g in role.GATEWAYS}
+            returned = run()
+            time.sleep(1)
+            return returned, {g: programs(lines(trace, g)[started[g]:]) for g in role.GATEWAYS}
+
+
+def anchor(lab):
+    returns = saltstack.salt(lab, "vpn-gw*", "state.single", "test.nop", "name=anchor")
+    if sorted(returns) != role.GATEWAYS or not all(
+            isinstance(r, dict) and all(s["result"] for s in r.values())
+            for r in returns.values()):
+        raise SystemExit(f"anchor: {returns}")
+    return {m: {} for m in returns}
+
+
+def one_round(index, platform, trace=False):
+    """{"first": seconds, "again": seconds, "anchor": seconds, "<run>_changed":
+    {gw: states changed}, and when traced "<run>_execs": {gw: Counter}}"""
     result = {}
-    with Lab(DEFAULT.subset(role.HOSTS), name=f"vgwlab-bench{index}", log=None) as lab:
+    with Lab(DEFAULT.subset(role.HOSTS), name=f"vgwlab-bench{index}", log=None,
+             platform=platform) as lab:
         role.prepare(lab)
-        for run in ("first", "again"):
-            tracers = {g: start_tracing(lab[g]) for g in role.GATEWAYS} if trace else {}
+        for run, call in (("first", lambda: role.highstate(lab)),
+                          ("again", lambda: role.highstate(lab)),
+                          ("anchor", lambda: anchor(lab))):
             started = time.monotonic()
-            returns = role.highstate(lab)
+            if trace:
+                returns, result[f"{run}_execs"] = traced(lab, call)
+            else:
+                returns = call()
             result[run] = time.monotonic() - started
             failed = {m: [i for i, r in s.items() if r["result"] is False]
                       for m, s in returns.items()}
@@ -76,8 +100,6 @@ def one_round(index, trace=False):
                 raise SystemExit(f"round {index} {run}: failed states {failed}")
             result[f"{run}_changed"] = {m: sum(1 for r in s.values() if r["changes"])
                                         for m, s in returns.items()}
-            if trace:
-                result[f"{run}_execs"] = {g: stop_tracing(lab[g], t) for g, t in tracers.items()}
     return result
 
 
@@ -85,23 +107,27 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3, help="untraced rounds (default 3)")
     parser.add_argument("--top", type=int, default=15, help="programs listed (default 15)")
+    parser.add_argument("--platform", default="debian13", help="lab platform (default debian13)")
     args = parser.parse_args()
-    timed = [one_round(i) for i in range(args.rounds)]
-    traced = one_round(args.rounds, trace=True)
+    timed = [one_round(i, args.platform) for i in range(args.rounds)]
+    traced = one_round(args.rounds, args.platform, trace=True)
 
-    print(f"\nthe gateway role on {', '.join(role.GATEWAYS)} from the master "
+    print(f"\nthe gateway role on {', '.join(role.GATEWAYS)} from the master, {args.platform} "
           f"({args.rounds} rounds, fresh lab each; nproc={os.cpu_count()}, "
           f"load {os.getloadavg()[0]:.1f})\n")
-    print("| run | wall median (s) | min | max | states changed per gateway "
+    print("| run | wall median (s) | min | max | × anchor | states changed per gateway "
           "| programs started per gateway (execve) |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    for run, label in (("first", "first converge"), ("again", "no-change re-apply")):
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    anchor = statistics.median(r["anchor"] for r in timed)
+    for run, label in (("first", "first converge"), ("again", "no-change re-apply"),
+                       ("anchor", "anchor: `state.single test.nop`")):
         times = [r[run] for r in timed]
         changed = ", ".join(f"{g} {n}" for g, n in sorted(timed[0][f"{run}_changed"].items()))
         execs = ", ".join(f"{g} {sum(c.values())}"
                           for g, c in sorted(traced[f"{run}_execs"].items()))
         print(f"| {label} | {statistics.median(times):.1f} | {min(times):.1f} | "
-              f"{max(times):.1f} | {changed} | {execs} |")
+              f"{max(times):.1f} | {statistics.median(times) / anchor:.1f} | {changed} | "
+              f"{execs} |")
     gateway = role.GATEWAYS[0]
     print(f"\nprograms the no-change re-apply starts on {gateway} (most first)\n")
     print("| program | times |\n| --- | --- |")
