@@ -190,14 +190,20 @@ def test_a_peer_that_narrows_a_subnet_away_leaves_the_tunnel_partial(path, call)
     peers.configure(path, subnets=peers.DATABASE_SUBNETS[:2])
     peers.reload(path[PEER], GATEWAY)
     call("libreswan.restart_conn", TUNNEL, timeout=SLOW)
+    # Until it settles: while 4.10 negotiates the offered subnets' Child SAs one after
+    # another, the tunnel reads partial with more missing (seen in a debian12 guest,
+    # 2026-11-30: both .11 and .12 missing at the first partial reading).
     deadline = time.monotonic() + SLOW * SLOWDOWN
+    seen = []
     while True:
         status = call("libreswan.status", timeout=SLOW)
         tunnel = status["tunnels"][TUNNEL]
-        if tunnel["state"] == "partial" or time.monotonic() > deadline:
+        seen.append((tunnel["state"], tunnel.get("missing")))
+        if (tunnel["state"] == "partial" and tunnel["missing"] == [peers.DATABASE_SUBNETS[2]]
+                or time.monotonic() > deadline):
             break
         time.sleep(5)
-    assert tunnel["state"] == "partial" and tunnel["up"] is False, status
-    assert tunnel["missing"] == [peers.DATABASE_SUBNETS[2]], status
+    assert tunnel["state"] == "partial" and tunnel["up"] is False, (seen, status)
+    assert tunnel["missing"] == [peers.DATABASE_SUBNETS[2]], (seen, status)
     assert sorted(status["conns"][TUNNEL]["subnets_covered"]) == list(
         peers.DATABASE_SUBNETS[:2]), status
