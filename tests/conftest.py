@@ -59,16 +59,21 @@ def pytest_collection_modifyitems(config, items):
     (pytest_collection_finish)."""
     file_order = {item.nodeid: n for n, item in enumerate(items)}
     yield
+    grouped_order = {item.nodeid: n for n, item in enumerate(items)}
     module_order = {}
     for item in sorted(items, key=lambda i: file_order[i.nodeid]):
         module_order.setdefault(item.nodeid.split("::")[0], len(module_order))
 
     def key(item):
         callspec = getattr(item, "callspec", None)
+        params = callspec.params if callspec else {}
         # str(): a test for other platforms only (marker platforms) has NOTSET here
-        platform = str(callspec.params.get("platform", "")) if callspec else ""
+        platform = str(params.get("platform", ""))
+        # A module without platforms keeps pytest's grouping, so that a module-scoped
+        # fixture with parameters of its own is set up once per parameter.
+        order = file_order if "platform" in params else grouped_order
         return (item.get_closest_marker("guest") is not None,
-                module_order[item.nodeid.split("::")[0]], platform, file_order[item.nodeid])
+                module_order[item.nodeid.split("::")[0]], platform, order[item.nodeid])
 
     items.sort(key=key)
 
