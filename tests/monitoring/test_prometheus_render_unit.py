@@ -18,8 +18,8 @@ pytestmark = pytest.mark.unit
 REPO = Path(__file__).resolve().parents[2]
 SALT_CALL = Path(sys.executable).parent / "salt-call"
 NODE_EXPORTER = {"Debian": ("prometheus-node-exporter", "prometheus-node-exporter"),
-                 # EPEL's name, UNVERIFIED on an EL host (map.jinja, docs/monitoring.md)
-                 "RedHat": ("golang-github-prometheus-node-exporter", "node_exporter")}
+                 # Fedora's spec, which EPEL builds from; no EL host checked (docs/role.md)
+                 "RedHat": ("golang-github-prometheus-node-exporter", "prometheus-node-exporter")}
 RULES_PATH = "/etc/prometheus/rules.d/vpn-gateway.rules.yml"
 
 
