@@ -66,7 +66,7 @@ PROVISIONED_PACKAGES = (
     "libreswan", "nftables", "postgresql", "postgresql-client", "pgbouncer", "git",
     "busybox-static", "firewalld", "tcpdump", "nmap", "traceroute", "logrotate",
     "gnupg",  # the master's gpg renderer decrypts the pillar's secrets (docs/pillar.md)
-    "prometheus")  # scrapes a gateway's node_exporter in the monitoring lab (issue 17)
+    "prometheus")  # on k8s-node1, scrapes the gateways in the role lab (issue 17)
 # Units the packages enable; on an image host each is started by the host's part.
 PACKAGED_UNITS = ("firewalld.service", "pgbouncer.service", "postgresql.service",
                   "ipsec.service", "nftables.service", "prometheus.service")

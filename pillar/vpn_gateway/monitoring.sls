@@ -39,6 +39,11 @@ vpn_gateway:
       # vpn-gw1 is the minion with the kubeconfig (vpn_gateway:kubernetes:minion).
       enabled: {{ grains['id'] == 'vpn-gw1' }}
     logrotate: {frequency: daily, rotate: 14, maxsize: 100M, logs: []}
+    # node_exporter serves the metrics textfile (vpn_metrics.write, schedule below) on
+    # vpn_gateway:firewall:node_exporter_port, which the firewall opens to the
+    # Kubernetes nodes only: the cluster's Prometheus scrapes the gateways.
+    metrics:
+      node_exporter: {enabled: true}
 
 beacons:
   libreswan:

@@ -18,6 +18,8 @@ import yaml
 from leak_helpers import (DEBUG, DEBUG_LINE, ExecTrace, local_run, needles, paths_without,
                           pillar_secrets, report, scan)
 
+from repo_modules import load
+
 from lab import peers, pillar_gpg, postgres, role, saltstack
 from lab.lab import SLOWDOWN
 from lab.role import GATEWAYS
@@ -40,7 +42,8 @@ OUTPUTTERS = ("json", "yaml", "nested", "highstate")
 
 @pytest.fixture(scope="module")
 def lab(lab_factory):
-    lab = lab_factory(role.HOSTS, salt_config=DEBUG)  # the leak test reads debug logs
+    # the leak test reads debug logs; the schedules are the monitoring and k8s labs' area
+    lab = lab_factory(role.HOSTS, salt_config=DEBUG, pillar=saltstack.QUIET_SCHEDULES)
     role.prepare(lab)
     return lab
 
@@ -249,6 +252,95 @@ def test_a_psk_rotation_pushed_to_git_as_ciphertext_brings_the_tunnel_up_and_lea
     assert cached and all(path.startswith(MINION_DATA_CACHE) for path in cached), cached
 
 
+# The cluster's Prometheus (docs/monitoring.md, "Scraping"): on a Kubernetes node, the only
+# source vpn_gateway.firewall lets reach node_exporter's port.
+PROMETHEUS_HOST, PROMETHEUS = "k8s-node1", "http://198.18.2.31:9090"
+NODE_EXPORTERS = {"vpn-gw1": "198.18.2.11:9100", "vpn-gw2": "198.18.2.12:9100"}
+PROMETHEUS_CONFIG = """global: {scrape_interval: 1s, evaluation_interval: 1s}
+rule_files: [%s/salt/states/vpn_gateway/files/prometheus/vpn-gateway.rules.yml]
+scrape_configs:
+  - job_name: vpn-gateway
+    static_configs: [{targets: %s}]
+"""
+FETCH = ("import sys, urllib.request; "
+         "print(urllib.request.urlopen(sys.argv[1], timeout=3).read().decode())")
+
+
+def prometheus_api(lab, path):
+    """GET Prometheus' HTTP API on the lab network: its data."""
+    body = json.loads(lab[PROMETHEUS_HOST].run(["python3", "-c", FETCH, PROMETHEUS + path],
+                                               check=True).stdout)
+    assert body["status"] == "success", body
+    return body["data"]
+
+
+def series_of(text):
+    """{(name, ((label, value), ...))} of a textfile's samples ("" is no label)."""
+    found = set()
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, labels = line.split(" ")[0].partition("{")
+            found.add((name, tuple(sorted((k, v) for k, v in re.findall(
+                r'(\w+)="((?:[^"\\]|\\.)*)"', labels) if v))))
+    return found
+
+
+def test_the_clusters_prometheus_scrapes_every_documented_series_from_both_gateways(lab):
+    """Issue 17, a real scrape where production has it: the role installed and started
+    Debian's node_exporter on both gateways (vpn_gateway:monitoring:metrics:node_exporter,
+    set in the example pillar); Debian's prometheus on k8s-node1 scrapes them with the
+    shipped alert rules loaded. Every series of docs/monitoring.md's metric table (the
+    unit tier keeps it equal to vpn_metrics.METRICS) comes back through Prometheus' HTTP
+    API for each gateway, PgBouncer's per pool once a pod has queried through it, and so
+    does each sample of each gateway's textfile. From the management network, outside
+    the Kubernetes nodes, node_exporter does not answer (vpn_gateway.firewall)."""
+    wanted = set(load("salt/_modules/vpn_metrics.py").METRICS)
+    postgres.start(lab["remote-db"])
+    answer = role.select_one(lab)  # a pod's query: a pool on vpn-gw1's PgBouncer
+    assert answer.ok and answer.stdout.strip() == "1", answer
+    saltstack.salt(lab, "vpn-gw*", "vpn_metrics.write")
+    node = lab[PROMETHEUS_HOST]
+    node.put("/etc/prometheus/lab.yml", PROMETHEUS_CONFIG % (
+        lab.repo, json.dumps(sorted(NODE_EXPORTERS.values()))))
+    node.run(["systemd-run", "--unit", "prometheus-lab", "/usr/bin/prometheus",
+              "--config.file=/etc/prometheus/lab.yml", "--web.listen-address=198.18.2.31:9090",
+              "--storage.tsdb.path=/var/lib/prometheus/lab"], check=True)
+    try:
+        node.wait_port(9090, "198.18.2.31", timeout=60)
+        query = "/api/v1/query?query=%7B__name__%3D~%22vpn_gateway_.%2B%22%7D"
+        deadline = time.monotonic() + 60 * SLOWDOWN
+        while True:
+            result = prometheus_api(lab, query)["result"]
+            names = {(r["metric"]["instance"], r["metric"]["__name__"]) for r in result}
+            missing = {(i, n) for i in NODE_EXPORTERS.values() for n in wanted} - names
+            # vpn-gw2's PgBouncer has had no client: no pool, no per-pool series
+            missing = {(i, n) for i, n in missing if not (
+                i == NODE_EXPORTERS["vpn-gw2"] and n.startswith("vpn_gateway_pgbouncer_pools_"))}
+            if not missing:
+                break
+            assert time.monotonic() < deadline, f"not through Prometheus: {sorted(missing)}"
+            time.sleep(1)
+        for gateway, instance in NODE_EXPORTERS.items():
+            scraped = {(r["metric"]["__name__"], tuple(sorted(
+                (k, v) for k, v in r["metric"].items()
+                if k not in ("__name__", "instance", "job"))))
+                for r in result if r["metric"]["instance"] == instance}
+            written = series_of(lab[gateway].read(
+                "/var/lib/prometheus/node-exporter/vpn_gateway.prom"))
+            assert written - scraped == set(), (gateway, written - scraped)
+        pools = {r["metric"]["database"] for r in result if r["metric"]["__name__"]
+                 == "vpn_gateway_pgbouncer_pools_client_active_connections"}
+        assert role.POOLER[2] in pools, pools
+        rules = prometheus_api(lab, "/api/v1/rules")["groups"]
+        loaded = {r["name"]: r["health"] for g in rules for r in g["rules"]}
+        assert len(loaded) == 6 and set(loaded.values()) == {"ok"}, loaded
+    finally:
+        node.run(["systemctl", "stop", "prometheus-lab"])
+    # the management network is not a Kubernetes node: no answer from node_exporter
+    refused = lab["salt-master"].run(["python3", "-c", FETCH, "http://198.18.1.11:9100/metrics"])
+    assert not refused.ok and "urlopen error" in refused.stderr, refused
+
+
 def ike_serials(host):
     states = host.run(["ipsec", "whack", "--showstates"], check=True).stdout
     return set(re.findall(r'#(\d+): "remote-db[/"].*ESTABLISHED_IKE_SA', states))
@@ -276,7 +368,7 @@ def test_a_secret_in_the_wrong_shape_fails_the_render_and_is_shown_nowhere(lab):
         "pooler": {"users": {"app": values["password"]}},  # the password right under the user
         "tunnel": {"psk": [values["psk"]]},
         "monitoring": {"up_when": "ike_sa", "webhook_url": {"url": values["webhook"]}}}}
-    good = saltstack.LAB_PILLAR
+    good = {**saltstack.LAB_PILLAR, **lab.pillar}  # what the lab's lab.sls held
     saltstack.commit_pillar(lab, "lab.sls", yaml.safe_dump(wrong), "lab: secrets, wrong shapes")
     try:
         saltstack.salt(lab, "vpn-gw1", "saltutil.refresh_pillar", "wait=True")

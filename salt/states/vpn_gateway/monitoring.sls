@@ -83,12 +83,20 @@ vpn_gateway_node_exporter:
     {#- Debian's recommends (prometheus-node-exporter-collectors: smartmontools, apt
         timers writing their own textfiles) are not the gateway's business. #}
     - install_recommends: False
+  {#- As firewalld's (vpn_gateway.firewall): where the package starts the service, test=True
+      cannot know better than "would be started" until it is installed, so the state only
+      runs once it is (the real run, after the package). #}
   service.running:
     - name: {{ gateway.monitoring.node_exporter_service }}
     - enable: True
     - require:
       - pkg: vpn_gateway_node_exporter
       - file: vpn_gateway_metrics_textfile_dir
+{%- if gateway.monitoring.node_exporter_started_by_package %}
+    - onlyif:
+      - fun: pkg.version
+        args: [{{ gateway.monitoring.node_exporter_package | json }}]
+{%- endif %}
 {%- endif %}
 {%- if prometheus_rules.get('enabled') %}
 
