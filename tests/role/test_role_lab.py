@@ -3,8 +3,10 @@ served from Git: test=True predicts the first run exactly, the first run
 converges, the second changes nothing, no secret of that full apply is in any
 journal, log, cache, outputter's text or program's argv, a pillar commit (a new
 Kubernetes node) changes exactly the firewall rules for that node, and a PSK
-rotation committed as ciphertext brings the tunnel up with the new key. Salt
-runs at debug level throughout. Tests run in file order and share one lab."""
+rotation committed as ciphertext brings the tunnel up with the new key, and
+the cluster's Prometheus scrapes every documented series from both gateways'
+node_exporter. Salt runs at debug level throughout, the pillar's schedules
+off. Tests run in file order and share one lab."""
 import json
 import re
 import secrets
