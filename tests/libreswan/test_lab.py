@@ -130,12 +130,33 @@ def salt_status(lab):
     return saltstack.salt(lab, GW, "libreswan.status")[GW]
 
 
+# What pluto logs when a conn is loaded again (addconn, whack --add): 5.x its proposals
+# "(connection add)", 4.x "added IKEv2 connection". And when it revives a conn by itself:
+# on this kernel the Child SA cannot install, and Libreswan 5.2's delete of the IKE SA
+# then times out after 60 s, so pluto revives the conn, a new IKE SA every minute or so
+# with nobody touching it (seen in the lab: serials 1, 3, 5 at 60 and 125 s).
+LOADED = r"\(connection add\)|added IKEv2 connection"
+REVIVED = r"reviving connection|revival attempt|EVENT_REVIVE"
+
+
 def fingerprint(lab):
-    """The tunnel's files (content, mode) and its IKE SA serial: what must not change."""
+    """What must not change: the tunnel's files (content, mode), how often pluto loaded
+    a conn, and the IKE SA serial, which only pluto's own revival may move
+    (``REVIVED``: then ``None``, and the two other parts still hold)."""
     gw = lab[GW]
     files = gw.run(f"stat -c '%n %a %U' {CONF} {SECRETS}; md5sum {CONF} {SECRETS}").stdout
+    log = gw.run(["journalctl", "-u", "ipsec", "-o", "cat", "--no-pager"]).stdout
     ike = status(lab)["conns"][TUNNEL]["ike_sa"]
-    return files, ike and ike["serial"]
+    return (files, len(re.findall(LOADED, log)), len(re.findall(REVIVED, log)),
+            ike and ike["serial"])
+
+
+def unchanged(before, after):
+    """``before`` and ``after`` (fingerprints) the same, the IKE SA serial left out where
+    pluto revived the conn in between."""
+    if after[2] != before[2]:
+        before, after = before[:2], after[:2]
+    return after == before
 
 
 def wait_ike(lab, conn=TUNNEL):
@@ -211,7 +232,8 @@ def test_formula_predicts_applies_and_settles(lab):
         again = apply(lab, test=test)
         assert {k: r["changes"] for k, r in again.items() if r["changes"]} == {}, again
         assert all(ret["result"] is True for ret in again.values())
-    assert fingerprint(lab) == before
+    after = fingerprint(lab)
+    assert unchanged(before, after), (before, after)
 
 
 def test_ike_sa_with_the_primary_and_child_proposal_agreed(lab, esp):
@@ -486,10 +508,14 @@ import salt.client, salt.config
 caller = salt.client.Caller(mopts=salt.config.minion_config("/etc/salt/minion"))
 def fingerprint():
     files = [hashlib.md5(open(p, "rb").read()).hexdigest() for p in sys.argv[1:]]
+    log = subprocess.run(["journalctl", "-u", "ipsec", "-o", "cat", "--no-pager"],
+                         capture_output=True, text=True).stdout
     states = subprocess.run(["ipsec", "whack", "--showstates"], capture_output=True,
                             text=True).stdout
     ike = re.findall(r'#(\\d+): "remote-db[/"].*ESTABLISHED_IKE_SA', states)
-    return files + ike
+    return [files, len(re.findall(LOADED, log)), len(re.findall(REVIVED, log)), ike]
+LOADED, REVIVED = sys.argv[-2:]
+sys.argv[1:] = sys.argv[1:-2]
 out = {"before": fingerprint()}
 for case, args in json.load(sys.stdin).items():
     out[case] = {str(test): caller.cmd("state.single", "libreswan.conn_present", test=test,
@@ -516,8 +542,8 @@ def bad_pillar_runs(lab):
     wait_ike(lab)
     gw.put("/root/bad_pillar.py", BAD_PILLAR_DRIVER)
     cases = {case: case_args(override) for case, (override, _) in BAD_PILLAR.items()}
-    result = gw.run([str(lab.venv / "bin" / "python"), "/root/bad_pillar.py", CONF, SECRETS],
-                    input=json.dumps(cases), timeout=600)
+    result = gw.run([str(lab.venv / "bin" / "python"), "/root/bad_pillar.py", CONF, SECRETS,
+                     LOADED, REVIVED], input=json.dumps(cases), timeout=600)
     assert result.ok, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -531,8 +557,9 @@ def test_bad_pillar_changes_nothing(lab, bad_pillar_runs, case):
         assert ret["result"] is False and ret["changes"] == {}, ret
         assert key in ret["comment"], ret["comment"]
         assert PSK not in ret["comment"] and OTHER_PSK not in ret["comment"]
-    assert len(bad_pillar_runs["before"]) == 3, "files or IKE SA missing before the cases"
-    assert runs["after"] == bad_pillar_runs["before"]
+    before = bad_pillar_runs["before"]
+    assert len(before[0]) == 2 and before[3], "files or IKE SA missing before the cases"
+    assert unchanged(before, runs["after"]), (before, runs["after"])
 
 
 def test_bad_pillar_through_the_formula_keeps_the_last_good_config(lab):
@@ -544,11 +571,10 @@ def test_bad_pillar_through_the_formula_keeps_the_last_good_config(lab):
             ret = tunnel_state(apply(lab, test=test))
             assert ret["result"] is False and ret["changes"] == {}, ret
             assert f"{T}:remote_subnets:0" in ret["comment"] and "host bits" in ret["comment"]
-        # pluto's log of the window with it: once (2026-11-30, a clean-clone run at full
-        # load) the IKE SA serial moved with the files unchanged, cause not yet known
-        assert fingerprint(lab) == before, lab[GW].run(
+        after = fingerprint(lab)
+        assert unchanged(before, after), (before, after, lab[GW].run(
             ["journalctl", "-u", "ipsec", "-o", "short-precise", "--no-pager",
-             "--since", f"@{int(started) - 5}"]).stdout[-6000:]
+             "--since", f"@{int(started) - 5}"]).stdout[-6000:])
     finally:
         write_pillar(lab)
 
