@@ -15,7 +15,11 @@ mount namespace keeps it), learned from each ``systemd-nspawn``'s
 ``--directory`` (lab/lab.py), nsenter'd commands included. Processes running
 when the command starts count only what they use after that.
 
-The anchor is the machine itself: busy and idle seconds over the wall time.
+Two anchors: the machine itself (busy and idle seconds over the wall time),
+and its speed before and after the command: the best of three runs of a fixed
+pure-Python loop on one core. This machine is a VM whose host reports no steal
+time; the same commit's suite took 26.5 to 33 min on different runs, and a
+slower loop tells a slower machine from a heavier suite.
 """
 import argparse
 import collections
@@ -94,6 +98,16 @@ def table(title, rows, total):
         print(f"| {name} | {seconds:.0f} | {100 * seconds / total:.0f} % |")
 
 
+def speed():
+    """Seconds for a fixed pure-Python loop on one core, the best of three."""
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        sum(i * i for i in range(3_000_000))
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--top", type=int, default=15, help="rows per table (default 15)")
@@ -103,6 +117,7 @@ def main():
     if not command:
         parser.error("no command: benchmarks/suite_cpu.py -- COMMAND...")
     seen, roots = {}, {}
+    speed_before = speed()
     busy0, idle0 = machine_ticks()
     started = time.monotonic()
     sample(seen, roots, first=True)
@@ -113,6 +128,7 @@ def main():
     wall = time.monotonic() - started
     busy1, idle1 = machine_ticks()
     busy, idle = (busy1 - busy0) / HZ, (idle1 - idle0) / HZ
+    speed_after = speed()
     by_kind, by_host = collections.Counter(), collections.Counter()
     for process in seen.values():
         seconds = (process["ticks"] - process["base"]) / HZ
@@ -123,7 +139,8 @@ def main():
             by_kind[process["label"]] += seconds
     by_kind["programs under 2 s"] = busy - sum(by_kind.values())
     print(f"`{' '.join(command)}`: exit {proc.returncode}, wall {wall:.0f} s; the machine busy "
-          f"{busy:.0f} s, idle {idle:.0f} s ({100 * busy / (busy + idle):.0f} % busy)")
+          f"{busy:.0f} s, idle {idle:.0f} s ({100 * busy / (busy + idle):.0f} % busy); the fixed "
+          f"loop {speed_before:.2f} s before, {speed_after:.2f} s after")
     table("By kind of process", by_kind.most_common(args.top), busy)
     table("Lab hosts, every lab's summed by host name", by_host.most_common(args.top), busy)
     return proc.returncode
