@@ -140,9 +140,9 @@ REVIVED = r"reviving connection|revival attempt|EVENT_REVIVE"
 
 
 def fingerprint(lab):
-    """What must not change: the tunnel's files (content, mode), how often pluto loaded
-    a conn, and the IKE SA serial, which only pluto's own revival may move
-    (``REVIVED``: then ``None``, and the two other parts still hold)."""
+    """(files, loads, revivals, serial): the tunnel's files (content, mode), how often
+    pluto's log says a conn was loaded (``LOADED``) and revived (``REVIVED``), and the
+    IKE SA serial, which only pluto's own revival may move (``unchanged``)."""
     gw = lab[GW]
     files = gw.run(f"stat -c '%n %a %U' {CONF} {SECRETS}; md5sum {CONF} {SECRETS}").stdout
     log = gw.run(["journalctl", "-u", "ipsec", "-o", "cat", "--no-pager"]).stdout
