@@ -194,7 +194,7 @@ def _watch(generation, interval, directory=WATCHER_DIR, sleep=time.sleep):
         while _read(os.path.join(directory, WATCHER_GENERATION)) == generation:
             try:
                 settings = __salt__["libreswan.monitoring_settings"]()
-                health = __salt__["libreswan.health"](timeout=QUERY_TIMEOUT)
+                health = __salt__["libreswan.health"](timeout=QUERY_TIMEOUT, reasons=False)
             except Exception as exc:  # pluto not installed yet, a bad setting: next poll
                 log.debug("libreswan recovery watcher: no health: %s", exc)
                 health = None
@@ -255,7 +255,7 @@ def beacon(config):
     now = time.time()
     healths, __context__["libreswan.beacon.skip_until"] = _observe(
         __context__.get("libreswan.beacon.skip_until"), now,
-        lambda timeout: __salt__["libreswan.health"](timeout=timeout),
+        lambda timeout: __salt__["libreswan.health"](timeout=timeout, reasons=False),
         QUERY_TIMEOUT, BACKOFF, time.monotonic)
     local = settings.get("recovery", "local") == "local"
     if local:
@@ -273,6 +273,12 @@ def beacon(config):
         if event:
             events.append(dict(event, tag=f"{tunnel}/{event['state']}", tunnel=tunnel,
                                active=health["active"], reason=health["reason"]))
+    # The polls leave pluto's log unread: the reasons of what is reported, read now
+    # unless pluto just did not answer in time (the reason already says so).
+    if events and __context__.get("libreswan.beacon.skip_until") is None:
+        reasons = __salt__["libreswan.health"](timeout=QUERY_TIMEOUT)
+        for event in events:
+            event["reason"] = reasons.get(event["tunnel"], {}).get("reason", event["reason"])
     if current != saved:
         __salt__["libreswan.remember"]("beacon", current)
     if local:

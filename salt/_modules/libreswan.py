@@ -1037,7 +1037,7 @@ def peer_answered(name, since):
     return result["retcode"] == 0 and _ike_established_in(result["stdout"].splitlines(), name)
 
 
-def status(timeout=None):
+def status(timeout=None, reasons=True):
     """
     Structured tunnel status from one ``whack --status`` and one
     ``whack --trafficstatus`` (Libreswan 4.x and 5.x output).
@@ -1052,7 +1052,9 @@ def status(timeout=None):
     ``installed``: libreswan is installed (if not, ``error`` says so).
     Each ``whack`` query is bounded by ``timeout`` s (default ``QUERY_TIMEOUT``):
     a pluto that does not answer gives ``running`` false, ``timed_out`` true
-    and an ``error`` naming the command and the bound.
+    and an ``error`` naming the command and the bound. ``reasons=False``
+    leaves pluto's log unread: a down conn's ``reason`` then comes from its
+    states alone (the pack's polls, which only need up or down, pass it).
 
     CLI Example:
 
@@ -1060,8 +1062,9 @@ def status(timeout=None):
 
         salt 'vpn-gw*' libreswan.status
         salt 'vpn-gw*' libreswan.status timeout=3
+        salt 'vpn-gw*' libreswan.status reasons=False
     """
-    return _status(reasons=True, timeout=timeout)
+    return _status(reasons=reasons, timeout=timeout)
 
 
 def _not_running(error, installed_=True):
@@ -1176,11 +1179,13 @@ def up(name, wait=10):
     result = {"retcode": 0} if negotiating else _ipsec(
         "whack", "--name", name, "--initiate", "--asynchronous")
     deadline = time.monotonic() + float(wait)
-    while True:
-        conn = _status(reasons=True)["conns"].get(name)
+    while True:  # pluto's log is read once, for the reason of a conn that did not come up
+        conn = _status(reasons=False)["conns"].get(name)
         if conn is None or conn["ike_established"] or time.monotonic() >= deadline:
             break
         time.sleep(0.5)
+    if conn is not None and not conn["up"]:
+        conn = _status(reasons=True)["conns"].get(name) or conn
     return {"name": name, "initiated": result["retcode"] == 0, "loaded": conn is not None,
             "ike_established": bool(conn and conn["ike_established"]),
             "up": bool(conn and conn["up"]), "reason": conn["reason"] if conn else "not loaded"}
@@ -1469,8 +1474,12 @@ def apply_conn(name, psk_pillar, backup_psk_pillar=None, source="conn", **spec):
     target = name + BACKUP_SUFFIX if plan["active"] == "backup" and conn["backup"] \
         else (name if conn["auto"] == "start" or plan["active"] == "primary" else None)
     errors = _load(to_load)
-    after = _status(reasons=False)["conns"]
-    problems = errors + _verify(name, conn, after)
+    # Nothing loaded or deleted: plan_conn already found pluto's conns as declared
+    # (a difference or a missing conn would be in to_load, an undeclared backup in
+    # stale_loaded), so only a changed pluto is read again.
+    changed_pluto = to_load or plan["stale_loaded"]
+    after = _status(reasons=False)["conns"] if changed_pluto else None
+    problems = errors + (_verify(name, conn, after) if changed_pluto else [])
     if problems:
         restored = _restore(conf_path, old_conf, secrets_path, old_secrets, conns, to_load)
         # addconn NAME ignores auto=: the reloaded conn that carried the tunnel

@@ -278,12 +278,11 @@ def __virtual__():
     return __virtualname__
 
 
-def _status(timeout=None):
+def _status(timeout=None, reasons=True):
     if "libreswan.status" not in __salt__:
         raise CommandExecutionError("libreswan.status is not available: install the libreswan "
                                     "package (apply vpn_gateway.ipsec)")
-    return __salt__["libreswan.status"](timeout=timeout) if timeout else __salt__[
-        "libreswan.status"]()
+    return __salt__["libreswan.status"](timeout=timeout or None, reasons=reasons)
 
 
 def monitoring_settings():
@@ -359,11 +358,13 @@ def _declared_here():
     return _declared(json.loads(json.dumps(__pillar__.get("vpn_gateway", {}) or {})))
 
 
-def health(name=None, timeout=None):
+def health(name=None, timeout=None, reasons=True):
     """
     Health of each tunnel (or of ``name``): ``state`` up / failover / down,
     the ``active`` peer and why it is down, judged by ``up_when``. pluto's
     status queries are bounded by ``timeout`` s (default: libreswan.status's).
+    ``reasons=False`` takes the reason from pluto's states alone, without
+    reading its log (the beacon's, the watcher's and the metrics' polls).
 
     CLI Example:
 
@@ -374,13 +375,13 @@ def health(name=None, timeout=None):
         salt 'vpn-gw*' libreswan.health timeout=3
     """
     settings = monitoring_settings()
-    status = _status(timeout)
+    status = _status(timeout, reasons)
     return {t: _health(status, t, settings["up_when"])
             for t in _tunnel_names(settings, status, name)}
 
 
-def _health_now(settings, tunnel):
-    return _health(_status(), tunnel, settings["up_when"])
+def _health_now(settings, tunnel, reasons=True):
+    return _health(_status(reasons=reasons), tunnel, settings["up_when"])
 
 
 # -- run-time memory --------------------------------------------------------------------------
@@ -624,10 +625,12 @@ def _state_run_in_progress():
 
 def _wait_health(settings, tunnel, timeout):
     deadline = time.monotonic() + timeout
-    while True:
-        current = _health_now(settings, tunnel)
-        if current["up"] or time.monotonic() >= deadline:
+    while True:  # pluto's log is read once, for the reason of a tunnel still down
+        current = _health_now(settings, tunnel, reasons=False)
+        if current["up"]:
             return current
+        if time.monotonic() >= deadline:
+            return _health_now(settings, tunnel)
         time.sleep(0.5)
 
 
@@ -648,7 +651,7 @@ def _pluto_pid():
 
 def _wait_pluto(timeout):
     deadline = time.monotonic() + timeout
-    while not _status()["running"] and time.monotonic() < deadline:
+    while not _status(reasons=False)["running"] and time.monotonic() < deadline:
         time.sleep(0.5)
 
 
@@ -800,7 +803,7 @@ def _each_locked(name, act):
     declared = _declared_here()
     settings = monitoring_settings()
     results = {}
-    status = None if name is not None else _status()
+    status = None if name is not None else _status(reasons=False)
     tunnels = _acting_on(name, declared, status, settings)
     with _locked(settings, name) as mine:
         for tunnel in tunnels:

@@ -39,7 +39,7 @@ def beat():
     """
     result = {"beat": time.time(), "serving": False, "tunnels": {}, "error": None}
     try:
-        health = __salt__["libreswan.health"](timeout=3)
+        health = __salt__["libreswan.health"](timeout=3, reasons=False)
     except Exception as exc:  # pluto missing or hung: alive, but not serving
         result["error"] = f"{type(exc).__name__}: {exc}"
         return result

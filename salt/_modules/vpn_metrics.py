@@ -277,8 +277,9 @@ def _collect(save):
     state_dir = __salt__["libreswan.monitoring_settings"]()["state_dir"]
     memory = __salt__["libreswan.monitoring_memory"]
     # pluto's queries bounded (a hung pluto: ipsec_up 0, tunnels down, never a hang)
-    status = __salt__["libreswan.status"](timeout=QUERY_TIMEOUT)
-    health = __salt__["libreswan.health"](timeout=QUERY_TIMEOUT)
+    # up or down is what the metrics show: pluto's log (the reasons) is not read
+    status = __salt__["libreswan.status"](timeout=QUERY_TIMEOUT, reasons=False)
+    health = __salt__["libreswan.health"](timeout=QUERY_TIMEOUT, reasons=False)
     pools = _show("pools")
     databases = None if pools is False else _show("databases") or []
     with _counters_file(state_dir, save) as counters:

@@ -379,7 +379,7 @@ def test_sync_readiness_sets_a_silent_gateway_not_ready_and_back(cluster, namesp
 def test_the_heartbeat_serves_only_with_every_tunnel_carried():
     beat = load("salt/_modules/vpn_heartbeat.py")
     health = {"remote-db": {"state": "up", "up": True}}
-    beat.__salt__ = {"libreswan.health": lambda timeout=None: health}
+    beat.__salt__ = {"libreswan.health": lambda timeout=None, reasons=True: health}
     first = beat.beat()
     assert first["serving"] is True and first["tunnels"] == {"remote-db": "up"}
     health["other"] = {"state": "partial", "up": False}
@@ -387,7 +387,7 @@ def test_the_heartbeat_serves_only_with_every_tunnel_carried():
     time.sleep(0.01)
     assert beat.beat()["beat"] > first["beat"]  # a wall clock: the observer sees it move
 
-    def hung(timeout=None):
+    def hung(timeout=None, reasons=True):
         raise CommandExecutionError("pluto did not answer within 3 s")
 
     beat.__salt__ = {"libreswan.health": hung}

@@ -76,6 +76,8 @@ def test_nothing_changed_touches_nothing(module):
     assert planned["to_load"] == [] and applied == {
         "result": True, "changes": {}, "comment": f"conn {TUNNEL} is as declared"}
     assert pluto.touched(TUNNEL) == [] and pluto.touched(BACKUP) == []
+    # pluto is asked once, by the plan: with nothing loaded there is nothing to verify again
+    assert pluto.calls.count(("whack", "--status")) == 1
 
 
 def test_a_backup_change_reloads_the_backup_only(module):
@@ -86,6 +88,7 @@ def test_a_backup_change_reloads_the_backup_only(module):
     assert applied["changes"]["loaded"] == [BACKUP]
     assert "+\tright=198.18.0.23\n" in applied["changes"]["diff"]
     assert ("whack", "--name", BACKUP, "--delete") in pluto.calls
+    assert pluto.calls.count(("whack", "--status")) == 2  # the plan's, and the verification's
     # The primary carries the tunnel: no delete, addconn, terminate or initiate.
     assert pluto.touched(TUNNEL) == [], pluto.touched(TUNNEL)
 

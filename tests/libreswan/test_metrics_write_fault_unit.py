@@ -30,8 +30,8 @@ def metrics(tmp_path):
     module.__salt__ = {
         "libreswan.monitoring_settings": lambda: settings,
         "libreswan.monitoring_memory": lambda what="recovery": {},
-        "libreswan.status": lambda timeout=None: STATUS,
-        "libreswan.health": lambda timeout=None: {},
+        "libreswan.status": lambda timeout=None, reasons=True: STATUS,
+        "libreswan.health": lambda timeout=None, reasons=True: {},
         "libreswan.version": lambda: {"version": "5.2", "installed": True},
     }
     module.write()  # the last good files

@@ -98,7 +98,7 @@ def test_the_watcher_recovers_at_each_change_and_repeat_after_the_holddown():
 def fake_watcher_salt(states, recovered):
     """health reads states.pop(0) (the last one stays); recover records its tunnel."""
     return {"libreswan.monitoring_settings": lambda: SETTINGS,
-            "libreswan.health": lambda timeout: {"remote-db": {
+            "libreswan.health": lambda timeout, reasons: {"remote-db": {
                 "state": states.pop(0) if len(states) > 1 else states[0]}},
             "libreswan.recover": lambda tunnel: recovered.append(tunnel) or {
                 tunnel: {"action": "ensure_up", "state": "up", "steps": []}}}
@@ -144,12 +144,18 @@ class FakeProcess:
 
 def test_the_beacon_keeps_one_watcher_and_marks_its_events(tmp_path, monkeypatch):
     beacon = load("salt/_beacons/libreswan.py")
-    memory, settings = {}, dict(SETTINGS, holddown=0)
+    memory, settings, asked = {}, dict(SETTINGS, holddown=0), []
+
+    def health(timeout, reasons=True):
+        """pluto's states say little; its log (reasons=True) says why."""
+        asked.append(reasons)
+        return {"remote-db": {"state": "down", "active": None,
+                              "reason": "pluto's log: peer unreachable" if reasons else "x"}}
+
     beacon.__salt__ = {
         "libreswan.monitoring_settings": lambda: settings,
         "libreswan.monitoring_memory": lambda what: json.loads(json.dumps(memory)),
-        "libreswan.health": lambda timeout: {"remote-db": {
-            "state": "down", "active": None, "reason": "x"}},
+        "libreswan.health": health,
         "libreswan.remember": lambda what, data: memory.update(data) or {}}
     beacon.__context__ = {}
     monkeypatch.setattr(beacon, "WATCHER_DIR", str(tmp_path))
@@ -158,6 +164,8 @@ def test_the_beacon_keeps_one_watcher_and_marks_its_events(tmp_path, monkeypatch
     FakeProcess.started = []
     (fired,) = beacon.beacon([])
     assert (fired["state"], fired["recovery"]) == ("down", "local")
+    # the poll leaves pluto's log unread; what is reported gets its reason from it
+    assert asked == [False, True] and fired["reason"] == "pluto's log: peer unreachable"
     (started,) = FakeProcess.started
     generation = (tmp_path / beacon.WATCHER_GENERATION).read_text()
     assert started == (generation, beacon.WATCHER_INTERVAL, str(tmp_path))

@@ -173,8 +173,8 @@ class FakeSalt(dict):
             "libreswan.monitoring_settings": lambda: {"state_dir": state_dir,
                                                       "metrics": {"path": path}},
             "libreswan.monitoring_memory": lambda what="recovery": {},
-            "libreswan.status": lambda timeout=None: self.status,
-            "libreswan.health": lambda timeout=None: {"remote-db": recovery._health(
+            "libreswan.status": lambda timeout=None, reasons=True: self.status,
+            "libreswan.health": lambda timeout=None, reasons=True: {"remote-db": recovery._health(
                 dict(self.status, tunnels={}), "remote-db", "ike_sa")},
             "libreswan.version": lambda: {"version": "5.2", "installed": True},
         })
@@ -219,7 +219,7 @@ def test_a_failed_collection_leaves_the_last_file_and_its_timestamp(tmp_path):
     module.write()
     before = path.read_text()
 
-    def broken(timeout=None):
+    def broken(timeout=None, reasons=True):
         raise RuntimeError("status failed")
 
     module.__salt__["libreswan.status"] = broken

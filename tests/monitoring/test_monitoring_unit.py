@@ -278,7 +278,7 @@ def test_a_state_run_gives_up_waiting_after_its_timeout(tmp_path, monkeypatch):
 def test_ensure_up_backs_off_while_the_lock_is_held(tmp_path, monkeypatch):
     calls = []
     module, _ = fresh_recovery(tmp_path, monkeypatch, salt={
-        "libreswan.status": lambda: calls.append("status") or {"conns": {}, "tunnels": {}},
+        "libreswan.status": lambda **kw: calls.append("status") or {"conns": {}, "tunnels": {}},
         "saltutil.is_running": lambda fun: []})
     assert module.hold_recovery_lock(timeout=1)["held"]
     assert module.ensure_up("remote-db")["remote-db"]["deferred"].startswith(
@@ -292,7 +292,7 @@ def test_ensure_up_backs_off_while_the_lock_is_held(tmp_path, monkeypatch):
 def test_a_ladder_that_took_the_lock_backs_off_from_a_rendering_state_run(tmp_path, monkeypatch):
     steps = []
     module, _ = fresh_recovery(tmp_path, monkeypatch, salt={
-        "libreswan.status": lambda: PLUTO_STOPPED,
+        "libreswan.status": lambda **kw: PLUTO_STOPPED,
         "saltutil.is_running": lambda fun: [{"fun": "state.apply", "jid": "1"}],
         "service.stop": lambda *a: steps.append("stop"),
         "service.start": lambda *a: steps.append("start")})
@@ -309,7 +309,7 @@ class FakePluto:
         self.answered = False  # what pluto's log says (libreswan.peer_answered)
         self.calls = []
 
-    def status(self):
+    def status(self, timeout=None, reasons=True):
         conns = {name: {"ike_established": up, "up": up, "reason": None if up else "down"}
                  for name, up in self.ike.items()}
         return {"running": True, "conns": conns, "tunnels": {"remote-db": {}}}

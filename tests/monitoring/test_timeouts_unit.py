@@ -204,7 +204,8 @@ def test_the_beacon_asks_health_with_its_bound_and_stays_quiet_while_backing_off
     asked, saved, clock = [], {}, Clock()
     down = {"remote-db": {"state": "down", "active": None, "reason": HUNG["error"]}}
 
-    def health(timeout=None):
+    def health(timeout=None, reasons=True):
+        assert reasons is False  # a poll; and no reasons read after a hung one
         asked.append(timeout)
         clock.now += timeout  # pluto does not answer: the query runs into its bound
         return down
