@@ -701,9 +701,12 @@ def _climb(settings, tunnel, start):
     steps = []
     current = start
     for step, target in _ladder(start, settings["conn_restarts"]):
+        started = time.monotonic()
         current = _run_step(settings, tunnel, step, target)
+        # how long each step took: where a recovery's time goes (benchmarks/recovery.py)
         steps.append({"step": step, "target": target, "state": current["state"],
-                      "active": current["active"]})
+                      "active": current["active"],
+                      "seconds": round(time.monotonic() - started, 1)})
         if current["up"]:
             break
     return current, steps
