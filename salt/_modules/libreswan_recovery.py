@@ -254,7 +254,8 @@ def _ladder(health, conn_restarts):
     """The steps of one recovery, cheapest first: ``[(step, target), ...]``.
 
     With pluto running: restart the conn that carried the tunnel, then fail
-    over to the other peer, then restart the service (xfrm flushed). With
+    over to the other peer, then restart the service (xfrm flushed). (The
+    climb skips the further restarts of a conn whose peer answered none.) With
     pluto gone a conn restart cannot work: restart the service first, then
     fail over if the peer it brings up stays down. A partial tunnel (the peer
     carries only some subnets) gets the conn restarts alone: the other peer
@@ -700,8 +701,11 @@ def _climb(settings, tunnel, start):
     """Run the ladder until a step's verification shows the tunnel up."""
     steps = []
     current = start
+    silent = set()  # peers that answered no restart of their conn
     for step, target in _ladder(start, settings["conn_restarts"]):
-        started = time.monotonic()
+        if step == "restart_conn" and target in silent:
+            continue  # another restart of a conn whose peer does not answer cannot help
+        started, since = time.monotonic(), time.time()
         current = _run_step(settings, tunnel, step, target)
         # how long each step took: where a recovery's time goes (benchmarks/recovery.py)
         steps.append({"step": step, "target": target, "state": current["state"],
@@ -709,6 +713,9 @@ def _climb(settings, tunnel, start):
                       "seconds": round(time.monotonic() - started, 1)})
         if current["up"]:
             break
+        conn = tunnel + BACKUP_SUFFIX if target == "backup" else tunnel
+        if step == "restart_conn" and not __salt__["libreswan.peer_answered"](conn, since):
+            silent.add(target)
     return current, steps
 
 

@@ -228,3 +228,36 @@ def test_the_reactor_leaves_events_the_minion_recovers_itself(reactor, caplog): 
     # a crafted event stays refused, marked or not
     assert reactions(reactor, *beacon_event("*", "remote-db", "down", recovery="local")) == []
     assert "event refused" in caplog.text
+
+
+def climbed(tmp_path, monkeypatch, pluto):
+    """ensure_up's result on ``pluto`` with the tunnel down (no step waits for what
+    cannot come)."""
+    salt = dict(pluto.salt(), **{"libreswan.restart_conn": lambda conn, wait: pluto.up(conn),
+                                 "cmd.run_stdout": lambda *a, **kw: "4242"})  # pluto's pid
+    module, _ = fresh_recovery(tmp_path, monkeypatch, salt=salt)
+    monkeypatch.setattr(module, "_wait_health", lambda settings, tunnel, timeout: (
+        module._health_now(settings, tunnel)))
+    return module.ensure_up("remote-db")["remote-db"]
+
+
+def test_a_peer_that_answers_no_restart_gets_no_second_one(tmp_path, monkeypatch):
+    """Primary peer down: each conn restart waits step_timeout for an IKE SA that a gone
+    peer never answers. One restart, then the failover (issue 18: where 19.8 s went)."""
+    pluto = FakePluto(primary_alive=False)
+    pluto.ike["remote-db-backup"] = False  # the primary carried it, then went away
+    result = climbed(tmp_path, monkeypatch, pluto)
+    assert [(s["step"], s["target"]) for s in result["steps"]] == [
+        ("restart_conn", "primary"), ("switch", "backup")]
+    assert (result["state"], result["active"]) == ("failover", "backup")
+    assert all(isinstance(s["seconds"], float) for s in result["steps"])
+
+
+def test_a_peer_that_answers_keeps_its_conn_restarts(tmp_path, monkeypatch):
+    """The peer answered (an IKE SA in pluto's log) but the tunnel did not come up:
+    the next restart may still help, so every one is tried before the failover."""
+    pluto = FakePluto(primary_alive=False)
+    pluto.ike["remote-db-backup"] = False
+    pluto.answered = True
+    result = climbed(tmp_path, monkeypatch, pluto)
+    assert [s["step"] for s in result["steps"]] == ["restart_conn", "restart_conn", "switch"]
