@@ -232,21 +232,27 @@ def one_run(lab):
     return row
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=3)
+def arguments(doc, script, runs):
+    """The ESP benchmarks' command line (--runs, --platform, --guest). With --guest,
+    ``script`` runs again inside a QEMU guest and this process exits with its code."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=runs)
     parser.add_argument("--platform", default="debian13")
     parser.add_argument("--guest", action="store_true", help="run inside a QEMU guest (ESP)")
     args = parser.parse_args()
     if os.geteuid() != 0:
-        sys.exit("failback benchmark: needs root (it starts a lab)")
+        sys.exit(f"{script}: needs root (it starts a lab)")
     if args.guest:
         from lab import qemu
         # the venv's interpreter: the lab's Salt and the script's imports live there
-        result = qemu.run([sys.executable, "benchmarks/failback_outage.py", "--runs",
-                           str(args.runs), "--platform", args.platform],
-                          cwd=REPO, timeout=5400, stream=True)
+        result = qemu.run([sys.executable, f"benchmarks/{script}", "--runs", str(args.runs),
+                           "--platform", args.platform], cwd=REPO, timeout=5400, stream=True)
         sys.exit(result.returncode)
+    return args
+
+
+def main():
+    args = arguments(__doc__, "failback_outage.py", runs=3)
     rows = []
     # vpn-gw1 from its converged root (lab/converged.py): apt under TCG is not what this measures
     with Lab(converged.topology(HOSTS, args.platform), name=f"vgwlab-failback{os.getpid()}",
