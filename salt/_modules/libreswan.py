@@ -1474,12 +1474,12 @@ def apply_conn(name, psk_pillar, backup_psk_pillar=None, source="conn", **spec):
     target = name + BACKUP_SUFFIX if plan["active"] == "backup" and conn["backup"] \
         else (name if conn["auto"] == "start" or plan["active"] == "primary" else None)
     errors = _load(to_load)
+    problems = list(errors)
     # Nothing loaded or deleted: plan_conn already found pluto's conns as declared
     # (a difference or a missing conn would be in to_load, an undeclared backup in
     # stale_loaded), so only a changed pluto is read again.
-    changed_pluto = to_load or plan["stale_loaded"]
-    after = _status(reasons=False)["conns"] if changed_pluto else None
-    problems = errors + (_verify(name, conn, after) if changed_pluto else [])
+    if to_load or plan["stale_loaded"]:
+        problems += _verify(name, conn, _status(reasons=False)["conns"])
     if problems:
         restored = _restore(conf_path, old_conf, secrets_path, old_secrets, conns, to_load)
         # addconn NAME ignores auto=: the reloaded conn that carried the tunnel

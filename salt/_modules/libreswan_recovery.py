@@ -707,7 +707,7 @@ def _climb(settings, tunnel, start):
             continue  # another restart of a conn whose peer does not answer cannot help
         started, since = time.monotonic(), time.time()
         current = _run_step(settings, tunnel, step, target)
-        # how long each step took: where a recovery's time goes (benchmarks/recovery.py)
+        # how long each step took: where a recovery's time goes (libreswan.recovery_state)
         steps.append({"step": step, "target": target, "state": current["state"],
                       "active": current["active"],
                       "seconds": round(time.monotonic() - started, 1)})
