@@ -21,12 +21,14 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from lab import pillar_gpg
-from lab.lab import Result
+from lab.lab import SLOWDOWN, Result
 
 # Salt at debug level in its log files and on the console (journald): Lab(salt_config=DEBUG)
 DEBUG = {"log_level": "debug", "log_level_logfile": "debug"}
 # Salt's log line level column, in the log file and on the console (journald)
 DEBUG_LINE = "[DEBUG   ]"
+# Its lines at WARNING or above
+WARNING_LINE = re.compile(r"\[(WARNING|ERROR|CRITICAL) *\]")
 
 # One sink. stdin: the needles, one a line (never in an argv). $1: "files" or
 # "command"; then the canaries, "--", and the paths or the command. A command's
@@ -232,9 +234,11 @@ class ExecTrace:
     first run about twice as long. Use as a context manager; ``files`` {host
     name: trace path}, ``consoles`` {host name: what the traced minion printed,
     which the unit's would have sent to the journal}. ``minion``: the minion's
-    argv; ``ready(host)``: whether it answers (the master's test.ping)."""
+    argv; ``ready(host)``: whether it answers (the master's test.ping).
+    ``timeout``: seconds each minion has to answer, times the lab's SLOWDOWN; a
+    traced minion's start under CI's full load once took more than 120 s."""
 
-    def __init__(self, hosts, directory, minion, ready, timeout=120):
+    def __init__(self, hosts, directory, minion, ready, timeout=300):
         self.hosts, self.directory = list(hosts), Path(directory)
         self.minion, self.ready, self.timeout = list(minion), ready, timeout
         self.tracers, self.files, self.consoles = {}, {}, {}
@@ -267,12 +271,23 @@ class ExecTrace:
         self.files[host.name], self.consoles[host.name] = trace, console
 
     def _wait(self, host, what):
-        deadline = time.monotonic() + self.timeout
+        deadline = time.monotonic() + self.timeout * SLOWDOWN
         while not self.ready(host):
             tracer = self.tracers.get(host.name)
             assert tracer is None or tracer.poll() is None, f"{host.name}: strace ended"
-            assert time.monotonic() < deadline, f"{host.name}: not within {self.timeout}s: {what}"
+            assert time.monotonic() < deadline, (
+                f"{host.name}: not within {self.timeout * SLOWDOWN:g}s: {what}; "
+                f"its console's last warnings: {self.warnings(host)}")
             time.sleep(1)
+
+    def warnings(self, host, count=20):
+        """The last ``count`` lines of the traced minion's console at WARNING or above
+        (why it does not answer: auth, the master's key), never its debug lines."""
+        console = self.consoles.get(host.name)
+        if console is None or not console.exists():
+            return []
+        lines = console.read_text(errors="replace").splitlines()
+        return [line for line in lines if WARNING_LINE.search(line)][-count:]
 
     def _stop(self):
         """The traced minion ends, as systemd stops a unit: SIGTERM, then SIGKILL for

@@ -172,3 +172,17 @@ def test_an_argv_is_recorded_by_strace_running_the_minion(tmp_path):
     sink = scan(local_run, "argv", SECRETS, ['execve("/bin/echo", '],
                 paths=[str(trace.files["fake-minion"])])
     assert sink.hits == {"psk": [str(trace.files["fake-minion"])]}, sink
+
+
+def test_a_minion_that_never_answers_fails_naming_its_warnings_not_its_debug(tmp_path):
+    host = FakeHost()
+    minion = [sys.executable, "-c",
+              "import sys, time; print('[DEBUG   ] Reading configuration', file=sys.stderr); "
+              "print('[ERROR   ] The Salt Master has cached the public key', file=sys.stderr); "
+              "sys.stderr.flush(); time.sleep(60)", MINION_TAG]
+    with pytest.raises(AssertionError) as failed:
+        with ExecTrace([host], tmp_path, minion, lambda h: False, timeout=2):
+            pass
+    assert "not within 2s: the traced salt-minion answers" in str(failed.value)
+    assert "The Salt Master has cached the public key" in str(failed.value)
+    assert "Reading configuration" not in str(failed.value)

@@ -84,7 +84,7 @@ def test_test_mode_predicts_the_first_run_and_the_second_run_changes_nothing(lab
         assert not lab[gateway].run(["dpkg-query", "-W", "libreswan"]).ok
     # Every program the minions start in the dry run and the full apply, for the leak test.
     with ExecTrace([lab[g] for g in GATEWAYS], tmp_path, [str(lab.venv / "bin/salt-minion")],
-                   lambda host: saltstack.answers(lab, host.name)) as trace:
+                   lambda host: saltstack.answers(lab, host.name, timeout=15)) as trace:
         dry = highstate(lab, test=True)
         prediction = predicted(dry)
         assert all(prediction.values()), prediction
