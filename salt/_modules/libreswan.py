@@ -40,6 +40,11 @@ MIN_PSK_LENGTH = 32
 MANAGED_HEADER = "# Managed by Salt (libreswan.conn_present): local edits are replaced.\n"
 # pillar.get masks secrets from Salt 3008 on and takes ``unmask`` (older: TypeError).
 SALT_MASKS_PILLAR = salt.version.__saltstack_version__.info >= (3008,)
+# The least IKE and IPsec SA lifetime (seconds) that every supported pluto keeps:
+# Libreswan 5 raises a shorter one to rekeymargin x (1 + rekeyfuzz), 540 s x 2 with
+# the defaults this pack keeps ("ipsec-lifetime=300 must be greater than
+# rekeymargin=0s + rekeyfuzz=100%, setting to 1080 seconds"); 4.x keeps it.
+LIFETIME_FLOOR = 1080
 
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,39}$")
 ID_RE = re.compile(r"^@[A-Za-z0-9][A-Za-z0-9.-]{0,252}$")
@@ -347,9 +352,9 @@ def _validate(name, spec, psks, source="conn", psk_keys=None):
                                     allow_weak, errors)
     conn["pfs"] = _flag(spec.get("pfs", True), key("pfs"), errors)
     conn["ikelifetime"] = _seconds(spec.get("ikelifetime", 3600), key("ikelifetime"),
-                                   300, 86400, errors)
+                                   LIFETIME_FLOOR, 86400, errors)
     conn["salifetime"] = _seconds(spec.get("salifetime", 3600), key("salifetime"),
-                                  300, 86400, errors)
+                                  LIFETIME_FLOOR, 86400, errors)
     conn["dpddelay"] = _seconds(spec.get("dpddelay", 30), key("dpddelay"), 0, 3600, errors)
     conn["fragmentation"] = _flag(spec.get("fragmentation", True), key("fragmentation"), errors)
     conn["narrowing"] = _flag(spec.get("narrowing", False), key("narrowing"), errors)

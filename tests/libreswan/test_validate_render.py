@@ -126,3 +126,11 @@ def test_installed_libreswan_accepts_the_rendered_4x_conf(libreswan, tmp_path):
         parsed = subprocess.run(["ipsec", "algparse", "-v2", f"{kind}={conn[key]}"],
                                 capture_output=True, text=True)
         assert parsed.returncode == 0, parsed.stdout
+
+
+@pytest.mark.parametrize("key", ["ikelifetime", "salifetime"])
+def test_a_lifetime_pluto_5_would_raise_is_refused_naming_the_key_and_the_range(libreswan, key):
+    errors = errors_of(libreswan, tunnel_spec(**{key: 1079}))
+    assert errors == {f"vpn_gateway:tunnel:{key}":
+                      "1079 is not a number of seconds between 1080 and 86400"}
+    assert libreswan._validate("remote-db", tunnel_spec(**{key: 1080}), PSKS)[key] == 1080
