@@ -106,36 +106,6 @@ class ChildSaGaps:
         return longest_gap([at for at, up in self.samples if up], self.started, self.ended)
 
 
-class RemoteRouting:
-    """remote-db's route to vpn-gw1's tunnel address through the remote gateway that
-    holds a Child SA with it (the remote cloud's routing), in a thread."""
-
-    VIA = {"remote-gw-primary": "198.19.0.1", "remote-gw-backup": "198.19.0.2"}
-
-    def __init__(self, lab, tunnel_ip="198.19.10.1/32"):
-        self.lab, self.tunnel_ip, self.via = lab, tunnel_ip, None
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self.run, daemon=True)
-
-    def run(self):
-        while not self.stop.is_set():
-            for peer, via in self.VIA.items():
-                text = self.lab[peer].run(["ipsec", "whack", "--trafficstatus"]).stdout
-                if '"vpn-gw1' in text and via != self.via:
-                    self.lab["remote-db"].run(["ip", "route", "replace", self.tunnel_ip,
-                                               "via", via], check=True)
-                    self.via = via
-            time.sleep(0.5)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        self.thread.join(60)
-
-
 def longest_gap(times, started, ended):
     """The longest stretch in [started, ended] with no time in ``times``."""
     points = [started] + sorted(t for t in times if started <= t <= ended) + [ended]
@@ -256,7 +226,7 @@ def main():
     rows = []
     # vpn-gw1 from its converged root (lab/converged.py): apt under TCG is not what this measures
     with Lab(converged.topology(HOSTS, args.platform), name=f"vgwlab-failback{os.getpid()}",
-             platform=args.platform) as lab, RemoteRouting(lab):
+             platform=args.platform) as lab, peers.RemoteRouting(lab):
         prepare(lab)
         for run in range(args.runs):
             rows.append(one_run(lab))

@@ -50,7 +50,7 @@ import failback_outage as outage  # noqa: E402  (its lab, load and samplers)
 from esp_helpers import child_sa_peers  # noqa: E402
 from monitoring_helpers import wait_for  # noqa: E402
 
-from lab import Lab, converged  # noqa: E402
+from lab import Lab, converged, peers, saltstack  # noqa: E402
 
 SETTINGS = {"up_when": "child_sa", "holddown": 2, "step_timeout": 20, "conn_restarts": 2,
             "failback": "never", "recovery": "local"}
@@ -58,20 +58,6 @@ FAULTS = {
     "pluto killed": ("vpn-gw1", ["pkill", "-TERM", "-x", "pluto"]),
     "primary peer down": ("remote-gw-primary", ["systemctl", "stop", "ipsec"]),
 }
-# The minion's beacon loop without a master: a standalone salt-minion (master_type:
-# disable) compiles no pillar, so recovery would act on no declared tunnel. This runs
-# the same beacon with the same functions and pillar (salt-call --local's) every 2 s,
-# as the minion's loop does; the beacon keeps the recovery watcher running.
-BEACON_LOOP = """
-import time
-import salt.client
-import salt.loader
-caller = salt.client.Caller()
-beacons = salt.loader.beacons(caller.opts, caller.sminion.functions)
-while True:
-    beacons["libreswan.beacon"]([{"interval": 2}])
-    time.sleep(2)
-"""
 
 
 def memory(lab, what):
@@ -80,9 +66,7 @@ def memory(lab, what):
 
 def start_beacon(lab):
     gw = lab["vpn-gw1"]
-    gw.put("/root/beacon_loop.py", BEACON_LOOP)
-    gw.run(["systemd-run", "--unit", "vgw-beacon", str(lab.venv / "bin/python"),
-            "/root/beacon_loop.py"], check=True)
+    saltstack.start_beacon_loop(lab, gw)
     wait_for(lambda: memory(lab, "beacon").get(outage.TUNNEL, {}).get("state") == "up", 600,
              "the beacon reports up")
 
@@ -132,7 +116,7 @@ def main():
     outage.SETTINGS.update(SETTINGS)  # prepare() writes them into vpn-gw1's minion config
     rows = {fault: [] for fault in FAULTS}
     with Lab(converged.topology(outage.HOSTS, args.platform), name=f"vgwlab-rcsa{os.getpid()}",
-             platform=args.platform) as lab, outage.RemoteRouting(lab):
+             platform=args.platform) as lab, peers.RemoteRouting(lab):
         outage.prepare(lab)
         start_beacon(lab)
         for run in range(args.runs):

@@ -6,6 +6,7 @@ reason when the answer is no (FACTS: CONFIG_INET_ESP is off on this machine).
 import functools
 import os
 import subprocess
+from pathlib import Path
 
 
 @functools.lru_cache(maxsize=None)
@@ -30,3 +31,18 @@ def esp_support():
     return False, ("this kernel cannot install an ESP SA "
                    f"(ip xfrm state add ... proto esp: {proc.stderr.strip()}); "
                    "IKE runs, the Child SA and traffic through the tunnel cannot")
+
+
+def skip_without_esp(items, directory, elsewhere):
+    """Mark the collected pytest ``items`` under ``directory`` skipped where this
+    kernel cannot install an ESP SA (probed only when there are any), saying where
+    they run instead (``elsewhere``)."""
+    import pytest
+
+    ours = [item for item in items if directory in Path(item.fspath).resolve().parents]
+    supported, reason = esp_support() if ours else (True, "")
+    if supported:
+        return
+    skip = pytest.mark.skip(reason=f"{reason}; {elsewhere}")
+    for item in ours:
+        item.add_marker(skip)

@@ -17,6 +17,7 @@ The decrypted pillar and Salt's caches are left out of the kept root.
 """
 import fcntl
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -30,6 +31,13 @@ from .lab import PREFIX, REPO, Lab, LabError
 
 GATEWAY = "vpn-gw1"
 ROLE_SLS = "vpn_gateway.sysctl,vpn_gateway.ipsec,vpn_gateway.pgbouncer"
+# The end-to-end scenario's gateway (tests/e2e): the same plus the firewall, enforcing.
+E2E_SLS = ROLE_SLS + ",vpn_gateway.firewall"
+# Masterless, the firewall's lockout guard needs the master's address from pillar
+# (the lab's salt-master, the one host of the management network).
+E2E_PILLAR = {"vpn_gateway": {"firewall": {"salt_master": "198.18.1.2"}}}
+# Each formula set's roots are named (and pruned) apart: <platform>-<kind>-<key>.
+KINDS = {ROLE_SLS: "converged", E2E_SLS: "converged_e2e"}
 # What the kept root must not carry: the masterless minion's decrypted pillar
 # (the guest's run writes it again) and what Salt cached from it.
 LEFT_OUT = ("srv/pillar", "var/cache/salt", "etc/salt/minion.d/masterless.conf")
@@ -45,39 +53,41 @@ def role_sources(repo=REPO):
     return files
 
 
-def key(platform, repo=REPO, cache=images.CACHE):
+def key(platform, repo=REPO, cache=images.CACHE, formulas=ROLE_SLS):
     fresh = images.current(platform, "fresh", cache)
-    recipe = f"{RECIPE_VERSION} {platform} {ROLE_SLS} {fresh and fresh.name}"
+    recipe = f"{RECIPE_VERSION} {platform} {formulas} {fresh and fresh.name}"
     digest = hashlib.sha256(recipe.encode())
     for path in role_sources(repo):
         digest.update(str(path.relative_to(repo)).encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:12]
 
 
-def ensure(platform=images.DEFAULT_PLATFORM, repo=REPO, cache=images.CACHE, log=print):
-    """The path of ``platform``'s converged gateway root, built if missing or stale."""
+def ensure(platform=images.DEFAULT_PLATFORM, repo=REPO, cache=images.CACHE, log=print,
+           formulas=ROLE_SLS):
+    """The path of ``platform``'s gateway root converged by ``formulas`` (one of
+    ``KINDS``), built if missing or stale."""
     images.ensure(platform, cache=cache, log=log)
-    cache = Path(cache)
-    final = cache / f"{platform}-converged-{key(platform, repo, cache)}"
+    cache, kind = Path(cache), KINDS[formulas]
+    final = cache / f"{platform}-{kind}-{key(platform, repo, cache, formulas)}"
     with open(cache / ".converged.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not final.is_dir():
-            _build(platform, final, repo, log)
-        for older in cache.glob(f"{platform}-converged-*"):
+            _build(platform, final, repo, log, formulas)
+        for older in cache.glob(f"{platform}-{kind}-*"):
             if older != final and not images.in_use(older):
                 shutil.rmtree(older, ignore_errors=True)
     return final
 
 
-def topology(hosts, platform=images.DEFAULT_PLATFORM, log=print):
+def topology(hosts, platform=images.DEFAULT_PLATFORM, log=print, formulas=ROLE_SLS):
     """The default topology's ``hosts``, the gateway booting from its converged root."""
     subset = topo.DEFAULT.subset(hosts)
-    root = str(ensure(platform, log=log))
+    root = str(ensure(platform, log=log, formulas=formulas))
     return replace(subset, hosts=tuple(replace(h, image=root) if h.name == GATEWAY else h
                                        for h in subset.hosts))
 
 
-def _build(platform, final, repo, log):
+def _build(platform, final, repo, log, formulas):
     started = time.monotonic()
     lab = Lab(topo.DEFAULT.subset([GATEWAY]), name=f"{PREFIX}-conv{os.getpid()}",
               repo=repo, platform=platform, log=None)
@@ -85,7 +95,9 @@ def _build(platform, final, repo, log):
     with lab:
         gateway = lab[GATEWAY]
         saltstack.masterless(lab, gateway)
-        returns = saltstack.call_local(lab, gateway, "state.apply", ROLE_SLS, timeout=900)
+        extra = [f"pillar={json.dumps(E2E_PILLAR)}"] if formulas == E2E_SLS else []
+        returns = saltstack.call_local(lab, gateway, "state.apply", formulas, *extra,
+                                       timeout=900)
         if not isinstance(returns, dict):
             raise LabError(f"converged {platform}: the formulas did not render: {returns}")
         failed = {r["__id__"]: r["comment"] for r in returns.values() if r["result"] is False}
@@ -105,4 +117,4 @@ def _build(platform, final, repo, log):
         else:
             target.unlink(missing_ok=True)
     staging.rename(final)
-    log(f"converged: {final.name} ({platform}, {ROLE_SLS}) in {time.monotonic() - started:.0f}s")
+    log(f"converged: {final.name} ({platform}, {formulas}) in {time.monotonic() - started:.0f}s")

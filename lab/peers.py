@@ -4,8 +4,13 @@ tunnel (pillar/vpn_gateway/tunnel.sls). They answer (auto=add) and never
 initiate, so the gateway decides which peer carries the tunnel. They run the
 platform's Libreswan (4.10 on debian12, 5.2 on debian13), written in each
 version's own idiom: 4.x ``ikev2=insist`` and ``leftsubnets={a b c}``, 5.x
-``keyexchange=ikev2`` and ``leftsubnet=a,b,c`` (one conn, several selectors)."""
+``keyexchange=ikev2`` and ``leftsubnet=a,b,c`` (one conn, several selectors).
+
+``RemoteRouting`` plays the remote cloud's route table where the ESP tests run:
+remote-db's route to the gateway follows the remote gateway holding its Child SA."""
 import re
+import threading
+import time
 
 # The example pillar's lab-only PSK (vpn_gateway:tunnel:psk); a unit test keeps them equal.
 EXAMPLE_PSK = "lab-only-psk-not-secret-0123456789abcdef"
@@ -81,3 +86,49 @@ def reload(host, gateway):
     stay loaded as ``GATEWAY/0x3`` and keep accepting its Child SA."""
     host.run(["ipsec", "whack", "--delete", "--name", gateway], check=True, timeout=120)
     host.run(["ipsec", "addconn", gateway], check=True, timeout=120)
+
+
+class Poller:
+    """``poll()`` every ``period`` seconds in a thread, for the ``with`` block."""
+
+    period = 1.0
+
+    def __init__(self):
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def poll(self):
+        raise NotImplementedError
+
+    def run(self):
+        while not self.stop.is_set():
+            self.poll()
+            time.sleep(self.period)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(60)
+
+
+class RemoteRouting(Poller):
+    """remote-db's route to vpn-gw1's tunnel address through the remote gateway that
+    holds a Child SA with it (the remote cloud's routing), in a thread."""
+
+    VIA = {"remote-gw-primary": "198.19.0.1", "remote-gw-backup": "198.19.0.2"}
+    period = 0.5
+
+    def __init__(self, lab, tunnel_ip="198.19.10.1/32"):
+        super().__init__()
+        self.lab, self.tunnel_ip, self.via = lab, tunnel_ip, None
+
+    def poll(self):
+        for peer, via in self.VIA.items():
+            text = self.lab[peer].run(["ipsec", "whack", "--trafficstatus"]).stdout
+            if '"vpn-gw1' in text and via != self.via:
+                self.lab["remote-db"].run(["ip", "route", "replace", self.tunnel_ip,
+                                           "via", via], check=True)
+                self.via = via

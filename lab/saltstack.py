@@ -387,3 +387,26 @@ def wait_ready(lab, timeout=240):
         if time.monotonic() > deadline:
             raise RuntimeError(f"minions {wanted} did not all answer test.ping: {answered}")
         time.sleep(0.5)
+
+
+# The minion's beacon loop without a master: a standalone salt-minion (master_type:
+# disable) compiles no pillar, so recovery would act on no declared tunnel. This runs
+# the same beacon with the same functions and pillar (salt-call --local's) every 2 s,
+# as the minion's loop does; the beacon keeps the recovery watcher running.
+BEACON_LOOP = """
+import time
+import salt.client
+import salt.loader
+caller = salt.client.Caller()
+beacons = salt.loader.beacons(caller.opts, caller.sminion.functions)
+while True:
+    beacons["libreswan.beacon"]([{"interval": 2}])
+    time.sleep(2)
+"""
+
+
+def start_beacon_loop(lab, host, unit="vgw-beacon"):
+    """Run ``BEACON_LOOP`` in ``host`` as the transient unit ``unit``."""
+    host.put("/root/beacon_loop.py", BEACON_LOOP)
+    host.run(["systemd-run", "--unit", unit, str(lab.venv / "bin/python"),
+              "/root/beacon_loop.py"], check=True)
