@@ -50,15 +50,17 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--platform", default="debian13")
     parser.add_argument("--guest", action="store_true", help="run inside a QEMU guest (ESP)")
-    parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--json", help="also write the results to this file "
+                        "(not with --guest: the guest's files stay in it)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("e2e.py: needs root (it starts a lab)")
     if args.guest:
         from lab import qemu
+        if args.json:  # the guest's writes stay in the guest
+            sys.exit("e2e.py: --json is for a run on this kernel, not with --guest")
         converged.ensure(args.platform, formulas=converged.E2E_SLS)
         argv = [sys.executable, "benchmarks/e2e.py", "--platform", args.platform]
-        argv += ["--json", args.json] if args.json else []
         result = qemu.run(argv, cwd=REPO, timeout=5400, stream=True,
                           env={"PYTHONUNBUFFERED": "1"})
         sys.exit(result.returncode)

@@ -45,7 +45,6 @@ import json
 import os
 import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -79,27 +78,22 @@ def call(lab, function, *args):
     return saltstack.call_local(lab, lab["vpn-gw1"], function, *args, timeout=600)
 
 
-class ChildSaGaps:
+class ChildSaGaps(peers.Poller):
     """Samples vpn-gw1's installed Child SAs in a thread; the longest gap without one."""
 
     def __init__(self, gw, period=0.1):
+        super().__init__()
         self.gw, self.period, self.samples = gw, period, []
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self.run, daemon=True)
 
-    def run(self):
-        while not self.stop.is_set():
-            self.samples.append((time.time(), bool(child_sa_peers(self.gw))))
-            time.sleep(self.period)
+    def poll(self):
+        self.samples.append((time.time(), bool(child_sa_peers(self.gw))))
 
     def __enter__(self):
         self.started = time.time()
-        self.thread.start()
-        return self
+        return super().__enter__()
 
     def __exit__(self, *exc):
-        self.stop.set()
-        self.thread.join(60)
+        super().__exit__(*exc)
         self.ended = time.time()
 
     def longest(self):
