@@ -1,5 +1,5 @@
 """Where a command's CPU goes on this machine: run it (usually the whole suite)
-and print one table by kind of process and one by lab host.
+and print one table by kind of process, one by lab host and one by lab.
 
 Run by hand, as root, on a quiet machine, from a clean clone:
 ``python3 benchmarks/suite_cpu.py -- env CI=true bash .ci/run``.
@@ -129,12 +129,16 @@ def main():
     busy1, idle1 = machine_ticks()
     busy, idle = (busy1 - busy0) / HZ, (idle1 - idle0) / HZ
     speed_after = speed()
-    by_kind, by_host = collections.Counter(), collections.Counter()
+    by_kind, by_host, by_lab = collections.Counter(), collections.Counter(), collections.Counter()
+    hosts_of = collections.defaultdict(set)
     for process in seen.values():
         seconds = (process["ticks"] - process["base"]) / HZ
         if process["lab"]:
             by_kind["lab hosts: " + process["label"]] += seconds
-            by_host[process["lab"][1]] += seconds
+            lab, host = process["lab"]
+            by_host[host] += seconds
+            by_lab[lab] += seconds
+            hosts_of[lab].add(host)
         else:
             by_kind[process["label"]] += seconds
     by_kind["programs under 2 s"] = busy - sum(by_kind.values())
@@ -143,6 +147,10 @@ def main():
           f"loop {speed_before:.2f} s before, {speed_after:.2f} s after")
     table("By kind of process", by_kind.most_common(args.top), busy)
     table("Lab hosts, every lab's summed by host name", by_host.most_common(args.top), busy)
+    # a lab's name is vgwlab-t<pytest's pid>x<its number in that run> (tests/conftest.py)
+    table("Lab hosts by lab (their hosts' own processes)",
+          [(f"{lab} ({', '.join(sorted(hosts_of[lab]))})", seconds)
+           for lab, seconds in by_lab.most_common(args.top)], busy)
     return proc.returncode
 
 
