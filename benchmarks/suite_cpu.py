@@ -43,6 +43,9 @@ def root_of(pid):
     return found.st_dev, found.st_ino
 
 
+MACHINE_ROOT = root_of(os.getpid())
+
+
 def lab_roots(known):
     """Add {root directory: (lab, host)} for each running systemd-nspawn's container."""
     for pid in filter(str.isdigit, os.listdir("/proc")):
@@ -54,7 +57,11 @@ def lab_roots(known):
                              if a.startswith(b"--directory="))
             _, _, _, lab, host = directory.split("/")[:5]  # /var/tmp/LAB/HOST/root
             for child in open(f"/proc/{pid}/task/{pid}/children").read().split():
-                known[root_of(child)] = (lab, host)
+                # a child caught before its chroot has this machine's root: taken for
+                # the host's, it put every process started after it in that host
+                # (QEMU among them, in the 2026-12-01 run)
+                if root_of(child) != MACHINE_ROOT:
+                    known[root_of(child)] = (lab, host)
         except (OSError, StopIteration, ValueError):
             continue
 
