@@ -60,8 +60,8 @@ def lab_roots(known):
                 # a child caught before its chroot has this machine's root: taken for
                 # the host's, it put every process started after it in that host
                 # (QEMU among them, in the 2026-12-01 run)
-                if root_of(child) != MACHINE_ROOT:
-                    known[root_of(child)] = (lab, host)
+                if (root := root_of(child)) != MACHINE_ROOT:
+                    known[root] = (lab, host)
         except (OSError, StopIteration, ValueError):
             continue
 
