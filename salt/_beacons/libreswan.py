@@ -124,6 +124,10 @@ WATCHER_DIR = "/run/vpn-gateway"  # tmpfs, as the recovery lock's
 WATCHER_LOCK = "recovery-watcher.lock"  # held by the one watcher for its life
 WATCHER_GENERATION = "recovery-watcher.generation"  # the settings the beacon wants
 WATCHER_INTERVAL = 2  # s between the watcher's polls (one whack --status each)
+# A watcher takes its lock first thing. One still without it this long after its start is
+# stuck (seen once under Salt 3007: the fork inherited a log handler's lock held by another
+# thread, and the child hung in Salt's logging set-up): the beacon kills it and starts another.
+WATCHER_START_GRACE = 60  # s
 
 
 def _generation(settings, interval):
@@ -229,11 +233,18 @@ def _keep_watcher(settings, interval, directory=WATCHER_DIR):
         return None
     os.close(fd)
     if process is not None and process.is_alive():  # started, not yet holding its lock
-        return None
+        started = __context__.get("libreswan.beacon.watcher_started", 0)
+        if time.monotonic() - started < WATCHER_START_GRACE:
+            return None
+        log.warning("libreswan beacon: the recovery watcher (pid %s) never took its lock in "
+                    "%s s: killed, starting another", process.pid, WATCHER_START_GRACE)
+        process.kill()
+        process.join(5)
     process = salt.utils.process.SignalHandlingProcess(
         target=_watch, args=(generation, interval, directory), name="LibreswanRecoveryWatcher")
     process.start()
     __context__["libreswan.beacon.watcher"] = process
+    __context__["libreswan.beacon.watcher_started"] = time.monotonic()
     return process
 
 

@@ -130,13 +130,16 @@ class FakeProcess:
     started = []
 
     def __init__(self, target, args, name):
-        self.args, self.alive = args, True
+        self.args, self.alive, self.pid = args, True, 4242
 
     def start(self):
         FakeProcess.started.append(self.args)
 
     def is_alive(self):
         return self.alive
+
+    def kill(self):
+        self.alive = False
 
     def join(self, timeout=None):
         pass
@@ -170,6 +173,14 @@ def test_the_beacon_keeps_one_watcher_and_marks_its_events(tmp_path, monkeypatch
     generation = (tmp_path / beacon.WATCHER_GENERATION).read_text()
     assert started == (generation, beacon.WATCHER_INTERVAL, str(tmp_path))
     beacon.beacon([])  # alive (not yet holding its lock): none started
+    assert len(FakeProcess.started) == 1
+    # still without its lock after the grace: stuck (a fork that inherited a held lock)
+    stuck = beacon.__context__["libreswan.beacon.watcher"]
+    beacon.__context__["libreswan.beacon.watcher_started"] -= beacon.WATCHER_START_GRACE
+    beacon.beacon([])
+    assert not stuck.alive and len(FakeProcess.started) == 2
+    assert beacon.__context__["libreswan.beacon.watcher"] is not stuck
+    FakeProcess.started.pop()
     lock = beacon._try_lock(str(tmp_path / beacon.WATCHER_LOCK))  # the watcher's lock
     beacon.__context__.clear()  # a beacon reload forgets its process: the lock still says
     beacon.beacon([])
@@ -213,6 +224,9 @@ def test_the_watcher_runs_in_a_process_of_its_own(tmp_path):
     finally:
         (tmp_path / beacon.WATCHER_GENERATION).write_text("other")
         process.join(30)
+        if process.is_alive():  # stuck: a leftover child would hang pytest's exit
+            process.kill()
+            process.join(5)
     assert process.exitcode == 0
 
 
