@@ -17,10 +17,10 @@ returncode -9.
 """
 import json
 import os
+import select
 import signal
 import sys
 import tempfile
-import time
 
 import salt.cli.run  # noqa: F401 -- imported once here, used by each child
 import salt.cli.salt  # noqa: F401
@@ -52,19 +52,20 @@ def run_child(argv, out, err):
 
 
 def wait(pid, timeout):
-    deadline = time.monotonic() + timeout
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        if time.monotonic() > deadline:
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            os.waitpid(pid, 0)
-            return -9
-        time.sleep(0.02)
+    """The child's exit code; -9 once it is killed at ``timeout`` (seconds)."""
+    exited = os.pidfd_open(pid)  # readable once the child has ended: no polling
+    try:
+        ended = select.select([exited], [], [], timeout)[0]
+    finally:
+        os.close(exited)
+    if not ended:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        os.waitpid(pid, 0)
+        return -9
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
 
 
 def serve(request):
