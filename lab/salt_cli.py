@@ -61,8 +61,8 @@ def wait(pid, timeout):
     if not ended:
         try:
             os.killpg(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        except ProcessLookupError:  # killed before its setsid: no group of its own yet
+            os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
         return -9
     return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])

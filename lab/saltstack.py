@@ -64,6 +64,9 @@ def master_config(lab, address):
         # A lab master serves one to three minions; Salt's default of 5 request workers
         # each build their loaders. libreswan lab on debian13: the master's CPU 29 s -> 25 s.
         "worker_threads": 2,
+        # How long the CLI waits for a minion to say a job still runs (saltutil.find_job)
+        # once --timeout has passed: it scales as the minions' answers do.
+        "gather_job_timeout": int(10 * SLOWDOWN),
     }
 
 
@@ -355,7 +358,9 @@ def salt(lab, target, function, *args, timeout=120, check=True):
         timeout=timeout + 30,
     )
     try:
-        returns = json_documents(result.stdout)
+        # a minion that did not return is left out, as the batch path did
+        returns = {minion: ret for minion, ret in json_documents(result.stdout).items()
+                   if not (isinstance(ret, str) and ret.startswith("Minion did not return"))}
     except json.JSONDecodeError as exc:
         raise RuntimeError(f"salt {target} {function}: not JSON: {result}") from exc
     if check and (result.returncode not in (0, 1, 2) or not returns):
@@ -364,16 +369,15 @@ def salt(lab, target, function, *args, timeout=120, check=True):
 
 
 def json_documents(text):
-    """The minions' returns in what ``salt --out=json`` prints (a JSON document per
-    minion's return, as each arrives), merged into one dict."""
+    """What ``salt --out=json`` prints (a JSON document per minion, as each returns;
+    ``"Minion did not return. [...]"`` for one that did not), merged into one dict."""
     decoder, merged, at = json.JSONDecoder(), {}, 0
     text = text.strip()
     while at < len(text):
         document, at = decoder.raw_decode(text, at)
         if isinstance(document, dict):
             merged.update(document)
-        # else the command line's own message ("The salt master could not be contacted"):
-        # no minion's return
+        # else the command line's own message: "The salt master could not be contacted"
         while at < len(text) and text[at].isspace():
             at += 1
     return merged

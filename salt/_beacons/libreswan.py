@@ -124,9 +124,10 @@ WATCHER_DIR = "/run/vpn-gateway"  # tmpfs, as the recovery lock's
 WATCHER_LOCK = "recovery-watcher.lock"  # held by the one watcher for its life
 WATCHER_GENERATION = "recovery-watcher.generation"  # the settings the beacon wants
 WATCHER_INTERVAL = 2  # s between the watcher's polls (one whack --status each)
-# A watcher takes its lock first thing. One still without it this long after its start is
-# stuck (seen once under Salt 3007: the fork inherited a log handler's lock held by another
-# thread, and the child hung in Salt's logging set-up): the beacon kills it and starts another.
+# A watcher takes its lock first thing and writes its pid there. One that has not done
+# so this long after its start is stuck (seen once under Salt 3007: the fork inherited a
+# log handler's lock held by another thread, and the child hung in Salt's logging
+# set-up): the beacon kills it and starts another.
 WATCHER_START_GRACE = 60  # s
 
 
@@ -192,6 +193,8 @@ def _watch(generation, interval, directory=WATCHER_DIR, sleep=time.sleep):
     fd = _try_lock(os.path.join(directory, WATCHER_LOCK))
     if fd is None:  # another watcher runs
         return
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)  # the beacon: this one took its lock
     log.info("libreswan recovery watcher: started (pid %s, every %ss)", os.getpid(), interval)
     entries = {}
     try:
@@ -232,9 +235,10 @@ def _keep_watcher(settings, interval, directory=WATCHER_DIR):
     if fd is None:  # a watcher runs (this beacon's, or one it started before a reload)
         return None
     os.close(fd)
-    if process is not None and process.is_alive():  # started, not yet holding its lock
-        started = __context__.get("libreswan.beacon.watcher_started", 0)
-        if time.monotonic() - started < WATCHER_START_GRACE:
+    if process is not None and process.is_alive():  # started, or ending: not holding its lock
+        started = __context__.setdefault("libreswan.beacon.watcher_started", time.monotonic())
+        took_its_lock = _read(os.path.join(directory, WATCHER_LOCK)) == str(process.pid)
+        if took_its_lock or time.monotonic() - started < WATCHER_START_GRACE:
             return None
         log.warning("libreswan beacon: the recovery watcher (pid %s) never took its lock in "
                     "%s s: killed, starting another", process.pid, WATCHER_START_GRACE)

@@ -18,8 +18,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_each_minions_document_is_merged_and_a_command_line_message_is_no_return():
     printed = ('{\n    "vpn-gw1": {"state": "up"}\n}\n{"vpn-gw2": true}\n'
-               '"Minion did not return. [Not connected]"\n')
-    assert json_documents(printed) == {"vpn-gw1": {"state": "up"}, "vpn-gw2": True}
+               '{"vpn-gw3": "Minion did not return. [Not connected]"}\n')
+    assert json_documents(printed) == {"vpn-gw1": {"state": "up"}, "vpn-gw2": True,
+                                       "vpn-gw3": "Minion did not return. [Not connected]"}
     assert json_documents('"The salt master could not be contacted. Is master running?"\n') == {}
     assert json_documents("") == {}
     with pytest.raises(json.JSONDecodeError):

@@ -177,6 +177,10 @@ def test_the_beacon_keeps_one_watcher_and_marks_its_events(tmp_path, monkeypatch
     # still without its lock after the grace: stuck (a fork that inherited a held lock)
     stuck = beacon.__context__["libreswan.beacon.watcher"]
     beacon.__context__["libreswan.beacon.watcher_started"] -= beacon.WATCHER_START_GRACE
+    (tmp_path / beacon.WATCHER_LOCK).write_text(str(stuck.pid))  # it took its lock, now ends
+    beacon.beacon([])
+    assert stuck.alive and len(FakeProcess.started) == 1
+    (tmp_path / beacon.WATCHER_LOCK).write_text("")  # it never took it
     beacon.beacon([])
     assert not stuck.alive and len(FakeProcess.started) == 2
     assert beacon.__context__["libreswan.beacon.watcher"] is not stuck
@@ -221,6 +225,7 @@ def test_the_watcher_runs_in_a_process_of_its_own(tmp_path):
             time.sleep(0.1)
         tunnel, pid = out.read_text().split("\n")[0].split()
         assert tunnel == "remote-db" and int(pid) == process.pid
+        assert (tmp_path / beacon.WATCHER_LOCK).read_text() == str(process.pid)
     finally:
         (tmp_path / beacon.WATCHER_GENERATION).write_text("other")
         process.join(30)
