@@ -358,9 +358,7 @@ def salt(lab, target, function, *args, timeout=120, check=True):
         timeout=timeout + 30,
     )
     try:
-        # a minion that did not return is left out, as the batch path did
-        returns = {minion: ret for minion, ret in json_documents(result.stdout).items()
-                   if not (isinstance(ret, str) and ret.startswith("Minion did not return"))}
+        returns = minion_returns(result.stdout)
     except json.JSONDecodeError as exc:
         raise RuntimeError(f"salt {target} {function}: not JSON: {result}") from exc
     if check and (result.returncode not in (0, 1, 2) or not returns):
@@ -368,19 +366,22 @@ def salt(lab, target, function, *args, timeout=120, check=True):
     return returns
 
 
-def json_documents(text):
-    """What ``salt --out=json`` prints (a JSON document per minion, as each returns;
-    ``"Minion did not return. [...]"`` for one that did not), merged into one dict."""
-    decoder, merged, at = json.JSONDecoder(), {}, 0
+def minion_returns(text):
+    """{minion: return} from what ``salt --out=json`` prints: a JSON document per minion,
+    as each returns. A minion that did not return (``"Minion did not return. [...]"``) is
+    left out, as Salt's batch path leaves it out."""
+    decoder, returns, at = json.JSONDecoder(), {}, 0
     text = text.strip()
     while at < len(text):
         document, at = decoder.raw_decode(text, at)
         if isinstance(document, dict):
-            merged.update(document)
+            returns.update({minion: ret for minion, ret in document.items()
+                            if not (isinstance(ret, str)
+                                    and ret.startswith("Minion did not return"))})
         # else the command line's own message: "The salt master could not be contacted"
         while at < len(text) and text[at].isspace():
             at += 1
-    return merged
+    return returns
 
 
 def answers(lab, minion, timeout=5):

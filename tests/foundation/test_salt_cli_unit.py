@@ -9,22 +9,21 @@ from pathlib import Path
 
 import pytest
 
-from lab.saltstack import json_documents
+from lab.saltstack import minion_returns
 
 pytestmark = pytest.mark.unit
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_each_minions_document_is_merged_and_a_command_line_message_is_no_return():
+def test_each_minions_document_is_merged_and_one_that_did_not_return_is_left_out():
     printed = ('{\n    "vpn-gw1": {"state": "up"}\n}\n{"vpn-gw2": true}\n'
                '{"vpn-gw3": "Minion did not return. [Not connected]"}\n')
-    assert json_documents(printed) == {"vpn-gw1": {"state": "up"}, "vpn-gw2": True,
-                                       "vpn-gw3": "Minion did not return. [Not connected]"}
-    assert json_documents('"The salt master could not be contacted. Is master running?"\n') == {}
-    assert json_documents("") == {}
+    assert minion_returns(printed) == {"vpn-gw1": {"state": "up"}, "vpn-gw2": True}
+    assert minion_returns('"The salt master could not be contacted. Is master running?"\n') == {}
+    assert minion_returns("") == {}
     with pytest.raises(json.JSONDecodeError):
-        json_documents('{"vpn-gw1": tr')
+        minion_returns('{"vpn-gw1": tr')
 
 
 def test_the_served_child_gives_its_exit_code_and_is_killed_at_its_timeout(tmp_path):
