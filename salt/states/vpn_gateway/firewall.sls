@@ -26,14 +26,17 @@ firewalld-package:
 
 {#- Debian's firewalld package enables and starts the service when it installs it:
     until the package is there, test=True cannot know better than "would be started",
-    so the state only runs once it is installed (the real run, after firewalld-package). #}
+    so the state only runs once it is installed (the real run, after firewalld-package).
+    The onlyif is rendered only while the package is missing: any onlyif makes Salt look
+    for service.mod_run_check, and that miss loads every state module (about 1 s of a
+    no-change run, docs/performance.md "Converge and re-apply"). #}
 firewalld-service:
   service.running:
     - name: {{ gateway.firewall.service }}
     - enable: True
     - require:
       - pkg: firewalld-package
-{%- if gateway.firewall.started_by_package %}
+{%- if gateway.firewall.started_by_package and not salt['pkg.version'](gateway.firewall.package) %}
     - onlyif:
       - fun: pkg.version
         args: [{{ gateway.firewall.package | json }}]

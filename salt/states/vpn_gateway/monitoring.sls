@@ -85,14 +85,16 @@ vpn_gateway_node_exporter:
     - install_recommends: False
   {#- As firewalld's (vpn_gateway.firewall): where the package starts the service, test=True
       cannot know better than "would be started" until it is installed, so the state only
-      runs once it is (the real run, after the package). #}
+      runs once it is (the real run, after the package); the onlyif only while it is
+      missing. #}
   service.running:
     - name: {{ gateway.monitoring.node_exporter_service }}
     - enable: True
     - require:
       - pkg: vpn_gateway_node_exporter
       - file: vpn_gateway_metrics_textfile_dir
-{%- if gateway.monitoring.node_exporter_started_by_package %}
+{%- if gateway.monitoring.node_exporter_started_by_package
+      and not salt['pkg.version'](gateway.monitoring.node_exporter_package) %}
     - onlyif:
       - fun: pkg.version
         args: [{{ gateway.monitoring.node_exporter_package | json }}]
