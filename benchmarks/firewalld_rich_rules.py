@@ -97,6 +97,20 @@ class Capped(Exception):
         super().__init__(f"stopped after {seconds:.0f} s with {rules} rules in place")
         self.seconds, self.rules = seconds, rules
 
+    def cell(self, count):
+        return f"> {self.seconds:.0f} s (stopped: {self.rules} of {2 * count + 7} rules in place)"
+
+
+class Failed(Exception):
+    """A first apply whose state failed: its row says so, and the run goes on."""
+
+    def __init__(self, seconds, comment):
+        super().__init__(f"failed after {seconds:.0f} s: {comment}")
+        self.seconds, self.comment = seconds, comment
+
+    def cell(self, count):
+        return f"failed after {self.seconds:.0f} s ({self.comment[:120]})"
+
 
 def salt_call(host, *args, timeout=7200):
     result = host.run([f"{host.lab.venv}/bin/salt-call", "--local", "-c", "/root/bench-salt",
@@ -123,7 +137,7 @@ def apply(host, method, count, cap=None):
     elapsed = time.monotonic() - started
     result = next(iter(ret.values())) if isinstance(ret, dict) else {"result": ret}
     if result.get("result") is not True:
-        raise RuntimeError(f"{method} {count}: {str(result)[:500]}")
+        raise Failed(elapsed, str(result.get("comment", result)))
     return elapsed
 
 
@@ -153,13 +167,13 @@ def load():
 
 def measure(host, method, count, cap=None):
     """(first, no change, one node added) in seconds, and the load averages seen; a first
-    apply stopped at ``cap`` gives (Capped,) and stops there."""
+    apply stopped at ``cap`` or failed gives (Capped,) or (Failed,) and stops there."""
     reset(host)
     loads = [load()]
     try:
         times = [apply(host, method, count, cap)]
-    except Capped as capped:
-        return (capped,), loads + [load()]
+    except (Capped, Failed) as stopped:
+        return (stopped,), loads + [load()]
     times += [apply(host, method, count), apply(host, method, count + 1)]
     loads.append(load())
     return times, loads
@@ -210,11 +224,9 @@ def table(rows):
             print(f"| {platform} ({version}) | {count} | {method} | not run (--core-max) "
                   "| | | | | | | |")
             continue
-        if isinstance(times[0], Capped):
-            declared = 2 * count + 7
-            print(f"| {platform} ({version}) | {count} | {method} | > {times[0].seconds:.0f} s "
-                  f"(stopped: {times[0].rules} of {declared} rules in place) | | | | | | "
-                  f"| {loads[0]:.1f}-{loads[1]:.1f} |")
+        if isinstance(times[0], Exception):
+            print(f"| {platform} ({version}) | {count} | {method} | {times[0].cell(count)} "
+                  f"| | | | | | | {loads[0]:.1f}-{loads[1]:.1f} |")
             continue
         anchor = ours.get((platform, count))
         ratio = [f"{t / a:.1f}" if anchor else "" for t, a in zip(times, anchor or times)]
