@@ -90,26 +90,9 @@ def state(method, count):
     return {"bench": {"firewalld.rich_rules_managed": [{k: v} for k, v in args.items()]}}
 
 
-class Capped(Exception):
-    """A first apply stopped at --core-cap: ``rules`` of the declared were in place."""
-
-    def __init__(self, seconds, rules):
-        super().__init__(f"stopped after {seconds:.0f} s with {rules} rules in place")
-        self.seconds, self.rules = seconds, rules
-
-    def cell(self, count):
-        return f"> {self.seconds:.0f} s (stopped: {self.rules} of {2 * count + 7} rules in place)"
-
-
-class Failed(Exception):
-    """A first apply whose state failed: its row says so, and the run goes on."""
-
-    def __init__(self, seconds, comment):
-        super().__init__(f"failed after {seconds:.0f} s: {comment}")
-        self.seconds, self.comment = seconds, comment
-
-    def cell(self, count):
-        return f"failed after {self.seconds:.0f} s ({self.comment[:120]})"
+class Stopped(Exception):
+    """A first apply that did not finish (stopped at --core-cap, or its state failed):
+    its row's cell says which, and the run goes on."""
 
 
 def salt_call(host, *args, timeout=7200):
@@ -133,11 +116,12 @@ def apply(host, method, count, cap=None):
         host.run(["pkill", "-KILL", "-f", "salt-call|firewall-cmd"])
         rules = host.run(["firewall-cmd", "--permanent", "--zone=public", "--list-rich-rules"],
                          check=True, timeout=600).stdout.splitlines()
-        raise Capped(time.monotonic() - started, len(rules)) from None
+        raise Stopped(f"> {time.monotonic() - started:.0f} s (stopped: {len(rules)} of "
+                      f"{2 * count + 7} rules in place)") from None
     elapsed = time.monotonic() - started
     result = next(iter(ret.values())) if isinstance(ret, dict) else {"result": ret}
     if result.get("result") is not True:
-        raise Failed(elapsed, str(result.get("comment", result)))
+        raise Stopped(f"failed after {elapsed:.0f} s ({str(result.get('comment', result))[:120]})")
     return elapsed
 
 
@@ -167,12 +151,12 @@ def load():
 
 def measure(host, method, count, cap=None):
     """(first, no change, one node added) in seconds, and the load averages seen; a first
-    apply stopped at ``cap`` or failed gives (Capped,) or (Failed,) and stops there."""
+    apply stopped at ``cap`` or failed gives (Stopped,) and stops there."""
     reset(host)
     loads = [load()]
     try:
         times = [apply(host, method, count, cap)]
-    except (Capped, Failed) as stopped:
+    except Stopped as stopped:
         return (stopped,), loads + [load()]
     times += [apply(host, method, count), apply(host, method, count + 1)]
     loads.append(load())
@@ -225,7 +209,7 @@ def table(rows):
                   "| | | | | | | |")
             continue
         if isinstance(times[0], Exception):
-            print(f"| {platform} ({version}) | {count} | {method} | {times[0].cell(count)} "
+            print(f"| {platform} ({version}) | {count} | {method} | {times[0]} "
                   f"| | | | | | | {loads[0]:.1f}-{loads[1]:.1f} |")
             continue
         anchor = ours.get((platform, count))
