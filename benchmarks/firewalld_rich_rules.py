@@ -113,10 +113,11 @@ def apply(host, method, count, cap=None):
     except LabError:
         if cap is None:
             raise
+        stopped = time.monotonic() - started
         host.run(["pkill", "-KILL", "-f", "salt-call|firewall-cmd"])
         rules = host.run(["firewall-cmd", "--permanent", "--zone=public", "--list-rich-rules"],
                          check=True, timeout=600).stdout.splitlines()
-        raise Stopped(f"> {time.monotonic() - started:.0f} s (stopped: {len(rules)} of "
+        raise Stopped(f"> {stopped:.0f} s (stopped: {len(rules)} of "
                       f"{2 * count + 7} rules in place)") from None
     elapsed = time.monotonic() - started
     result = next(iter(ret.values())) if isinstance(ret, dict) else {"result": ret}
