@@ -81,8 +81,10 @@ def start_webhook(lab, timeout=15):
     """The webhook receiver as the transient unit ``webhook`` on the master. Started again
     after a test stopped it, the old unit may still be loaded for a moment (systemd unloads
     it on its next garbage collection; a CI run once hit "Unit webhook.service was already
-    loaded"), so a refused start is retried, bounded."""
-    argv = ["systemd-run", "--unit", "webhook", "/usr/bin/python3",
+    loaded"; again in the 2026-12-01 clean-clone run, past 15 s), so a refused start is
+    retried, bounded, after ``reset-failed`` (a unit that ended failed stays loaded until
+    then); ``--collect`` unloads it when it ends, failed or not."""
+    argv = ["systemd-run", "--collect", "--unit", "webhook", "/usr/bin/python3",
             f"{lab.repo}/tests/monitoring/webhook_receiver.py", "198.18.1.2", "8080", ALERTS]
     started = time.monotonic()
     while True:
@@ -92,6 +94,7 @@ def start_webhook(lab, timeout=15):
         if ("already loaded" not in result.stderr
                 or time.monotonic() - started > timeout):
             raise AssertionError(f"the webhook receiver did not start: {result}")
+        lab["salt-master"].run(["systemctl", "reset-failed", "webhook"])
         time.sleep(0.5)
 
 
