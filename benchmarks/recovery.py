@@ -56,7 +56,7 @@ CRON = {
 CRON_LOG = "/var/log/vpn-check.log"
 CRON_SCRIPT = r"""#!/bin/sh
 # The cron script the pack's monitoring replaces (*/2 * * * *); "log alert" is its mail.
-log() { echo "$(date +%s.%N) $1" >>/var/log/vpn-check.log; }
+log() { echo "$(date +%s.%N) $1" >>@LOG@; }
 up() {  # Libreswan 4 names the IKE SA of a conn with rightsubnets "remote-db/0x1"
   ipsec status | grep -Eq '"remote-db(/0x[0-9]+)?"[^ ]* [^ ]+ (STATE_V2_)?ESTABLISHED_IKE_SA'
 }
@@ -70,7 +70,7 @@ for try in 1 2; do
 done
 systemctl restart ipsec
 log alert
-"""
+""".replace("@LOG@", CRON_LOG)
 CRON_DEADLINE = 330  # the worst case: 120 s to its run, two blocking ipsec up, the restart
 
 
