@@ -196,11 +196,15 @@ def one_run(lab):
     return row
 
 
-def arguments(doc, script, runs):
-    """The ESP benchmarks' command line (--runs, --platform, --guest). With --guest,
-    ``script`` runs again inside a QEMU guest and this process exits with its code."""
+def arguments(doc, script, runs, cron_runs=None):
+    """The ESP benchmarks' command line (--runs, --platform, --guest, and --cron-runs
+    where ``cron_runs`` is its default). With --guest, ``script`` runs again inside a
+    QEMU guest and this process exits with its code."""
     parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=runs)
+    if cron_runs is not None:
+        parser.add_argument("--cron-runs", type=int, default=cron_runs,
+                            help="runs of the cron script (the anchor) after the pack's")
     parser.add_argument("--platform", default="debian13")
     parser.add_argument("--guest", action="store_true", help="run inside a QEMU guest (ESP)")
     args = parser.parse_args()
@@ -209,8 +213,10 @@ def arguments(doc, script, runs):
     if args.guest:
         from lab import qemu
         # the venv's interpreter: the lab's Salt and the script's imports live there
+        passed = ["--cron-runs", str(args.cron_runs)] if cron_runs is not None else []
         result = qemu.run([sys.executable, f"benchmarks/{script}", "--runs", str(args.runs),
-                           "--platform", args.platform], cwd=REPO, timeout=5400, stream=True)
+                           "--platform", args.platform, *passed], cwd=REPO, timeout=5400,
+                          stream=True)
         sys.exit(result.returncode)
     return args
 

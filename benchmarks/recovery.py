@@ -14,7 +14,7 @@ in its memory's history) and the tunnel up again by ``whack --status``
 per 15 s here, so a recovery right after another may send none).
 
 The anchor, measured in the same lab after the pack's runs (``--cron-runs``):
-the cron script the monitoring replaces (``CRON_SCRIPT``: every 2 minutes, an
+the cron script the monitoring replaces (benchmarks/cron_anchor.py: every 2 minutes, an
 ``ipsec status`` grep; when the tunnel is down, ``ipsec down/up`` twice with
 15 s waits, then a service restart and its alert), run by a systemd timer on
 the minute as cron would, with the pack's monitoring stopped (the salt-minion
@@ -31,46 +31,25 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "tests"), str(REPO / "tests" / "monitoring")]
+sys.path[:0] = [str(REPO), str(REPO / "benchmarks"), str(REPO / "tests"),
+                str(REPO / "tests" / "monitoring")]
 
 from monitoring_helpers import (HOSTS, PEERS, alerts, established,  # noqa: E402
                                 prepare, salt1, wait_for)
 
+import cron_anchor as cron  # noqa: E402
 from lab import DEFAULT, Lab  # noqa: E402
 
-CRON_PERIOD = 120
-CRON_WAITS = 2 * 15
-CRON_GIVES_UP = CRON_PERIOD + CRON_WAITS + 5  # two down/up rounds, then a service restart
 # fault: the cron script's worst case (detection, recovery, alert), as text
 CRON = {
-    "pluto killed": (f"{CRON_PERIOD}", f"~{CRON_GIVES_UP}", f"~{CRON_GIVES_UP}"),
+    "pluto killed": (f"{cron.PERIOD}", f"~{cron.GIVES_UP}", f"~{cron.GIVES_UP}"),
     # each "ipsec up" to the dead peer waits out pluto's retransmits before the next step
-    "primary peer down": (f"{CRON_PERIOD}", "never (no failover)",
-                          f"~{CRON_GIVES_UP} + ipsec up's waits"),
+    "primary peer down": (f"{cron.PERIOD}", "never (no failover)",
+                          f"~{cron.GIVES_UP} + ipsec up's waits"),
     # the cron script never left the primary: after its restart pluto retries it by itself
-    "primary back (failback)": ("-", f"pluto's retry, or ~{CRON_PERIOD}", "-"),
-    "both peers down": (f"{CRON_PERIOD}", "-", f"~{CRON_GIVES_UP}, then every {CRON_PERIOD}"),
+    "primary back (failback)": ("-", f"pluto's retry, or ~{cron.PERIOD}", "-"),
+    "both peers down": (f"{cron.PERIOD}", "-", f"~{cron.GIVES_UP}, then every {cron.PERIOD}"),
 }
-
-
-CRON_LOG = "/var/log/vpn-check.log"
-CRON_SCRIPT = r"""#!/bin/sh
-# The cron script the pack's monitoring replaces (*/2 * * * *); "log alert" is its mail.
-log() { echo "$(date +%s.%N) $1" >>@LOG@; }
-up() {  # Libreswan 4 names the IKE SA of a conn with rightsubnets "remote-db/0x1"
-  ipsec status | grep -Eq '"remote-db(/0x[0-9]+)?"[^ ]* [^ ]+ (STATE_V2_)?ESTABLISHED_IKE_SA'
-}
-up && exit 0
-log down
-for try in 1 2; do
-  ipsec down remote-db
-  ipsec up remote-db
-  sleep 15
-  up && { log recovered; exit 0; }
-done
-systemctl restart ipsec
-log alert
-""".replace("@LOG@", CRON_LOG)
 CRON_DEADLINE = 330  # the worst case: 120 s to its run, two blocking ipsec up, the restart
 
 
@@ -147,16 +126,7 @@ def start_cron(lab):
     wait_for(lambda: gw.run(["systemctl", "is-active", "salt-minion"]).stdout.strip()
              in ("inactive", "failed"), 60, "the salt-minion stopped")
     gw.run(["systemctl", "restart", "ipsec"], check=True)  # the conns as loaded: the primary
-    gw.put("/usr/local/sbin/vpn-check", CRON_SCRIPT, mode=0o755)
-    gw.run(["systemd-run", "--unit=vpn-check", f"--on-calendar=*:0/{CRON_PERIOD // 60}:00",
-            "--timer-property=AccuracySec=1s", "/usr/local/sbin/vpn-check"], check=True)
-
-
-def cron_events(lab, t0, event):
-    """Seconds from t0 to the cron script's first ``event`` line after it, or None."""
-    text = lab["vpn-gw1"].run(["cat", CRON_LOG]).stdout
-    return next((float(at) - t0 for at, what in (line.split() for line in text.splitlines())
-                 if what == event and float(at) >= t0), None)
+    cron.start(gw, cron.script())
 
 
 def measure_cron(lab, fault):
@@ -175,22 +145,14 @@ def measure_cron(lab, fault):
         if recovered and recovered(established(gw)):
             took = time.time() - t0
             break
-        if cron_events(lab, t0, "alert") is not None and fault != "pluto killed":
+        if cron.events(gw, t0, "alert") is not None and fault != "pluto killed":
             break  # it gave up: a restart brings back no peer that is down
         time.sleep(1)
-    return cron_events(lab, t0, "down"), took, cron_events(lab, t0, "alert")
-
-
-def cron_idle(lab):
-    """No run of the script left from the last fault (cron would start the next one
-    beside it: its restart or its alert would count against the next fault)."""
-    gw = lab["vpn-gw1"]
-    wait_for(lambda: gw.run(["systemctl", "is-active", "vpn-check.service"]).stdout.strip()
-             != "active", CRON_DEADLINE, "cron: the script's last run ended")
+    return cron.events(gw, t0, "down"), took, cron.events(gw, t0, "alert")
 
 
 def settle_cron(lab, start_peers=True):
-    cron_idle(lab)
+    cron.wait_idle(lab["vpn-gw1"], CRON_DEADLINE)
     if start_peers:
         for name in PEERS:
             lab[name].run(["systemctl", "start", "ipsec"], check=True)
@@ -223,14 +185,14 @@ def main():
                     settle(lab)
                 results[fault].append(measure(lab, fault))
             print(f"run {run + 1}/{args.runs}: {results}", flush=True)
-        cron = {fault: [] for fault in CRON}
+        cron_rows = {fault: [] for fault in CRON}
         if args.cron_runs:
             start_cron(lab)
         for run in range(args.cron_runs):
             for fault in FAULTS:  # the primary comes back to a tunnel that is still down
                 settle_cron(lab, start_peers=fault != "primary back (failback)")
-                cron[fault].append(measure_cron(lab, fault))
-            print(f"cron run {run + 1}/{args.cron_runs}: {cron}", flush=True)
+                cron_rows[fault].append(measure_cron(lab, fault))
+            print(f"cron run {run + 1}/{args.cron_runs}: {cron_rows}", flush=True)
     print(f"\nmedian of {args.runs} runs of the pack and {args.cron_runs} of the cron script, "
           f"seconds (load: {os.getloadavg()[0]:.1f}, 2 cores); cron's worst case from its "
           "schedule in brackets; - none within its deadline")
@@ -238,7 +200,8 @@ def main():
           f"{'cron detects':>16} {'cron recovers':>24} {'cron alerts':>16}")
     for fault, rows in results.items():
         worst = CRON[fault]
-        measured = [median([r[i] for r in cron[fault]]).strip() if cron[fault] else "not run"
+        runs = cron_rows[fault]
+        measured = [median([r[i] for r in runs]).strip() if runs else "not run"
                     for i in range(3)]
         print(f"{fault:<24} {median([r[0] for r in rows]):>8} {median([r[1] for r in rows]):>9}"
               f" {median([r[2] for r in rows]):>7}   "
