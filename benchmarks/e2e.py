@@ -19,28 +19,38 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "tests" / "e2e"), str(REPO / "tests" / "dataplane" / "esp")]
+sys.path[:0] = [str(REPO), str(REPO / "tests" / "e2e"), str(REPO / "tests" / "dataplane" / "esp"),
+                str(REPO / "tests" / "role")]
 
 import scenario  # noqa: E402
 
-from lab import Lab, converged  # noqa: E402
+from lab import converged  # noqa: E402
+
+
+MASTER_BACK = "minions answer after the master's start (s)"
 
 
 def table(platform, results):
     lines = [f"\n{platform}: {results['acknowledged']} transactions acknowledged, "
              f"{len(results['lost'])} lost; scenario {results['seconds']:.0f} s\n",
-             "| fault | recovered (s) | flowing again (s) | failed | committed | alerts |",
-             "| --- | ---: | ---: | ---: | ---: | --- |"]
+             "| fault | recovered (s) | flowing again (s) | failed | committed | alerts "
+             "| EndpointSlice (s from the fault) |",
+             "| --- | ---: | ---: | ---: | ---: | --- | --- |"]
     for row in results["faults"]:
         alerts = ", ".join(map(str, row["alerts"])) or "-"
+        endpoints = ", ".join(row["endpoints"]) or "-"
         lines.append(f"| {row['fault']} | {row['recovered (s)']:.1f} | {row['flowing (s)']:.1f} "
-                     f"| {row['failed']} | {row['committed']} | {alerts} |")
+                     f"| {row['failed']} | {row['committed']} | {alerts} | {endpoints} |")
     copied = results["copy"]
     lines += ["", f"COPY {copied['bytes'] / 1e6:.1f} MB: up {copied['up (s)']:.1f} s, down "
               f"{copied['down (s)']:.1f} s, digests equal: {copied['same']}",
               f"rekeys under the load (Child SA serial, failed transactions within 10 s): "
               f"{results['rekeys']}",
-              f"second apply changes: {results['second apply changes']}",
+              f"the pool change's highstate changed: {results['pool change']}",
+              f"second highstate changes: {results['second apply changes']}",
+              "the gateways answered the master after its start in "
+              f"{results[MASTER_BACK]:.1f} s",
+              f"secrets found: {results['leaks'] or 'none'}",
               f"outsider refused: {results['outsider refused']}",
               "client errors (first 10):", *results["errors"][:10]]
     return "\n".join(lines)
@@ -61,16 +71,15 @@ def main():
             sys.exit("e2e.py: --json is for a run on this kernel, not with --guest")
         converged.ensure(args.platform, formulas=converged.E2E_SLS)
         argv = [sys.executable, "benchmarks/e2e.py", "--platform", args.platform]
-        result = qemu.run(argv, cwd=REPO, timeout=5400, stream=True,
+        result = qemu.run(argv, cwd=REPO, timeout=7200, stream=True,
                           env={"PYTHONUNBUFFERED": "1"})
         sys.exit(result.returncode)
-    topology = converged.topology(scenario.HOSTS, args.platform, formulas=converged.E2E_SLS)
-    with Lab(topology, name=f"vgwlab-e2e{os.getpid()}", platform=args.platform) as lab:
+    with scenario.make_lab(args.platform, f"vgwlab-e2e{os.getpid()}") as lab:
         results = scenario.run_all(lab)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1, default=str))
     print(table(args.platform, results))
-    held = (not results["lost"] and results["second apply changes"] == {}
+    held = (not results["lost"] and results["second apply changes"] == {} and not results["leaks"]
             and all(results["outsider refused"].values()) and results["copy"]["same"])
     sys.exit(0 if held else 1)
 

@@ -31,8 +31,9 @@ from .lab import PREFIX, REPO, Lab, LabError
 
 GATEWAY = "vpn-gw1"
 ROLE_SLS = "vpn_gateway.sysctl,vpn_gateway.ipsec,vpn_gateway.pgbouncer"
-# The end-to-end scenario's gateway (tests/e2e): the same plus the firewall, enforcing.
-E2E_SLS = ROLE_SLS + ",vpn_gateway.firewall"
+# The end-to-end scenario's gateways (tests/e2e): the whole role but vpn_gateway.k8s (it
+# needs the API server, which the guest's highstate then has), the firewall enforcing.
+E2E_SLS = ROLE_SLS + ",vpn_gateway.firewall,vpn_gateway.monitoring,vpn_gateway.tools"
 # Masterless, the firewall's lockout guard needs the master's address from pillar
 # (the lab's salt-master, the one host of the management network).
 E2E_PILLAR = {"vpn_gateway": {"firewall": {"salt_master": "198.18.1.2"}}}
@@ -79,11 +80,14 @@ def ensure(platform=images.DEFAULT_PLATFORM, repo=REPO, cache=images.CACHE, log=
     return final
 
 
-def topology(hosts, platform=images.DEFAULT_PLATFORM, log=print, formulas=ROLE_SLS):
-    """The default topology's ``hosts``, the gateway booting from its converged root."""
+def topology(hosts, platform=images.DEFAULT_PLATFORM, log=print, formulas=ROLE_SLS,
+             gateways=(GATEWAY,)):
+    """The default topology's ``hosts``, ``gateways`` booting from the converged root
+    (built for vpn-gw1: another gateway boots with vpn-gw1's configs, and its daemons
+    are to be stopped before its first state run makes them its own)."""
     subset = topo.DEFAULT.subset(hosts)
     root = str(ensure(platform, log=log, formulas=formulas))
-    return replace(subset, hosts=tuple(replace(h, image=root) if h.name == GATEWAY else h
+    return replace(subset, hosts=tuple(replace(h, image=root) if h.name in gateways else h
                                        for h in subset.hosts))
 
 

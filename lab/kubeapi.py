@@ -42,6 +42,52 @@ request = urllib.request.Request(
 print(urllib.request.urlopen(request, context=context, timeout=10).read().decode())
 """
 
+# Watch the EndpointSlices of a namespace: each second a list (the token of the admin
+# kubeconfig), and a JSON line per endpoint whose conditions changed (the first list
+# too). One process for the whole run: a client started per read costs seconds of CPU
+# under TCG.
+WATCH_SLICES = """\
+import base64, json, ssl, sys, time, urllib.request
+import yaml
+config = yaml.safe_load(open(sys.argv[1]))
+cluster, user = config["clusters"][0]["cluster"], config["users"][0]["user"]
+context = ssl.create_default_context(
+    cadata=base64.b64decode(cluster["certificate-authority-data"]).decode())
+url = f"{cluster['server']}/apis/discovery.k8s.io/v1/namespaces/{sys.argv[2]}/endpointslices"
+request = urllib.request.Request(url, headers={"Authorization": "Bearer " + user["token"]})
+seen = {}
+while True:
+    try:
+        items = json.load(urllib.request.urlopen(request, context=context, timeout=10))["items"]
+    except Exception:  # a refused, cut or truncated answer: the next second's
+        items = None
+    for item in items or ():
+        for endpoint in item.get("endpoints") or ():
+            address, conditions = endpoint["addresses"][0], endpoint.get("conditions", {})
+            if seen.get(address) != conditions:
+                seen[address] = conditions
+                with open(sys.argv[3], "a") as out:
+                    out.write(json.dumps({"at": time.time(), "address": address,
+                                          **conditions}) + "\\n")
+    time.sleep(1)
+"""
+SLICE_CHANGES = "/var/log/kubernetes/endpoint-changes.jsonl"
+
+
+def watch_slices(lab, namespace="databases", host="salt-master"):
+    """Start ``WATCH_SLICES`` in ``host`` (after ``start``) as the unit vgw-slice-watch."""
+    server = lab[host]
+    server.put("/root/watch_slices.py", WATCH_SLICES)
+    server.run(["systemd-run", "--unit=vgw-slice-watch", str(lab.venv / "bin" / "python"),
+                "/root/watch_slices.py", SERVER_KUBECONFIG, namespace, SLICE_CHANGES],
+               check=True)
+
+
+def slice_changes(lab, host="salt-master"):
+    """[{at, address, ready, serving, terminating}]: what ``watch_slices`` saw change."""
+    text = lab[host].run(["cat", SLICE_CHANGES]).stdout
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
 
 def start(lab, host="salt-master", segment="mgmt", namespaces=("databases",)):
     """Start the API server in ``host``; create ``namespaces``; return the admin

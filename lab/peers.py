@@ -115,20 +115,23 @@ class Poller:
 
 
 class RemoteRouting(Poller):
-    """remote-db's route to vpn-gw1's tunnel address through the remote gateway that
-    holds a Child SA with it (the remote cloud's routing), in a thread."""
+    """remote-db's route to each lab gateway's tunnel address (its leftsubnet, on its lo)
+    through the remote gateway that holds a Child SA with it (the remote cloud's
+    routing), in a thread."""
 
     VIA = {"remote-gw-primary": "198.19.0.1", "remote-gw-backup": "198.19.0.2"}
     period = 0.5
 
-    def __init__(self, lab, tunnel_ip="198.19.10.1/32"):
+    def __init__(self, lab):
         super().__init__()
-        self.lab, self.tunnel_ip, self.via = lab, tunnel_ip, None
+        self.lab, self.via = lab, {}
+        self.tunnels = {g: f"{lab[g].spec.loopback[0]}/32" for g in GATEWAYS if g in lab.hosts}
 
     def poll(self):
         for peer, via in self.VIA.items():
             text = self.lab[peer].run(["ipsec", "whack", "--trafficstatus"]).stdout
-            if '"vpn-gw1' in text and via != self.via:
-                self.lab["remote-db"].run(["ip", "route", "replace", self.tunnel_ip,
-                                           "via", via], check=True)
-                self.via = via
+            for gateway, tunnel_ip in self.tunnels.items():
+                if f'"{gateway}' in text and self.via.get(gateway) != via:
+                    self.lab["remote-db"].run(["ip", "route", "replace", tunnel_ip,
+                                               "via", via], check=True)
+                    self.via[gateway] = via

@@ -2,58 +2,61 @@
 tests/e2e/test_e2e.py asserts and benchmarks/e2e.py prints as a table. It
 needs ESP (run it in the QEMU guest where the kernel lacks it).
 
-The lab: vpn-gw1 booted from the root the role's formulas converged on a
-fresh image (lab/converged.py ``E2E_SLS``: sysctl, ipsec, pgbouncer and the
-firewall, enforcing), applied again here by masterless Salt with the
-scenario's settings; the remote primary and backup gateways (lab/peers.py)
-forwarding to the database only what IPsec decrypted; remote-db (TLS only,
-``hostssl``); k8s-node1, where the workload and the alert webhook run; the
-outsider. The remote side's routing follows the tunnel (failback_outage's
-``RemoteRouting``). Recovery is the gateway's own (``recovery: local``): the
-pack's beacon runs every 2 s in vpn-gw1 (recovery_child_sa's loop, as a
-minion's would) and keeps the watcher running.
+The lab: a salt-master serving pillar from Git (the repo's pillar/ plus the
+scenario's ``lab.sls``, ``scenario_pillar``) and the stand-in Kubernetes API;
+vpn-gw1 and vpn-gw2 booted from the root the role's formulas converged on a
+fresh image (lab/converged.py ``E2E_SLS``: the whole role but the k8s part),
+minions of that master, converged by a highstate of the whole role (firewalld
+enforcing, the pooler with TLS, monitoring with its beacon and the gateway's
+own recovery, the Service and its EndpointSlice); the remote primary and backup
+gateways (lab/peers.py) forwarding to the database only what IPsec decrypted;
+remote-db (TLS only, ``hostssl``); k8s-node1, where the workload runs; the
+outsider, which also receives the alerts (the example pillar's webhook). The
+remote side's routing follows each gateway's tunnel (``peers.RemoteRouting``).
 
 The workload (``WORKLOAD``): k8s-node1 connects per transaction, as a pod
 would, to the Service's name with ``sslmode=verify-full`` against the
-cluster's CA, through PgBouncer (TLS to PostgreSQL, ``verify-full``) and the
-tunnel, and inserts a fresh UUID; it records each id the database
+cluster's CA, through vpn-gw1's PgBouncer (TLS to PostgreSQL, ``verify-full``)
+and the tunnel, and inserts a fresh UUID; it records each id the database
 acknowledged. At the end every acknowledged id must be in the table.
 
 Faults, in order, the workload running: pluto killed; the primary peer down
-(failover); the primary back (failback); the pooler's pool size changed in
-pillar and applied (PgBouncer reloads, never restarts); PostgreSQL restarted;
-the formulas applied again with nothing to change. Then a 16 MB COPY each
-way, the outsider's tries (IKE, the pooler, SSH), and the tally.
-
-Not in this scenario yet (docs/e2e.md): the salt-master serving pillar from Git
-(and its stop), vpn-gw2, and the EndpointSlice's transitions.
+(failover); the primary back (failback); the pool size changed in Git and
+applied by a highstate (PgBouncer reloads, never restarts); PostgreSQL
+restarted; the salt-master stopped, and pluto killed while it is; a highstate
+with nothing to change. Then a 16 MB COPY each way, two Child SA rekeys, the
+outsider's tries (IKE, the pooler, SSH), the secrets searched in the master's
+job cache and every log, and the tally.
 """
 import json
 import re
 import time
 
+import yaml
 from esp_helpers import child_sa_peers
+from leak_helpers import INFO_LINE, find_leaks, needles, pillar_secrets, stored
 
-from lab import converged, peers, postgres, role, saltstack
+from lab import Lab, converged, kubeapi, peers, postgres, role, saltstack
 
-HOSTS = ["vpn-gw1", "remote-gw-primary", "remote-gw-backup", "remote-db", "k8s-node1",
-         "outsider"]
-GATEWAY, TUNNEL = "vpn-gw1", "remote-db"
+HOSTS = ["salt-master", "vpn-gw1", "vpn-gw2", "remote-gw-primary", "remote-gw-backup",
+         "remote-db", "k8s-node1", "outsider"]
+GATEWAYS = role.GATEWAYS
+GATEWAY, TUNNEL = "vpn-gw1", "remote-db"  # the workload's gateway, the tunnel's conn
+ENDPOINTS = {"198.18.2.11": "vpn-gw1", "198.18.2.12": "vpn-gw2"}  # kubernetes.sls
 SERVICE = "postgres.databases.svc.cluster.local"  # a name in the pooler's certificate
 POOLER_ADDRESS, POOLER_PORT, POOLER_DATABASE = role.POOLER
 CLUSTER_CA = "/root/cluster-ca.crt"  # in k8s-node1
-WEBHOOK_PORT, ALERTS = 8080, "/run/alerts.jsonl"  # the receiver in k8s-node1
+# The example pillar's webhook (vpn_gateway:monitoring:webhook_url, a secret): the
+# outsider's address; the receiver runs there.
+WEBHOOK_ADDRESS, WEBHOOK_PORT, ALERTS = "198.18.0.99", 8080, "/run/alerts.jsonl"
 LOG, ERRORS = "/run/e2e.log", "/run/e2e.errors"
-# The scenario's monitoring (minion config over the pillar's): Child SAs decide,
-# TCG's pace for each step, failback on its own, alerts to k8s-node1's webhook.
+# The scenario's monitoring over the example's: Child SAs decide, TCG's pace for each
+# step, failback on its own.
 SETTINGS = {"up_when": "child_sa", "holddown": 2, "step_timeout": 20, "conn_restarts": 2,
             "failback": "auto", "failback_after": 8, "recovery": "local",
             "alerts": {"rate_window": 60, "timeout": 5}}
-# Short SA lifetimes (the least that pluto 5 keeps), so that Child SAs rekey under the
-# load: with the default rekeymargin (540 s, fuzz 100 %) 0-540 s after each new one.
-PILLAR = {"vpn_gateway": {"tunnel": {"salifetime": 1080, "ikelifetime": 1080},
-                          **converged.E2E_PILLAR["vpn_gateway"]}}
 POOL_SIZE_CHANGED = 12
+MASTER_DOWN = 60  # s the salt-master stays stopped at least
 REKEYS = 2
 # One transaction per connection, as a pod's; a line per try: start end ok|fail id.
 WORKLOAD = """\
@@ -70,6 +73,24 @@ done
 """
 
 
+def scenario_pillar(pool_size=None):
+    """The scenario's ``lab.sls`` in the pillar repository (last in the top file, merged
+    over the example key by key): short SA lifetimes (the least that pluto 5 keeps),
+    so that Child SAs rekey under the load (with the default rekeymargin, 540 s with
+    100 % fuzz, 0-540 s after each new one); the monitoring's settings; the metrics
+    schedule off (the guest's CPU); ``pool_size`` for the pods' database."""
+    gateway = {"tunnel": {"salifetime": 1080, "ikelifetime": 1080}, "monitoring": SETTINGS}
+    if pool_size:
+        gateway["pooler"] = {"databases": {POOLER_DATABASE: {"pool_size": pool_size}}}
+    return {"vpn_gateway": gateway, "schedule": {"vpn_gateway_metrics": {"enabled": False}}}
+
+
+def make_lab(platform, name):
+    topology = converged.topology(HOSTS, platform, formulas=converged.E2E_SLS,
+                                  gateways=GATEWAYS)
+    return Lab(topology, name=name, platform=platform, pillar=scenario_pillar())
+
+
 def wait_for(predicate, timeout, what):
     deadline = time.monotonic() + timeout
     while not (value := predicate()):
@@ -79,29 +100,32 @@ def wait_for(predicate, timeout, what):
     return value
 
 
-def call(lab, function, *args, timeout=900):
-    return saltstack.call_local(lab, lab[GATEWAY], function, *args, timeout=timeout)
+def salt1(lab, function, *args, minion=GATEWAY, timeout=300):
+    """``salt MINION FUNCTION ARGS`` from the master: the minion's return."""
+    return saltstack.salt(lab, minion, function, *args, timeout=timeout)[minion]
 
 
-def set_pillar(lab, pillar):
-    """``pillar`` over the example's, as a pillar file of vpn-gw1's masterless tree
-    (``e2e.sls``, last in its top file): every Salt run there reads it, the beacon's
-    and the watcher's too."""
-    gw = lab[GATEWAY]
-    top = gw.read("/srv/pillar/top.sls")
-    if "- e2e" not in top:
-        gw.put("/srv/pillar/top.sls", top.rstrip("\n") + "\n    - e2e\n", mode=0o600)
-    gw.put("/srv/pillar/e2e.sls", json.dumps(pillar), mode=0o600)
+def highstate(lab):
+    """``salt 'vpn-gw*' state.apply`` after a pillar refresh; {minion: [state ids that
+    changed]}. A failed state raises."""
+    saltstack.salt(lab, "vpn-gw*", "saltutil.refresh_pillar", "wait=True", timeout=300)
+    returns = role.highstate(lab, timeout=1800)
+    failed = {m: {i: r["comment"] for i, r in states.items() if r["result"] is False}
+              for m, states in returns.items()}
+    assert not any(failed.values()) and set(returns) == set(GATEWAYS), failed or returns
+    return {m: sorted(i for i, r in states.items() if r["changes"])
+            for m, states in returns.items()}
 
 
-def apply(lab):
-    """The scenario's formulas, masterless; {state id: return}. A failed state raises."""
-    returns = call(lab, "state.apply", converged.E2E_SLS)
-    if not isinstance(returns, dict):
-        raise AssertionError(f"the formulas did not render: {returns}")
-    failed = {r["__id__"]: r["comment"] for r in returns.values() if r["result"] is False}
-    assert not failed, failed
-    return {r["__id__"]: r for r in returns.values()}
+def endpoints_ready(lab):
+    """Each gateway's endpoint is ready by the EndpointSlice's last change seen."""
+    last = {c["address"]: c.get("ready") for c in kubeapi.slice_changes(lab)}
+    return set(last) == set(ENDPOINTS) and all(last.values())
+
+
+def on_peer(lab, peer):
+    """Both gateways' Child SAs are with ``peer`` (and only with it)."""
+    return all(child_sa_peers(lab[g]) == {peer} for g in GATEWAYS)
 
 
 class ChildSas(peers.Poller):
@@ -131,7 +155,7 @@ class ChildSas(peers.Poller):
 
 
 def prepare(lab, log=print):
-    gw, node, db = lab[GATEWAY], lab["k8s-node1"], lab["remote-db"]
+    node, db, out = lab["k8s-node1"], lab["remote-db"], lab["outsider"]
     for name in peers.REMOTE_GATEWAYS:
         lab[name].run(["nft", "-f", "-"], input=peers.ONLY_DECRYPTED, check=True)
     peers.configure(lab)
@@ -140,23 +164,30 @@ def prepare(lab, log=print):
                  "DEFAULT now()); CREATE TABLE blob (line text NOT NULL); "
                  f"ALTER TABLE e2e OWNER TO {postgres.ROLE}; "
                  f"ALTER TABLE blob OWNER TO {postgres.ROLE}", database="app")
-    webhook = f"http://{node.address('k8s')}:{WEBHOOK_PORT}/hooks/e2e-token-a-secret"
-    node.run(["systemd-run", "--unit", "webhook", "/usr/bin/python3",
-              f"{lab.repo}/tests/monitoring/webhook_receiver.py", node.address("k8s"),
-              str(WEBHOOK_PORT), ALERTS], check=True)
-    saltstack.masterless(lab, gw)
-    gw.put("/etc/salt/minion.d/monitoring.conf", json.dumps(
-        {"vpn_gateway": {"monitoring": dict(SETTINGS, webhook_url=webhook)}}), mode=0o600)
-    set_pillar(lab, PILLAR)
+    out.run(["systemd-run", "--unit", "webhook", "/usr/bin/python3",
+             f"{lab.repo}/tests/monitoring/webhook_receiver.py", WEBHOOK_ADDRESS,
+             str(WEBHOOK_PORT), ALERTS], check=True)
+    # vpn-gw2 booted with vpn-gw1's configs (the converged root): its pooler (listening on
+    # vpn-gw1's address) and its pluto stopped, as on a fresh host the role starts them
+    for name in GATEWAYS[1:]:
+        lab[name].run(["systemctl", "stop", "pgbouncer", "ipsec"], check=True, timeout=120)
+    role.prepare(lab, timeout=600)  # the API server, the kubeconfig, the role grain, sync
+    kubeapi.watch_slices(lab)
     started = time.monotonic()
-    apply(lab)
-    log(f"e2e: formulas applied in {time.monotonic() - started:.0f}s")
-    wait_for(lambda: child_sa_peers(gw) == {"primary"}, 300, "Child SA on the primary")
-    # unmask: Salt 3008 masks pillar.get's answer otherwise
-    ca = call(lab, "pillar.get", "vpn_gateway:pooler:tls:client:ca", "unmask=True")
+    changed = highstate(lab)
+    log(f"e2e: highstate in {time.monotonic() - started:.0f}s, states changed: "
+        f"{ {m: len(ids) for m, ids in changed.items()} }")
+    wait_for(lambda: on_peer(lab, "primary"), 300, "both gateways' Child SAs on the primary")
+    wait_for(lambda: endpoints_ready(lab), 300, "both gateways' endpoints ready")
+    # before the highstate each gateway ran the converged root's vpn-gw1 config, which its
+    # beacon saw down: a fresh recovery budget, and the beacon reporting up
+    saltstack.salt(lab, "vpn-gw*", "libreswan.reset_recovery", TUNNEL, timeout=300)
+    wait_for(lambda: (salt1(lab, "libreswan.monitoring_memory", "beacon") or {}).get(
+        TUNNEL, {}).get("state") == "up", 300, "vpn-gw1's beacon reports up")
+    # unmask: Salt 3008 masks pillar.get's answer otherwise (the CA is no secret)
+    ca = salt1(lab, "pillar.get", "vpn_gateway:pooler:tls:client:ca", "unmask=True")
     node.put(CLUSTER_CA, ca)
     node.run(["sh", "-c", f"echo '{POOLER_ADDRESS} {SERVICE}' >> /etc/hosts"], check=True)
-    saltstack.start_beacon_loop(lab, gw)
     node.run(["systemd-run", "--unit", "workload", f"--setenv=PGPASSWORD={postgres.PASSWORD}",
               "--setenv=PGSSLMODE=verify-full", f"--setenv=PGSSLROOTCERT={CLUSTER_CA}",
               "--setenv=PGCONNECT_TIMEOUT=10", "sh", "-c",
@@ -180,7 +211,7 @@ def transactions(lab):
 
 
 def alerts(lab):
-    text = lab["k8s-node1"].run(["cat", ALERTS]).stdout
+    text = lab["outsider"].run(["cat", ALERTS]).stdout
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
@@ -195,13 +226,15 @@ def pluto_pid(lab):
 
 def pool_size(lab):
     """PgBouncer's own answer (SHOW DATABASES on its console) for the pods' database."""
-    rows = call(lab, "pgbouncer.show", "databases")
+    rows = salt1(lab, "pgbouncer.show", "databases")
     return next(int(r["pool_size"]) for r in rows if r["name"] == POOLER_DATABASE)
 
 
 def faults(lab):
-    """[(name, inject, recovered)]: recovered() is true once the fault is undone."""
-    gw, primary, db = lab[GATEWAY], lab["remote-gw-primary"], lab["remote-db"]
+    """[(name, inject, recovered, after)]: recovered() is true once the fault is undone;
+    after() (or None) runs then, inside the fault's window."""
+    gw, primary, db, master = lab[GATEWAY], lab["remote-gw-primary"], lab["remote-db"], \
+        lab["salt-master"]
     version = db.platform.postgresql
     state = {}
 
@@ -209,30 +242,60 @@ def faults(lab):
         state["pluto"] = pluto_pid(lab)
         gw.run(["pkill", "-TERM", "-x", "pluto"], check=True)
 
+    def pluto_back():
+        return pluto_pid(lab) not in ("", state["pluto"]) and child_sa_peers(gw) == {"primary"}
+
+    def healed(tunnel_back):
+        """Recovered: the tunnel back (its time kept as the fault's recovery) and both
+        endpoints ready again."""
+        def check():
+            if "recovered at" not in state and tunnel_back():
+                state["recovered at"] = time.time()
+            return "recovered at" in state and endpoints_ready(lab)
+        return check
+
     def pool_change():
         state["pooler"] = pooler_pid(lab)
-        set_pillar(lab, {"vpn_gateway": {**PILLAR["vpn_gateway"], "pooler": {"databases": {
-            POOLER_DATABASE: {"pool_size": POOL_SIZE_CHANGED}}}}})
-        apply(lab)
+        saltstack.commit_pillar(lab, "lab.sls", yaml.safe_dump(scenario_pillar(
+            POOL_SIZE_CHANGED)), f"pooler: {POOLER_DATABASE} pool_size {POOL_SIZE_CHANGED}")
+        state["pool change"] = highstate(lab)
+
+    def stop_master():
+        master.run(["systemctl", "stop", "salt-master"], check=True, timeout=120)
+        state["master stopped"] = time.monotonic()
+        kill_pluto()
+
+    def start_master():
+        master.run(["systemctl", "start", "salt-master"], check=True, timeout=120)
+        started = time.monotonic()
+        wait_for(lambda: all(saltstack.answers(lab, g, timeout=30) for g in GATEWAYS), 900,
+                 "both gateways answer the master again")
+        state["minions answer after the master's start (s)"] = time.monotonic() - started
+        wait_for(lambda: endpoints_ready(lab), 300, "both endpoints ready with the master back")
 
     def reapply():
-        state["changes"] = {i: r["changes"] for i, r in apply(lab).items() if r["changes"]}
+        state["changes"] = {m: ids for m, ids in highstate(lab).items() if ids}
 
     return [
-        ("pluto killed", kill_pluto,
-         lambda: pluto_pid(lab) not in ("", state["pluto"]) and child_sa_peers(gw) == {"primary"}),
+        ("pluto killed", kill_pluto, healed(pluto_back), None),
         ("primary peer down", lambda: primary.run(["systemctl", "stop", "ipsec"], check=True),
-         lambda: child_sa_peers(gw) == {"backup"}),
+         healed(lambda: on_peer(lab, "backup")), None),
         ("primary back (failback)",
          lambda: primary.run(["systemctl", "start", "ipsec"], check=True, timeout=120),
-         lambda: child_sa_peers(gw) == {"primary"}),
-        ("pool size changed in pillar, applied", pool_change,
-         lambda: pool_size(lab) == POOL_SIZE_CHANGED and pooler_pid(lab) == state["pooler"]),
+         healed(lambda: on_peer(lab, "primary")), None),
+        ("pool size changed in Git, highstate", pool_change,
+         lambda: pool_size(lab) == POOL_SIZE_CHANGED and pooler_pid(lab) == state["pooler"],
+         None),
         ("PostgreSQL restarted",
          lambda: db.run(["systemctl", "restart", f"postgresql@{version}-main"], check=True,
                         timeout=120),
-         lambda: True),
-        ("formulas applied again", reapply, lambda: True),
+         lambda: True, None),
+        # the master stays stopped MASTER_DOWN s at least; the endpoints are the mine's
+        # heartbeats' (through the master) once it is back: after()
+        ("salt-master stopped, pluto killed", stop_master,
+         lambda: (healed(pluto_back)() or "recovered at" in state)
+         and time.monotonic() - state["master stopped"] >= MASTER_DOWN, start_master),
+        ("highstate again", reapply, lambda: True, None),
     ], state
 
 
@@ -248,24 +311,37 @@ def flow_again(lab, t0, timeout=600):
     return wait_for(found, timeout, "transactions flow again") - t0
 
 
+def endpoint_changes(lab, started, ended):
+    """The EndpointSlice's ready transitions in [started, ended]: "GATEWAY ready|not
+    ready at SECONDS" from ``started``."""
+    return [f"{ENDPOINTS.get(c['address'], c['address'])} "
+            f"{'ready' if c.get('ready') else 'not ready'} at {c['at'] - started:.1f}"
+            for c in kubeapi.slice_changes(lab) if started <= c["at"] <= ended]
+
+
 def run_faults(lab, log=print):
     rows = []
     listed, state = faults(lab)
-    for name, inject, recovered in listed:
+    for name, inject, recovered, after in listed:
         time.sleep(5)
         t0 = time.time()
         alerts_before = len(alerts(lab))
         inject()
-        wait_for(recovered, 600, f"{name}: recovered")
-        recovered_at = time.time() - t0
+        wait_for(recovered, 900, f"{name}: recovered")
+        recovered_at = state.pop("recovered at", time.time()) - t0
+        if after:
+            after()
         flowing = flow_again(lab, t0)
         time.sleep(5)
+        ended = time.time()
         tries = [t for t in transactions(lab) if t.start >= t0 - 1]
-        rows.append({"fault": name, "t0": t0, "ended": time.time(),
+        rows.append({"fault": name, "t0": t0, "ended": ended,
                      "recovered (s)": recovered_at, "flowing (s)": flowing,
                      "failed": sum(not t.ok for t in tries),
                      "committed": sum(t.ok for t in tries),
-                     "alerts": [a["body"].get("state") for a in alerts(lab)[alerts_before:]]})
+                     "alerts": [f"{a['body'].get('hostname')}: {a['body'].get('state')}"
+                                for a in alerts(lab)[alerts_before:]],
+                     "endpoints": endpoint_changes(lab, t0, ended)})
         log(f"e2e: {rows[-1]}")
     return rows, state
 
@@ -364,8 +440,24 @@ def run_all(lab, log=print):
     tries = transactions(lab)
     refused = outsider_refused(lab)
     missing, acknowledged = lost(lab)
-    return {"faults": rows, "second apply changes": state.get("changes"), "copy": copied,
+    return {"faults": rows, "pool change": state.get("pool change"),
+            "second apply changes": state.get("changes"),
+            "minions answer after the master's start (s)": state.get(
+                "minions answer after the master's start (s)"), "copy": copied,
             "rekeys": [{"serial": serial, "failed within 10 s": sum(
                 not t.ok and abs(t.end - at) <= 10 for t in tries)} for at, serial in rekeys],
             "outsider refused": refused, "acknowledged": acknowledged, "lost": missing,
-            "errors": errors_seen(lab), "seconds": time.monotonic() - started}
+            "errors": errors_seen(lab), "leaks": leaks(lab),
+            "seconds": time.monotonic() - started}
+
+
+def leaks(lab):
+    """Every secret of the pillar (and the API token of vpn-gw1's kubeconfig) searched in
+    the master's job cache and every log and journal of the master and the gateways
+    (tests/role/leak_helpers.py); the report of where one was found ("" when none was)."""
+    plain = pillar_secrets(lab.repo / "pillar")
+    kubeconfig = yaml.safe_load(lab[role.KUBERNETES_MINION].read(role.KUBECONFIG))
+    for user in kubeconfig["users"]:
+        plain[f"kubeconfig token ({user['name']})"] = user["user"]["token"]
+    return find_leaks(stored(lab, ["salt-master", *GATEWAYS], log_line=INFO_LINE),
+                      needles(plain))

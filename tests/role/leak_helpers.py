@@ -16,6 +16,7 @@ so that no check can pass on an empty or missing sink.
 import re
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -27,6 +28,11 @@ from lab.lab import SLOWDOWN, Result
 DEBUG = {"log_level": "debug", "log_level_logfile": "debug"}
 # Salt's log line level column, in the log file and on the console (journald)
 DEBUG_LINE = "[DEBUG   ]"
+# At INFO, the lab's level for Salt's log files (lab/saltstack.py)
+INFO_LINE = "[INFO    ]"
+# Salt's default minion data cache: rendered pillar, plaintext secrets included (docs/pillar.md).
+MINION_DATA_CACHE = "/var/cache/salt/master/pillar/"
+STATE_ID = "libreswan_package"  # in every gateway's returns and compiled states
 # Its lines at WARNING or above
 WARNING_LINE = re.compile(r"\[(WARNING|ERROR|CRITICAL) *\]")
 
@@ -309,3 +315,41 @@ class ExecTrace:
         self.tracers = {}
         for host in self.hosts:
             host.run(["systemctl", "start", "salt-minion"], check=True)
+
+
+def stored(lab, hosts, log_line=DEBUG_LINE):
+    """The checks (run, sink, canaries, paths or command) of every place on ``hosts``
+    where Salt and the role store or log: each host's journal (every field), a Salt
+    host's log and all of /var/log, the master's cache, a minion's cache.
+    ``log_line``: what Salt's logs must hold (its level column: the lab's Salt logs
+    at debug for the role lab, ``INFO_LINE`` otherwise); at debug, the journal too."""
+    checks = []
+    for name in hosts:
+        host = lab[name]
+        canaries = [f"_HOSTNAME={name}"] + (
+            [log_line] if host.spec.salt and log_line == DEBUG_LINE else [])
+        checks.append((host.run, f"{name} journald", canaries,
+                       {"command": ["journalctl", "-o", "export", "--no-pager"]}))
+        if host.spec.salt:
+            checks.append((host.run, f"{name} salt log", [log_line],
+                           {"paths": [f"/var/log/salt/{host.spec.salt}"]}))
+            checks.append((host.run, f"{name} /var/log", [log_line], {"paths": ["/var/log"]}))
+        if host.spec.salt == "master":
+            # All of the master's cache (the job cache and the rest) but Salt's minion data
+            # cache: each minion's rendered pillar, plaintext by design (docs/pillar.md).
+            checks.append((host.run, f"{name} cache", [STATE_ID], {"paths": paths_without(
+                host.run, "/var/cache/salt/master", [MINION_DATA_CACHE])}))
+        elif host.spec.salt == "minion":
+            # No exclusion: the minion's cache is no secret store (the role keeps the
+            # secrets in /etc/ipsec.d, /etc/pgbouncer and /etc/vpn-gateway).
+            checks.append((host.run, f"{name} salt-minion cache", [STATE_ID],
+                           {"paths": ["/var/cache/salt/minion"]}))
+    return checks
+
+
+def find_leaks(checks, wanted):
+    """Run ``checks`` for the secrets ``wanted`` ({name: [needles]}), four at a
+    time; the report of the sinks that are not clean (names, never values)."""
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        sinks = list(pool.map(lambda c: scan(c[0], c[1], wanted, c[2], **c[3]), checks))
+    return report(sinks)

@@ -12,13 +12,12 @@ import re
 import secrets
 import subprocess
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import yaml
-from leak_helpers import (DEBUG, DEBUG_LINE, ExecTrace, local_run, needles, paths_without,
-                          pillar_secrets, report, scan)
+from leak_helpers import (DEBUG, DEBUG_LINE, MINION_DATA_CACHE, STATE_ID, ExecTrace, find_leaks,
+                          local_run, needles, pillar_secrets, stored)
 
 from repo_modules import load
 
@@ -30,9 +29,6 @@ pytestmark = pytest.mark.lab
 REPO = Path(__file__).resolve().parents[2]
 
 NEW_NODE = "198.18.2.38"
-# Salt's default minion data cache: rendered pillar, plaintext secrets included (docs/pillar.md).
-MINION_DATA_CACHE = "/var/cache/salt/master/pillar/"
-STATE_ID = "libreswan_package"  # in every gateway's returns and compiled states
 # The pack's own states (salt/_states): their test=True changes are compared whole.
 PACK_STATES = {"libreswan", "pgbouncer", "firewalld", "k8s"}
 
@@ -138,41 +134,6 @@ def test_no_secret_of_the_full_apply_is_in_a_journal_log_cache_output_or_argv(la
     assert len(checks) == len(role.HOSTS) + 2 * 3 + 1 + 3 * len(GATEWAYS) + 2 * len(OUTPUTTERS)
     leaks = find_leaks(checks, wanted)
     assert not leaks, leaks
-
-
-def stored(lab, hosts):
-    """The checks (run, sink, canaries, paths or command) of every place on ``hosts``
-    where Salt and the role store or log: each host's journal (every field), a Salt
-    host's log and all of /var/log, the master's cache, a minion's cache."""
-    checks = []
-    for name in hosts:
-        host = lab[name]
-        canaries = [f"_HOSTNAME={name}"] + ([DEBUG_LINE] if host.spec.salt else [])
-        checks.append((host.run, f"{name} journald", canaries,
-                       {"command": ["journalctl", "-o", "export", "--no-pager"]}))
-        if host.spec.salt:
-            checks.append((host.run, f"{name} salt log", [DEBUG_LINE],
-                           {"paths": [f"/var/log/salt/{host.spec.salt}"]}))
-            checks.append((host.run, f"{name} /var/log", [DEBUG_LINE], {"paths": ["/var/log"]}))
-        if host.spec.salt == "master":
-            # All of the master's cache (the job cache and the rest) but Salt's minion data
-            # cache: each minion's rendered pillar, plaintext by design (docs/pillar.md).
-            checks.append((host.run, f"{name} cache", [STATE_ID], {"paths": paths_without(
-                host.run, "/var/cache/salt/master", [MINION_DATA_CACHE])}))
-        elif host.spec.salt == "minion":
-            # No exclusion: the minion's cache is no secret store (the role keeps the
-            # secrets in /etc/ipsec.d, /etc/pgbouncer and /etc/vpn-gateway).
-            checks.append((host.run, f"{name} salt-minion cache", [STATE_ID],
-                           {"paths": ["/var/cache/salt/minion"]}))
-    return checks
-
-
-def find_leaks(checks, wanted):
-    """Run ``checks`` for the secrets ``wanted`` ({name: [needles]}), four at a
-    time; the report of the sinks that are not clean (names, never values)."""
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        sinks = list(pool.map(lambda c: scan(c[0], c[1], wanted, c[2], **c[3]), checks))
-    return report(sinks)
 
 
 # the same Git, master and rule derivation on debian12; firewalld 1.3 is tests/firewalld's
