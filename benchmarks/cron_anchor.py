@@ -1,14 +1,18 @@
 """The recovery benchmarks' anchor: the cron script the pack's monitoring
 replaces (``*/2 * * * *``), run in a lab gateway by a systemd timer on the
 minute as cron would. Every 2 minutes it checks the tunnel (an ``ipsec
-status`` grep for the IKE SA, and where the kernel has ESP a ping through the
-tunnel); when the check fails it runs ``ipsec down/up`` twice with 15 s waits,
-then ``systemctl restart ipsec`` and its alert ("log alert" is its mail). It
-never fails over: it has no backup peer.
+status`` grep for the IKE SA, and where the kernel has ESP its ping through
+the tunnel, here a TCP connection to the database's port: the lab's gateways
+have no ping, and a connection is what the pooler needs); when the check fails
+it runs ``ipsec down/up`` twice with 15 s waits, then ``systemctl restart
+ipsec`` and its alert ("log alert" is its mail). It never fails over: it has
+no backup peer.
 
 Used by benchmarks/recovery.py (this host's kernel, IKE SA only) and
-benchmarks/recovery_child_sa.py (the QEMU guest, with the ping).
+benchmarks/recovery_child_sa.py (the QEMU guest, with the check through the
+tunnel).
 """
+import shlex
 import time
 
 PERIOD = 120
@@ -34,9 +38,17 @@ log alert
 """
 
 
-def script(ping=None):
-    """The script's text; ``ping``: (source, destination) pinged through the tunnel."""
-    check = f" &&\n  busybox ping -c 2 -W 2 -I {ping[0]} {ping[1]} >/dev/null" if ping else ""
+def through_tunnel(address, port):
+    """The script's check that traffic passes the tunnel: a TCP connection to
+    ``address``:``port`` (behind the remote gateways) within 5 s."""
+    return ["timeout", "5", "bash", "-c", f":</dev/tcp/{address}/{port}"]
+
+
+def script(probe=None):
+    """The script's text; ``probe``: (address, port) reached through the tunnel."""
+    check = ""
+    if probe:
+        check = " &&\n  " + " ".join(shlex.quote(a) for a in through_tunnel(*probe))
     return SCRIPT.replace("@LOG@", LOG).replace("@PING@", check)
 
 

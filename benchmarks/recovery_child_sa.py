@@ -39,7 +39,7 @@ measures under.
 
 The anchor, in the same lab after the pack's runs (``--cron-runs``, default 1):
 the cron script the monitoring replaces (benchmarks/cron_anchor.py, with its
-ping to the database through the tunnel), run every 2 minutes by a systemd
+check through the tunnel: a TCP connection to the database's port), run every 2 minutes by a systemd
 timer, with the pack's beacon and watcher stopped. Per fault: its ``down``
 line, the Child SA back on the primary (it never fails over), its alert, and
 the client's query gap.
@@ -62,8 +62,8 @@ from lab import Lab, converged, peers, saltstack  # noqa: E402
 
 SETTINGS = {"up_when": "child_sa", "holddown": 2, "step_timeout": 20, "conn_restarts": 2,
             "failback": "never", "recovery": "local"}
-# vpn-gw1's tunnel end (leftsubnet, on its lo) and a database endpoint behind the peers
-CRON_PING = ("198.19.10.1", "198.19.1.10")
+# a database endpoint behind the peers, reached from vpn-gw1's tunnel end
+CRON_PROBE = ("198.19.1.10", 5432)
 # the cron script's worst case here: 120 s to its run, two "ipsec up" that each wait out
 # pluto's retransmits to a dead peer under TCG, the restart
 CRON_DEADLINE = 600
@@ -137,10 +137,10 @@ def start_cron(lab):
     gw = lab["vpn-gw1"]
     gw.run(["systemctl", "stop", "vgw-beacon"], check=True)
     settle_cron(lab)  # the last fault left the primary stopped
-    source, database = CRON_PING  # the script's own check holds before it is trusted
-    wait_for(lambda: gw.run(["busybox", "ping", "-c", "2", "-W", "2", "-I", source,
-                             database]).ok, 120, "cron: its ping through the tunnel")
-    cron.start(gw, cron.script(ping=CRON_PING))
+    # the script's own check holds before it is trusted
+    wait_for(lambda: gw.run(cron.through_tunnel(*CRON_PROBE)).ok, 120,
+             "cron: its check through the tunnel")
+    cron.start(gw, cron.script(probe=CRON_PROBE))
 
 
 def settle_cron(lab):
