@@ -77,12 +77,18 @@ def scenario_pillar(pool_size=None):
     """The scenario's ``lab.sls`` in the pillar repository (last in the top file, merged
     over the example key by key): short SA lifetimes (the least that pluto 5 keeps),
     so that Child SAs rekey under the load (with the default rekeymargin, 540 s with
-    100 % fuzz, 0-540 s after each new one); the monitoring's settings; the metrics
-    schedule off (the guest's CPU); ``pool_size`` for the pods' database."""
-    gateway = {"tunnel": {"salifetime": 1080, "ikelifetime": 1080}, "monitoring": SETTINGS}
+    100 % fuzz, 0-540 s after each new one); the monitoring's settings; for the
+    guest's CPU (under TCG the example's schedules, each a fork of the minion every
+    5 s, saturated its two vCPUs with the master's lab) the metrics schedule off and
+    the heartbeat and readiness check every 15 s, the readiness deadline 60 s;
+    ``pool_size`` for the pods' database."""
+    gateway = {"tunnel": {"salifetime": 1080, "ikelifetime": 1080}, "monitoring": SETTINGS,
+               "kubernetes": {"readiness": {"deadline": 60}}}
     if pool_size:
         gateway["pooler"] = {"databases": {POOLER_DATABASE: {"pool_size": pool_size}}}
-    return {"vpn_gateway": gateway, "schedule": {"vpn_gateway_metrics": {"enabled": False}}}
+    return {"vpn_gateway": gateway, "schedule": {
+        "vpn_gateway_metrics": {"enabled": False},
+        "vpn_gateway_heartbeat": {"seconds": 15}, "vpn_gateway_readiness": {"seconds": 15}}}
 
 
 def make_lab(platform, name):
