@@ -39,8 +39,8 @@ measures under.
 
 The anchor, in the same lab after the pack's runs (``--cron-runs``, default 1):
 the cron script the monitoring replaces (benchmarks/cron_anchor.py, with its
-check through the tunnel: a TCP connection to the database's port), run every 2 minutes by a systemd
-timer, with the pack's beacon and watcher stopped. Per fault: its ``down``
+check through the tunnel: a TCP connection to the database's port), run every
+2 minutes by a systemd timer, with the pack's beacon and watcher stopped. Per fault: its ``down``
 line, the Child SA back on the primary (it never fails over), its alert, and
 the client's query gap.
 """
