@@ -10,7 +10,13 @@ Its whole root is then kept in the image cache, keyed by the fresh image and
 the role's sources, and the guest's gateway boots from it
 (``Host.image`` = its path), where the role is applied again.
 
-The decrypted pillar and Salt's caches are left out of the kept root.
+The decrypted pillar and Salt's caches are left out of the kept root, but
+for the pack's modules as a minion syncs them (``saltutil.sync_all``, into
+``extmods``): a converged gateway has them, and a minion booted without them
+runs its pillar's beacon and schedule on functions it lacks until its first
+sync. Under TCG each of those beacon polls made the minion's loader look
+through every beacon module, and the e2e scenario's minions took 18 minutes
+to answer a ``test.ping`` (docs/e2e.md).
 
     path = converged.ensure("debian13")   # built when missing or stale
     lab = Lab(converged.topology(["vpn-gw1", "remote-gw-primary"], "debian13"), ...)
@@ -40,9 +46,11 @@ E2E_PILLAR = {"vpn_gateway": {"firewall": {"salt_master": "198.18.1.2"}}}
 # Each formula set's roots are named (and pruned) apart: <platform>-<kind>-<key>.
 KINDS = {ROLE_SLS: "converged", E2E_SLS: "converged_e2e"}
 # What the kept root must not carry: the masterless minion's decrypted pillar
-# (the guest's run writes it again) and what Salt cached from it.
+# (the guest's run writes it again) and what Salt cached from it; the synced
+# modules (KEPT) stay.
 LEFT_OUT = ("srv/pillar", "var/cache/salt", "etc/salt/minion.d/masterless.conf")
-RECIPE_VERSION = 1  # bump when the steps below change meaning
+KEPT = "var/cache/salt/minion/extmods"
+RECIPE_VERSION = 2  # bump when the steps below change meaning
 
 
 def role_sources(repo=REPO):
@@ -107,6 +115,7 @@ def _build(platform, final, repo, log, formulas):
         failed = {r["__id__"]: r["comment"] for r in returns.values() if r["result"] is False}
         if failed:
             raise LabError(f"converged {platform}: state.apply failed: {failed}")
+        saltstack.call_local(lab, gateway, "saltutil.sync_all", "refresh=False", timeout=300)
         # a clean shutdown, so that the kept root is as a stopped host leaves it
         gateway.run(["systemctl", "poweroff"])
         gateway.nspawn.wait(timeout=120)
@@ -114,11 +123,18 @@ def _build(platform, final, repo, log, formulas):
         shutil.rmtree(staging, ignore_errors=True)
         subprocess.run(["cp", "-a", "--reflink=auto", f"{gateway.root}/.", str(staging)],
                        check=True)
+    if not (staging / KEPT / "beacons" / "libreswan.py").is_file():
+        raise LabError(f"converged {platform}: saltutil.sync_all left no {KEPT}/beacons")
+    kept = staging.with_name(staging.name + ".kept")
+    shutil.rmtree(kept, ignore_errors=True)
+    shutil.move(staging / KEPT, kept)
     for path in LEFT_OUT:
         target = staging / path
         if target.is_dir() and not target.is_symlink():
             shutil.rmtree(target)
         else:
             target.unlink(missing_ok=True)
+    (staging / KEPT).parent.mkdir(parents=True)
+    shutil.move(kept, staging / KEPT)
     staging.rename(final)
     log(f"converged: {final.name} ({platform}, {formulas}) in {time.monotonic() - started:.0f}s")
