@@ -78,6 +78,10 @@ def minion_config(host, master_address):
         "random_reauth_delay": 0,
         # Each auth round trip is RSA work on both sides: minutes under TCG.
         "auth_timeout": int(5 * SLOWDOWN),
+        # A request (a pillar render, a file) the master answers later than this is sent
+        # again: Salt's 60 s, scaled. Under TCG the e2e lab's minions timed out several
+        # requests a minute, and each retry was the master's work again.
+        "request_channel_timeout": int(60 * SLOWDOWN),
         "log_level_logfile": "info",
         # Bootstrap, as a cloud profile would: the role grain is set when the
         # minion starts, so the first highstate already matches roles:vpn-gw.

@@ -41,7 +41,7 @@ Recovery without the master (``recovery: local``, the default): the beacon
 keeps one recovery watcher running, a process of its own (Salt's
 ``SignalHandlingProcess``, a fork of the minion as the scheduler makes its
 jobs: the minion's modules and pillar as they are now, no master involved).
-The watcher polls ``libreswan.health`` every ``WATCHER_INTERVAL`` s, applies the
+The watcher polls ``libreswan.health`` every ``watch_interval`` s (pillar), applies the
 same hold-down and repeat clock (``_transition``) and runs
 ``libreswan.recover`` for a tunnel at each change and repeat. It runs apart
 from the minion's main loop on purpose: a Salt 3008 minion that has lost its
@@ -123,7 +123,6 @@ def _observe(skip_until, now, query, timeout=QUERY_TIMEOUT, backoff=BACKOFF,
 WATCHER_DIR = "/run/vpn-gateway"  # tmpfs, as the recovery lock's
 WATCHER_LOCK = "recovery-watcher.lock"  # held by the one watcher for its life
 WATCHER_GENERATION = "recovery-watcher.generation"  # the settings the beacon wants
-WATCHER_INTERVAL = 2  # s between the watcher's polls (one whack --status each)
 # A watcher takes its lock first thing and writes its pid there. One that has not done
 # so this long after its start is stuck (seen once under Salt 3007: the fork inherited a
 # log handler's lock held by another thread, and the child hung in Salt's logging
@@ -274,7 +273,7 @@ def beacon(config):
         QUERY_TIMEOUT, BACKOFF, time.monotonic)
     local = settings.get("recovery", "local") == "local"
     if local:
-        _keep_watcher(settings, WATCHER_INTERVAL)
+        _keep_watcher(settings, settings["watch_interval"])
     elif os.path.exists(os.path.join(WATCHER_DIR, WATCHER_GENERATION)):
         _want("off", WATCHER_DIR)  # a watcher started while recovery was local ends
     if healths is None:  # backing off from a pluto that did not answer

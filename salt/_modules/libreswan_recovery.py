@@ -93,6 +93,9 @@ DEFAULTS = {
     # Who answers the beacon's events: local (the beacon starts libreswan.recover in a
     # process of the minion's own: no master needed) or master (the master's reactor).
     "recovery": "local",
+    # recovery local: seconds between the recovery watcher's polls of pluto (each one
+    # whack --status and one --trafficstatus).
+    "watch_interval": 2,
     # Webhook alerts (URL in webhook_url, a secret): one per conn and state per rate_window s.
     "alerts": {"rate_window": 900, "timeout": 5},
     # EndpointSlice ready follows tunnel health (k8s.set_endpoints_ready) when enabled.
@@ -111,6 +114,7 @@ _CHOICES = {"up_when": ("child_sa", "ike_sa"), "failback": ("auto", "never"),
             "logrotate:frequency": ("daily", "weekly", "monthly")}
 _NUMBERS = {"holddown": (0, 3600), "repeat": (1, 86400), "repeat_max": (1, 86400),
             "conn_restarts": (0, 10), "step_timeout": (1, 300), "failback_after": (0, 86400),
+            "watch_interval": (1, 300),
             "budget:attempts": (1, 1000), "budget:window": (1, 7 * 86400),
             "backoff:base": (0, 86400), "backoff:max": (0, 86400),
             "alerts:rate_window": (0, 86400), "alerts:timeout": (1, 60),

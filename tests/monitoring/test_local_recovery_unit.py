@@ -76,7 +76,8 @@ def test_recovery_setting_is_local_or_master():
 
 
 # -- the recovery watcher -------------------------------------------------------------------
-SETTINGS = {"holddown": 2, "repeat": 4, "repeat_max": 16, "recovery": "local"}
+SETTINGS = {"holddown": 2, "repeat": 4, "repeat_max": 16, "recovery": "local",
+            "watch_interval": 7}
 
 
 def test_the_watcher_recovers_at_each_change_and_repeat_after_the_holddown():
@@ -171,7 +172,7 @@ def test_the_beacon_keeps_one_watcher_and_marks_its_events(tmp_path, monkeypatch
     assert asked == [False, True] and fired["reason"] == "pluto's log: peer unreachable"
     (started,) = FakeProcess.started
     generation = (tmp_path / beacon.WATCHER_GENERATION).read_text()
-    assert started == (generation, beacon.WATCHER_INTERVAL, str(tmp_path))
+    assert started == (generation, 7, str(tmp_path))  # vpn_gateway:monitoring:watch_interval
     beacon.beacon([])  # alive (not yet holding its lock): none started
     assert len(FakeProcess.started) == 1
     # still without its lock after the grace: stuck (a fork that inherited a held lock)
