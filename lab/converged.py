@@ -49,7 +49,7 @@ KINDS = {ROLE_SLS: "converged", E2E_SLS: "converged_e2e"}
 # (the guest's run writes it again) and what Salt cached from it; the synced
 # modules (KEPT) stay.
 LEFT_OUT = ("srv/pillar", "var/cache/salt", "etc/salt/minion.d/masterless.conf")
-KEPT = "var/cache/salt/minion/extmods"
+KEPT = "var/cache/salt/minion/extmods"  # the repo's modules: the root's key covers them
 RECIPE_VERSION = 2  # bump when the steps below change meaning
 
 
@@ -81,6 +81,8 @@ def ensure(platform=images.DEFAULT_PLATFORM, repo=REPO, cache=images.CACHE, log=
     with open(cache / ".converged.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not final.is_dir():
+            for dead in cache.glob(f".{platform}-{kind}-*"):  # a build that was killed
+                shutil.rmtree(dead, ignore_errors=True)
             _build(platform, final, repo, log, formulas)
         for older in cache.glob(f"{platform}-{kind}-*"):
             if older != final and not images.in_use(older):
@@ -115,26 +117,36 @@ def _build(platform, final, repo, log, formulas):
         failed = {r["__id__"]: r["comment"] for r in returns.values() if r["result"] is False}
         if failed:
             raise LabError(f"converged {platform}: state.apply failed: {failed}")
-        saltstack.call_local(lab, gateway, "saltutil.sync_all", "refresh=False", timeout=300)
+        synced = saltstack.call_local(lab, gateway, "saltutil.sync_all", "refresh=False",
+                                      timeout=300)
+        if not (gateway.root / KEPT / "beacons" / "libreswan.py").is_file():
+            raise LabError(f"converged {platform}: saltutil.sync_all left no {KEPT}/beacons: "
+                           f"{synced}")
         # a clean shutdown, so that the kept root is as a stopped host leaves it
         gateway.run(["systemctl", "poweroff"])
         gateway.nspawn.wait(timeout=120)
         gateway.pid = gateway.nspawn = None
-        shutil.rmtree(staging, ignore_errors=True)
-        subprocess.run(["cp", "-a", "--reflink=auto", f"{gateway.root}/.", str(staging)],
-                       check=True)
-    if not (staging / KEPT / "beacons" / "libreswan.py").is_file():
-        raise LabError(f"converged {platform}: saltutil.sync_all left no {KEPT}/beacons")
-    kept = staging.with_name(staging.name + ".kept")
-    shutil.rmtree(kept, ignore_errors=True)
-    shutil.move(staging / KEPT, kept)
-    for path in LEFT_OUT:
-        target = staging / path
-        if target.is_dir() and not target.is_symlink():
-            shutil.rmtree(target)
-        else:
-            target.unlink(missing_ok=True)
-    (staging / KEPT).parent.mkdir(parents=True)
-    shutil.move(kept, staging / KEPT)
-    staging.rename(final)
+        try:
+            subprocess.run(["cp", "-a", "--reflink=auto", f"{gateway.root}/.", str(staging)],
+                           check=True)
+            for path in LEFT_OUT:
+                _prune(staging / path, staging / KEPT)
+            staging.rename(final)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
     log(f"converged: {final.name} ({platform}, {formulas}) in {time.monotonic() - started:.0f}s")
+
+
+def _prune(target, kept):
+    """Remove ``target`` (a file or a tree) but for ``kept`` and the directories above it."""
+    if target == kept:
+        return
+    if target.is_dir() and not target.is_symlink():
+        if kept.is_relative_to(target):
+            for child in target.iterdir():
+                _prune(child, kept)
+        else:
+            shutil.rmtree(target)
+    else:
+        target.unlink(missing_ok=True)
