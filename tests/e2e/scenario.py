@@ -309,6 +309,19 @@ def faults(lab):
     ], state
 
 
+def diagnosis(lab, lines=12):
+    """What each gateway's tunnel and own recovery were doing, read in the hosts
+    without Salt (the master may be the fault): the peers of its Child SAs and the
+    last recovery watcher lines of its minion log."""
+    report = []
+    for name in GATEWAYS:
+        watcher = lab[name].run(["sh", "-c", "grep -h 'recovery watcher' "
+                                 f"/var/log/salt/minion | tail -n {lines}"], timeout=60).stdout
+        report.append(f"{name}: Child SAs with {sorted(child_sa_peers(lab[name]))}; "
+                      f"its recovery watcher's last lines:\n{watcher}")
+    return "\n".join(report)
+
+
 def flow_again(lab, t0, timeout=600):
     """Seconds from ``t0`` to the end of the first committed transaction that started
     after the last failed one (or after t0): when transactions flow again."""
@@ -337,7 +350,10 @@ def run_faults(lab, log=print):
         t0 = time.time()
         alerts_before = len(alerts(lab))
         inject()
-        wait_for(recovered, 900, f"{name}: recovered")
+        try:
+            wait_for(recovered, 900, f"{name}: recovered")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{diagnosis(lab)}") from None
         recovered_at = state.pop("recovered at", time.time()) - t0
         if after:
             after()
