@@ -9,8 +9,9 @@ tunnel, a state that has held for ``holddown`` seconds (anti-flapping):
 
 with ``{"tunnel", "state", "previous", "active", "since", "repeat", "reason"}``.
 While a tunnel stays ``down`` or on the backup, the event is repeated after
-``repeat`` seconds, then twice as long each time up to ``repeat_max``: that
-is the clock of the retry budget and of the failback policy (reactor).
+``repeat`` seconds, then twice as long each time up to ``repeat_max`` (on the
+backup with ``failback: auto``, up to ``failback_after`` when that is shorter):
+that is the clock of the retry budget and of the failback policy.
 
 The reported state lives in ``state_dir/beacon.json`` (``libreswan.remember``), not in the loader's
 memory, so it survives minion restarts, highstates and pillar refreshes
@@ -105,6 +106,15 @@ def _transition(entry, observed, now, holddown, repeat, repeat_max):
     return entry, {"state": observed, "previous": reported, "since": since, "repeat": 0}
 
 
+def _longest_repeat(settings, state):
+    """The longest gap between repeats of ``state``: ``repeat_max``, but on the backup
+    with ``failback: auto`` no more than ``failback_after`` (or ``repeat``, the
+    shortest): each failback try comes at a repeat, one per ``failback_after``."""
+    if state == "failover" and settings["failback"] == "auto":
+        return min(settings["repeat_max"], max(settings["repeat"], settings["failback_after"]))
+    return settings["repeat_max"]
+
+
 def _observe(skip_until, now, query, timeout=QUERY_TIMEOUT, backoff=BACKOFF,
              clock=time.monotonic):
     """Poll pluto unless an earlier slow query said to back off.
@@ -179,7 +189,7 @@ def _watch_once(entries, now, health, settings, recover):
     for tunnel, observed in sorted(health.items()):
         entries[tunnel], event = _transition(entries.get(tunnel, {}), observed["state"], now,
                                              settings["holddown"], settings["repeat"],
-                                             settings["repeat_max"])
+                                             _longest_repeat(settings, observed["state"]))
         if event:
             recover(tunnel)
             acted.append(tunnel)
@@ -282,7 +292,7 @@ def beacon(config):
     for tunnel, health in healths.items():
         entry, event = _transition(saved.get(tunnel, {}), health["state"], now,
                                    settings["holddown"], settings["repeat"],
-                                   settings["repeat_max"])
+                                   _longest_repeat(settings, health["state"]))
         current[tunnel] = entry
         if event:
             events.append(dict(event, tag=f"{tunnel}/{event['state']}", tunnel=tunnel,

@@ -77,7 +77,7 @@ def test_recovery_setting_is_local_or_master():
 
 # -- the recovery watcher -------------------------------------------------------------------
 SETTINGS = {"holddown": 2, "repeat": 4, "repeat_max": 16, "recovery": "local",
-            "watch_interval": 7}
+            "watch_interval": 7, "failback": "auto", "failback_after": 300}
 
 
 def test_the_watcher_recovers_at_each_change_and_repeat_after_the_holddown():
@@ -94,6 +94,26 @@ def test_the_watcher_recovers_at_each_change_and_repeat_after_the_holddown():
     assert poll(10, "down") == [] and poll(12, "down") == ["remote-db"]  # repeat after 4 s
     assert poll(14, "failover") == [] and poll(16, "failover") == ["remote-db"]
     assert recovered == ["remote-db"] * 4
+
+
+def test_on_the_backup_a_failback_is_tried_once_per_failback_after_not_at_the_doubling():
+    beacon = load("salt/_beacons/libreswan.py")
+
+    def repeats(state, **settings):
+        entries, polls = {}, []
+        for now in range(0, 60):
+            if beacon._watch_once(entries, now, {"remote-db": {"state": state}},
+                                  dict(SETTINGS, **settings), lambda tunnel: None):
+                polls.append(now)
+        return polls
+
+    # reported at 2 s, then repeats every failback_after (6 s), never doubled past it
+    assert repeats("failover", failback_after=6) == [2, 6, 12, 18, 24, 30, 36, 42, 48, 54]
+    # no failback to try: the doubling up to repeat_max (4, 8, 16, 16 s)
+    assert repeats("failover", failback_after=6, failback="never") == [2, 6, 14, 30, 46]
+    assert repeats("down", failback_after=6) == [2, 6, 14, 30, 46]
+    # failback_after shorter than repeat: repeat is the shortest gap
+    assert repeats("failover", failback_after=1) == list(range(2, 60, 4))
 
 
 def fake_watcher_salt(states, recovered):
