@@ -64,7 +64,12 @@ def main(argv=None):
             lab.stop()
     elif args.command == "clean":
         clean(args.name)
-        print("\n".join(leftovers(args.name)) or "lab: nothing left")
+        if args.name == PREFIX:
+            from . import qemu
+
+            for orphan in qemu.orphaned_exchanges():
+                subprocess.run(["rm", "-rf", "--one-file-system", str(orphan)], check=False)
+        print("\n".join(_leftovers(args.name)) or "lab: nothing left")
     elif args.command == "run":
         command = args.host_argv[1:] if args.host_argv[:1] == ["--"] else args.host_argv
         argv = ["nsenter", "-t", str(running_pid(args.name, args.host)), "-a", "--wdns=/", "--",
@@ -72,7 +77,7 @@ def main(argv=None):
                 *(command or ["/bin/bash", "-l"])]
         return subprocess.call(argv)
     elif args.command == "leftovers":
-        left = leftovers(args.name)
+        left = _leftovers(args.name)
         print("\n".join(left) or "lab: nothing left")
         return 1 if left else 0
     elif args.command == "demo":
@@ -102,6 +107,17 @@ def main(argv=None):
         print(("ESP: yes — " if ok else "ESP: no — ") + reason)
         return 0 if ok else 1
     return 0
+
+
+def _leftovers(name):
+    """The lab's leftovers; for every lab (the bare prefix) also the exchange dirs of
+    guest runs that were killed."""
+    left = leftovers(name)
+    if name == PREFIX:
+        from . import qemu
+
+        left += [f"dir {orphan}" for orphan in qemu.orphaned_exchanges()]
+    return left
 
 
 if __name__ == "__main__":

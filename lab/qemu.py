@@ -48,7 +48,7 @@ CPU = "qemu64"
 INITRAMFS_MODULES = ("virtio_pci", "9pnet_virtio", "9p", "overlay")
 INITRAMFS_TOOLS = ("sh", "mount", "mkdir", "insmod", "cat", "cut", "echo", "poweroff", "hostname",
                    "ip", "switch_root")
-RUNS = Path("/var/tmp")  # per-guest exchange dirs: vgwguest-*
+RUNS = Path("/var/tmp")  # per-guest exchange dirs: vgwguest-<pid of the run>-*
 # The lab's timeouts scale with this inside the guest (lab.lab.SLOWDOWN): under
 # TCG, CPU-bound work is about ten times slower (FACTS).
 TCG_SLOWDOWN = 10
@@ -268,7 +268,9 @@ def run(argv, cwd=None, env=None, timeout=1800, memory="4G", cpus=2, stream=Fals
     GuestError when the guest cannot boot or the command outlives ``timeout``.
     """
     kern = kernel(log=log)
-    exchange = Path(tempfile.mkdtemp(prefix="vgwguest-", dir=RUNS))
+    for orphan in orphaned_exchanges():
+        shutil.rmtree(orphan, ignore_errors=True)
+    exchange = Path(tempfile.mkdtemp(prefix=f"vgwguest-{os.getpid()}-", dir=RUNS))
     try:
         request = {"argv": list(map(str, argv)), "cwd": str(cwd or os.getcwd()),
                    "env": {"VGWLAB_SLOWDOWN": str(TCG_SLOWDOWN), **(env or {})}}
@@ -276,6 +278,26 @@ def run(argv, cwd=None, env=None, timeout=1800, memory="4G", cpus=2, stream=Fals
         return _boot(kern, exchange, request["argv"], timeout, memory, cpus, stream)
     finally:
         shutil.rmtree(exchange, ignore_errors=True)
+
+
+def orphaned_exchanges():
+    """The exchange dirs of runs that are gone: a run killed by a signal it does not
+    catch (SIGTERM, SIGKILL) never reaches its clean-up (its QEMU dies with it). A dir
+    is in use while the run its name holds lives, or a process (its QEMU) names it."""
+    named = b"\0".join(_read_bytes(c) for c in Path("/proc").glob("[0-9]*/cmdline"))
+
+    def gone(path):
+        pid = path.name.split("-")[1]
+        running = pid.isdigit() and Path(f"/proc/{pid}").exists()
+        return not running and bytes(path) not in named
+    return sorted(p for p in RUNS.glob("vgwguest-*") if p.is_dir() and gone(p))
+
+
+def _read_bytes(path):
+    try:
+        return path.read_bytes()
+    except OSError:  # the process ended
+        return b""
 
 
 def _boot(kern, exchange, argv, timeout, memory, cpus, stream):

@@ -1,6 +1,10 @@
 """The QEMU guest's pure parts: module order, kernel extraction, command line."""
 import gzip
 import lzma
+import os
+import subprocess
+import sys
+
 import pytest
 
 from lab import qemu
@@ -64,3 +68,22 @@ def test_pytest_summary_is_read_as_counts():
     assert qemu.pytest_outcomes("...\n==== 2 passed, 1 skipped in 3.10s ====\n") == {
         "passed": 2, "skipped": 1}
     assert qemu.pytest_outcomes("") == {}
+
+
+def test_only_the_exchange_dirs_of_runs_that_are_gone_are_orphans(tmp_path, monkeypatch):
+    monkeypatch.setattr(qemu, "RUNS", tmp_path)
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    mine = tmp_path / f"vgwguest-{os.getpid()}-a"
+    killed = tmp_path / f"vgwguest-{ended.pid}-b"
+    named = tmp_path / "vgwguest-c"  # no run's pid (older runs): live while a process names it
+    for path in (mine, killed, named):
+        path.mkdir()
+    qemu_standin = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",
+                                     str(named)])
+    try:
+        assert qemu.orphaned_exchanges() == [killed]
+    finally:
+        qemu_standin.kill()
+        qemu_standin.wait()
+    assert qemu.orphaned_exchanges() == [killed, named]
