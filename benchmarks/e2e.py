@@ -42,13 +42,15 @@ def table(platform, results):
         lines.append(f"| {row['fault']} | {row['recovered (s)']:.1f} | {row['flowing (s)']:.1f} "
                      f"| {row['failed']} | {row['committed']} | {alerts} | {endpoints} |")
     copied = results["copy"]
+    stopped_for = results["master down"][1] - results["master down"][0]
     lines += ["", f"COPY {copied['bytes'] / 1e6:.1f} MB: up {copied['up (s)']:.1f} s, down "
               f"{copied['down (s)']:.1f} s, digests equal: {copied['same']}",
               f"rekeys under the load (Child SA serial, failed transactions within 10 s): "
               f"{results['rekeys']}",
               f"the pool change's highstate changed: {results['pool change']}",
               f"second highstate changes: {results['second apply changes']}",
-              "the gateways answered the master after its start in "
+              f"the salt-master was stopped {stopped_for:.1f} s; "
+              "the gateways answered it after its start in "
               f"{results[MASTER_BACK]:.1f} s",
               f"secrets found: {results['leaks'] or 'none'}",
               f"outsider refused: {results['outsider refused']}",

@@ -273,9 +273,11 @@ def faults(lab):
     def stop_master():
         master.run(["systemctl", "stop", "salt-master"], check=True, timeout=120)
         state["master stopped"] = time.monotonic()
+        state["master down"] = [time.time(), None]  # [stopped, started]: wall clock
         kill_pluto()
 
     def start_master():
+        state["master down"][1] = time.time()
         master.run(["systemctl", "start", "salt-master"], check=True, timeout=120)
         started = time.monotonic()
         wait_for(lambda: all(saltstack.answers(lab, g, timeout=30) for g in GATEWAYS), 900,
@@ -467,7 +469,7 @@ def run_all(lab, log=print):
     refused = outsider_refused(lab)
     missing, acknowledged = lost(lab)
     return {"faults": rows, "pool change": state.get("pool change"),
-            "second apply changes": state.get("changes"),
+            "second apply changes": state.get("changes"), "master down": state.get("master down"),
             "minions answer after the master's start (s)": state.get(
                 "minions answer after the master's start (s)"), "copy": copied,
             "rekeys": [{"serial": serial, "failed within 10 s": sum(
