@@ -166,14 +166,23 @@ class ChildSas(peers.Poller):
 
 def prepare(lab, log=print):
     node, db, out = lab["k8s-node1"], lab["remote-db"], lab["outsider"]
+    took = {}  # s per step: where the guest's time before the first fault goes
+
+    def step(name, started):
+        took[name] = round(time.monotonic() - started)
+        return time.monotonic()
+
+    started = time.monotonic()
     for name in peers.REMOTE_GATEWAYS:
         lab[name].run(["nft", "-f", "-"], input=peers.ONLY_DECRYPTED, check=True)
     peers.configure(lab)
+    started = step("remote gateways", started)
     postgres.start(db)
     postgres.sql(db, "CREATE TABLE e2e (id uuid PRIMARY KEY, at timestamptz NOT NULL "
                  "DEFAULT now()); CREATE TABLE blob (line text NOT NULL); "
                  f"ALTER TABLE e2e OWNER TO {postgres.ROLE}; "
                  f"ALTER TABLE blob OWNER TO {postgres.ROLE}", database="app")
+    started = step("remote-db", started)
     out.run(["systemd-run", "--unit", "webhook", "/usr/bin/python3",
              f"{lab.repo}/tests/monitoring/webhook_receiver.py", WEBHOOK_ADDRESS,
              str(WEBHOOK_PORT), ALERTS], check=True)
@@ -181,19 +190,22 @@ def prepare(lab, log=print):
     # vpn-gw1's address) and its pluto stopped, as on a fresh host the role starts them
     for name in GATEWAYS[1:]:
         lab[name].run(["systemctl", "stop", "pgbouncer", "ipsec"], check=True, timeout=120)
+    started = step("webhook, vpn-gw2 stopped", started)
     role.prepare(lab, timeout=600)  # the API server, the kubeconfig, the role grain, sync
     kubeapi.watch_slices(lab)
-    started = time.monotonic()
+    started = step("role grain, sync_all", started)
     changed = highstate(lab)
-    log(f"e2e: highstate in {time.monotonic() - started:.0f}s, states changed: "
-        f"{ {m: len(ids) for m, ids in changed.items()} }")
+    started = step("highstate", started)
+    log(f"e2e: highstate states changed: { {m: len(ids) for m, ids in changed.items()} }")
     wait_for(lambda: on_peer(lab, "primary"), 300, "both gateways' Child SAs on the primary")
     wait_for(lambda: endpoints_ready(lab), 300, "both gateways' endpoints ready")
+    started = step("tunnels and endpoints up", started)
     # before the highstate each gateway ran the converged root's vpn-gw1 config, which its
     # beacon saw down: a fresh recovery budget, and the beacon reporting up
     saltstack.salt(lab, "vpn-gw*", "libreswan.reset_recovery", TUNNEL, timeout=300)
     wait_for(lambda: (salt1(lab, "libreswan.monitoring_memory", "beacon") or {}).get(
         TUNNEL, {}).get("state") == "up", 300, "vpn-gw1's beacon reports up")
+    started = step("recovery reset, beacon up", started)
     # unmask: Salt 3008 masks pillar.get's answer otherwise (the CA is no secret)
     ca = salt1(lab, "pillar.get", "vpn_gateway:pooler:tls:client:ca", "unmask=True")
     node.put(CLUSTER_CA, ca)
@@ -207,6 +219,8 @@ def prepare(lab, log=print):
         wait_for(lambda: any(t.ok for t in transactions(lab)), 300, "a first committed id")
     except AssertionError as exc:
         raise AssertionError(f"{exc}; the client's last errors: {errors_seen(lab)[-3:]}") from None
+    step("workload's first commit", started)
+    log(f"e2e: prepared (s per step): {took}")
 
 
 class Try:
