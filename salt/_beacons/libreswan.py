@@ -10,8 +10,9 @@ tunnel, a state that has held for ``holddown`` seconds (anti-flapping):
 with ``{"tunnel", "state", "previous", "active", "since", "repeat", "reason"}``.
 While a tunnel stays ``down`` or on the backup, the event is repeated after
 ``repeat`` seconds, then twice as long each time up to ``repeat_max`` (on the
-backup with ``failback: auto``, up to ``failback_after`` when that is shorter):
-that is the clock of the retry budget and of the failback policy.
+backup with ``failback: auto``, up to ``failback_after`` when that is shorter,
+but never below ``repeat``): that is the clock of the retry budget and of the
+failback policy.
 
 The reported state lives in ``state_dir/beacon.json`` (``libreswan.remember``), not in the loader's
 memory, so it survives minion restarts, highstates and pillar refreshes

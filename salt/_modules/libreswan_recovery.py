@@ -866,7 +866,11 @@ def _failback_one(settings, tunnel):
         return dict(result, comment="not on the backup")
     since = memory.get("backup_since") or now
     last_try = memory.get("failback_tried") or 0
-    due = max(since, last_try) + settings["failback_after"]
+    # Each try comes at a repeat of the failover event, once per failback_after, but
+    # starts a little after its event: without half a repeat of slack a try late by a
+    # second would put the next one a whole gap later.
+    slack = min(settings["repeat"], settings["failback_after"]) / 2
+    due = max(since, last_try) + settings["failback_after"] - slack
     if settings["failback"] == "never" or now < due or _state_run_in_progress():
         memory["backup_since"] = since
         _remember(tunnel, memory)

@@ -382,6 +382,26 @@ def test_failback_to_a_live_primary_whose_ike_sa_does_not_last_beside_the_backup
     assert pluto.ike == {"remote-db": True, "remote-db-backup": False}
 
 
+def test_a_failback_try_is_due_once_per_failback_after_within_half_a_repeat(
+        tmp_path, monkeypatch):
+    """The tries come at the failover event's repeats, one per failback_after (30 s and
+    300 s here), each a little after its event: one that starts 1 s short of the last
+    try's failback_after still runs; 20 s short it waits."""
+    pluto = FakePluto(primary_alive=False)
+    module, settings = fresh_recovery(tmp_path, monkeypatch, salt=pluto.salt())
+    assert (settings["repeat"], settings["failback_after"]) == (30, 300)
+
+    def tried_ago(seconds):
+        module._remember("remote-db", {"attempts": [], "recoveries": {},
+                                       "backup_since": time.time() - 10 ** 5,
+                                       "failback_tried": time.time() - seconds})
+        return module.failback("remote-db")["remote-db"]
+
+    assert tried_ago(299)["outcome"] == "primary_silent"
+    assert tried_ago(280)["comment"].startswith("staying on the backup (due in ")
+    assert pluto.calls == [("up", "remote-db")]
+
+
 def test_the_log_tells_which_conns_peer_established_an_ike_sa():
     module = load("salt/_modules/libreswan.py")
     # Captured in the QEMU guest (Libreswan 4.10): the primary's IKE SA beside the backup.
