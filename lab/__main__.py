@@ -68,7 +68,7 @@ def main(argv=None):
             from . import qemu
 
             for orphan in qemu.orphaned_exchanges():
-                subprocess.run(["rm", "-rf", "--one-file-system", str(orphan)], check=False)
+                qemu.remove_exchange(orphan)
         print("\n".join(_leftovers(args.name)) or "lab: nothing left")
     elif args.command == "run":
         command = args.host_argv[1:] if args.host_argv[:1] == ["--"] else args.host_argv

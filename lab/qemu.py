@@ -269,7 +269,7 @@ def run(argv, cwd=None, env=None, timeout=1800, memory="4G", cpus=2, stream=Fals
     """
     kern = kernel(log=log)
     for orphan in orphaned_exchanges():
-        shutil.rmtree(orphan, ignore_errors=True)
+        remove_exchange(orphan)
     exchange = Path(tempfile.mkdtemp(prefix=f"vgwguest-{os.getpid()}-", dir=RUNS))
     try:
         request = {"argv": list(map(str, argv)), "cwd": str(cwd or os.getcwd()),
@@ -283,7 +283,9 @@ def run(argv, cwd=None, env=None, timeout=1800, memory="4G", cpus=2, stream=Fals
 def orphaned_exchanges():
     """The exchange dirs of runs that are gone: a run killed by a signal it does not
     catch (SIGTERM, SIGKILL) never reaches its clean-up (its QEMU dies with it). A dir
-    is in use while the run its name holds lives, or a process (its QEMU) names it."""
+    is in use while the run its name holds lives, or a process (its QEMU) names it
+    (as seen from this PID namespace: runs in another one that shares /var/tmp are
+    not seen)."""
     named = b"\0".join(_read_bytes(c) for c in Path("/proc").glob("[0-9]*/cmdline"))
 
     def gone(path):
@@ -291,6 +293,10 @@ def orphaned_exchanges():
         running = pid.isdigit() and Path(f"/proc/{pid}").exists()
         return not running and bytes(path) not in named
     return sorted(p for p in RUNS.glob("vgwguest-*") if p.is_dir() and gone(p))
+
+
+def remove_exchange(path):
+    subprocess.run(["rm", "-rf", "--one-file-system", str(path)], check=False)
 
 
 def _read_bytes(path):
