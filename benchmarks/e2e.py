@@ -49,7 +49,7 @@ def table(platform, results):
               f"{results['rekeys']}",
               f"the pool change's highstate changed: {results['pool change']}",
               f"second highstate changes: {results['second apply changes']}",
-              f"the salt-master was stopped {stopped_for:.1f} s; "
+              f"the salt-master was stopped {stopped_for:.1f} s (planned: {scenario.MASTER_DOWN}); "
               "the gateways answered it after its start in "
               f"{results[MASTER_BACK]:.1f} s",
               f"secrets found: {results['leaks'] or 'none'}",
