@@ -14,17 +14,25 @@ KUBERNETES_MINION = "vpn-gw1"  # pillar vpn_gateway:kubernetes:minion
 POOLER = ("198.18.2.11", 6432, "appdb")  # vpn-gw1's pooler as pods reach it (vpn_gateway:pooler)
 
 
-def prepare(lab, timeout=120):
-    """Ready the lab's gateways for ``state.apply``."""
+def prepare(lab, timeout=120, log=lambda line: None):
+    """Ready the lab's gateways for ``state.apply``; ``log`` gets each step's seconds."""
+    started = time.monotonic()
     lab[KUBERNETES_MINION].put(KUBECONFIG, kubeapi.start(lab), mode=0o600)
-    deadline = time.monotonic() + timeout
+    log(f"role: the API server and the kubeconfig: {time.monotonic() - started:.0f} s")
+    started = time.monotonic()
+    deadline = started + timeout
     wanted = {g: ["vpn-gw"] for g in GATEWAYS if g in lab.hosts}
     # startup_states gives the role at minion start
+    tries = 1
     while saltstack.salt(lab, "vpn-gw*", "grains.get", "roles") != wanted:
         if time.monotonic() > deadline:
             raise RuntimeError("the gateways never got the vpn-gw role grain")
         time.sleep(1)
+        tries += 1
+    log(f"role: the role grain: {time.monotonic() - started:.0f} s ({tries} asks)")
+    started = time.monotonic()
     saltstack.salt(lab, "vpn-gw*", "saltutil.sync_all")
+    log(f"role: saltutil.sync_all: {time.monotonic() - started:.0f} s")
 
 
 def highstate(lab, test=False, timeout=900):

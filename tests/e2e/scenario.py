@@ -192,7 +192,7 @@ def prepare(lab, log=print):
     for name in GATEWAYS[1:]:
         lab[name].run(["systemctl", "stop", "pgbouncer", "ipsec"], check=True, timeout=120)
     started = step("webhook, vpn-gw2 stopped", started)
-    role.prepare(lab, timeout=600)  # the API server, the kubeconfig, the role grain, sync
+    role.prepare(lab, timeout=600, log=lambda line: log(f"e2e: {line}"))
     kubeapi.watch_slices(lab)
     started = step("role grain, sync_all", started)
     changed = highstate(lab)
