@@ -406,24 +406,27 @@ def readiness_decision(gateways, beats, memory, now, deadline, require_tunnel=Tr
     ``gateways`` {minion: address}; ``beats`` {minion: the mine's latest beat or
     None}; ``memory`` {minion: {"beat", "seen"}} from the previous call (``seen``
     on the observer's clock when the beat last changed). A gateway first seen
-    gets one deadline of grace. Returns (memory, {address: serving}, report).
+    gets one deadline of grace. Returns (memory, {address: serving or None},
+    report): None (leave the endpoint as it is) for a fresh beat already acted on.
+    A beat is acted on once: since then the gateway's own recovery may have set
+    its endpoint from fresher knowledge (``endpoint_ready``), and the same beat,
+    taken before the fault, would set it ready again (seen in the e2e guest run:
+    vpn-gw1 not ready at 27.6 s after pluto was killed, ready at 49.1 s from its
+    last beat before the kill, not ready again at 59.9 s).
     """
     memory, serving, report = dict(memory or {}), {}, {}
     for minion, address in sorted(gateways.items()):
         beat = beats.get(minion)
         beat = beat if isinstance(beat, dict) else {}
         previous, value = memory.get(minion), beat.get("beat")
-        if not previous or "seen" not in previous:  # first look: one deadline of grace
-            entry = {"beat": value, "seen": now}
-        elif value is not None and value != previous.get("beat"):
-            entry = {"beat": value, "seen": now}
-        else:
-            entry = dict(previous)
+        new = (not previous or "seen" not in previous  # first look: one deadline of grace
+               or (value is not None and value != previous.get("beat")))
+        entry = {"beat": value, "seen": now} if new else dict(previous)
         silent = max(0.0, now - entry["seen"])
         fresh = silent <= deadline
         up = fresh and (bool(beat.get("serving")) if require_tunnel else True)
         memory[minion] = entry
-        serving[address] = up
+        serving[address] = up if new or not fresh else None
         report[minion] = {"address": address, "silent_for": round(silent, 1), "fresh": fresh,
                           "tunnels": beat.get("tunnels"), "serving": up}
     return memory, serving, report

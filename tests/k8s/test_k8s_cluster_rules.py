@@ -310,10 +310,11 @@ def test_readiness_decision_from_heartbeats():
     beat = {"vpn-gw1": {"beat": 1, "serving": True}, "vpn-gw2": {"beat": 1, "serving": True}}
     memory, serving, _ = k8s.readiness_decision(gateways, beat, {}, 100, 20)
     assert serving == {A: True, B: True}
-    # gw1 keeps beating, gw2 falls silent: within the deadline both still serve
+    # gw1 keeps beating, gw2 falls silent: within the deadline its endpoint is left as it
+    # is (its beat was acted on: its own recovery may have set it since)
     beat = {"vpn-gw1": {"beat": 2, "serving": True}, "vpn-gw2": {"beat": 1, "serving": True}}
     memory, serving, _ = k8s.readiness_decision(gateways, beat, memory, 115, 20)
-    assert serving == {A: True, B: True}
+    assert serving == {A: True, B: None}
     beat["vpn-gw1"] = {"beat": 3, "serving": True}
     memory, serving, report = k8s.readiness_decision(gateways, beat, memory, 121, 20)
     assert serving == {A: True, B: False}
@@ -321,8 +322,9 @@ def test_readiness_decision_from_heartbeats():
     # gw2 beats again: back; its tunnel down: not serving though fresh
     beat["vpn-gw2"] = {"beat": 9, "serving": False}
     memory, serving, _ = k8s.readiness_decision(gateways, beat, memory, 122, 20)
-    assert serving == {A: True, B: False}
-    memory, serving, _ = k8s.readiness_decision(gateways, beat, memory, 122, 20,
+    assert serving == {A: None, B: False}
+    beat = {"vpn-gw1": {"beat": 4, "serving": True}, "vpn-gw2": {"beat": 10, "serving": False}}
+    memory, serving, _ = k8s.readiness_decision(gateways, beat, memory, 123, 20,
                                                 require_tunnel=False)
     assert serving == {A: True, B: True}
     # nothing in the mine at all: one deadline of grace, then not serving
@@ -374,6 +376,36 @@ def test_sync_readiness_sets_a_silent_gateway_not_ready_and_back(cluster, namesp
     assert conditions_by_address(cluster, namespace)[B]["ready"] is True
     config["vpn_gateway:kubernetes"]["readiness"]["enabled"] = False
     assert k8s.sync_readiness(**cluster.conn)["enabled"] is False
+
+
+def test_a_beat_already_acted_on_does_not_undo_the_gateways_own_recovery(
+        cluster, namespace, tmp_path):
+    """The e2e guest run's flap: vpn-gw1's recovery set its endpoint not ready; the next
+    sync saw the beat from before the fault again and set it ready. A beat is acted on
+    once; the next one (taken after the fault) decides."""
+    beats = {"vpn-gw1": {"beat": 1, "serving": True}, "vpn-gw2": {"beat": 1, "serving": True}}
+    config = {
+        "vpn_gateway:kubernetes": {
+            "service": {"name": "pg", "namespace": namespace},
+            "readiness": {"enabled": True, "deadline": 90,
+                          "gateways": {"vpn-gw1": A, "vpn-gw2": B}},
+        },
+        "vpn_gateway:monitoring:state_dir": str(tmp_path),
+    }
+    k8s, states = modules(config, {"mine.get": lambda *a, **k: json.loads(json.dumps(beats))})
+    states.service_present("pg", namespace, PORTS, **cluster.conn)
+    states.endpointslice_present("pg", namespace, [A, B], **cluster.conn)
+    k8s.sync_readiness(**cluster.conn)
+    # pluto killed in vpn-gw1: its recovery's endpoint_ready
+    k8s.set_endpoints_ready("pg", namespace, False, addresses=[A], **cluster.conn)
+    assert k8s.sync_readiness(**cluster.conn)["changes"] == {}  # the same beat: left
+    assert conditions_by_address(cluster, namespace)[A]["ready"] is False
+    beats["vpn-gw1"] = {"beat": 2, "serving": False}  # the first beat after the fault
+    k8s.sync_readiness(**cluster.conn)
+    assert conditions_by_address(cluster, namespace)[A]["ready"] is False
+    beats["vpn-gw1"] = {"beat": 3, "serving": True}  # recovered
+    k8s.sync_readiness(**cluster.conn)
+    assert conditions_by_address(cluster, namespace)[A]["ready"] is True
 
 
 def test_the_heartbeat_serves_only_with_every_tunnel_carried():
