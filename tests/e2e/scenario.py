@@ -330,16 +330,28 @@ def faults(lab):
     ], state
 
 
-def diagnosis(lab, lines=12):
+MINION_LOG = "/var/log/salt/minion"
+
+
+def log_lengths(lab):
+    """{gateway: lines in its minion log now}: where a fault's own lines begin."""
+    return {name: int(lab[name].run(["sh", "-c", f"wc -l < {MINION_LOG}"], timeout=60)
+                      .stdout.strip() or 0) for name in GATEWAYS}
+
+
+def diagnosis(lab, since=None, lines=40):
     """What each gateway's tunnel and own recovery were doing, read in the hosts
-    without Salt (the master may be the fault): the peers of its Child SAs and the
-    last recovery watcher lines of its minion log."""
+    without Salt (the master may be the fault): the peers of its Child SAs and its
+    recovery watcher's lines (after ``since``, {gateway: line count}; the last
+    ``lines`` of them)."""
     report = []
     for name in GATEWAYS:
-        watcher = lab[name].run(["sh", "-c", "grep -h 'recovery watcher' "
-                                 f"/var/log/salt/minion | tail -n {lines}"], timeout=60).stdout
+        start = (since or {}).get(name, 0) + 1
+        watcher = lab[name].run(["sh", "-c", f"tail -n +{start} {MINION_LOG} | "
+                                 f"grep -h 'recovery watcher' | tail -n {lines}"],
+                                timeout=60).stdout
         report.append(f"{name}: Child SAs with {sorted(child_sa_peers(lab[name]))}; "
-                      f"its recovery watcher's last lines:\n{watcher}")
+                      f"its recovery watcher's lines:\n{watcher}")
     return "\n".join(report)
 
 
@@ -368,13 +380,14 @@ def run_faults(lab, log=print):
     listed, state = faults(lab)
     for name, inject, recovered, after in listed:
         time.sleep(5)
+        lengths = log_lengths(lab)
         t0 = time.time()
         alerts_before = len(alerts(lab))
         inject()
         try:
             wait_for(recovered, 900, f"{name}: recovered")
         except AssertionError as exc:
-            raise AssertionError(f"{exc}\n{diagnosis(lab)}") from None
+            raise AssertionError(f"{exc}\n{diagnosis(lab, lengths)}") from None
         if after:
             after()
         recovered_at = state.pop("recovered at", time.time()) - t0
@@ -390,6 +403,7 @@ def run_faults(lab, log=print):
                                 for a in alerts(lab)[alerts_before:]],
                      "endpoints": endpoint_changes(lab, t0, ended)})
         log(f"e2e: {rows[-1]}")
+        log(f"e2e: {name}: the gateways after it\n{diagnosis(lab, lengths)}")
     return rows, state
 
 
