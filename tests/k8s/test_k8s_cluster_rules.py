@@ -335,6 +335,23 @@ def test_readiness_decision_from_heartbeats():
     assert serving == {"198.18.2.13": False}
 
 
+def readiness_on(cluster, namespace, tmp_path, deadline, mine_get):
+    """The k8s module with readiness from heartbeats for A and B (``mine_get`` gives
+    their beats), Service pg and its slice applied; (module, its config)."""
+    config = {
+        "vpn_gateway:kubernetes": {
+            "service": {"name": "pg", "namespace": namespace},
+            "readiness": {"enabled": True, "deadline": deadline,
+                          "gateways": {"vpn-gw1": A, "vpn-gw2": B}},
+        },
+        "vpn_gateway:monitoring:state_dir": str(tmp_path),
+    }
+    k8s, states = modules(config, {"mine.get": mine_get})
+    states.service_present("pg", namespace, PORTS, **cluster.conn)
+    states.endpointslice_present("pg", namespace, [A, B], **cluster.conn)
+    return k8s, config
+
+
 def test_sync_readiness_sets_a_silent_gateway_not_ready_and_back(cluster, namespace, tmp_path):
     beats = {"vpn-gw1": {"beat": 1, "serving": True}, "vpn-gw2": {"beat": 1, "serving": True}}
     asked = []
@@ -343,17 +360,7 @@ def test_sync_readiness_sets_a_silent_gateway_not_ready_and_back(cluster, namesp
         asked.append((target, function, tgt_type))
         return json.loads(json.dumps(beats))
 
-    config = {
-        "vpn_gateway:kubernetes": {
-            "service": {"name": "pg", "namespace": namespace},
-            "readiness": {"enabled": True, "deadline": 20,
-                          "gateways": {"vpn-gw1": A, "vpn-gw2": B}},
-        },
-        "vpn_gateway:monitoring:state_dir": str(tmp_path),
-    }
-    k8s, states = modules(config, {"mine.get": mine_get})
-    states.service_present("pg", namespace, PORTS, **cluster.conn)
-    states.endpointslice_present("pg", namespace, [A, B], **cluster.conn)
+    k8s, config = readiness_on(cluster, namespace, tmp_path, 20, mine_get)
     first = k8s.sync_readiness(**cluster.conn)
     assert first["changes"] == {} and asked == [(["vpn-gw1", "vpn-gw2"],
                                                  "vpn_gateway_heartbeat", "list")]
@@ -384,17 +391,8 @@ def test_a_beat_already_acted_on_does_not_undo_the_gateways_own_recovery(
     sync saw the beat from before the fault again and set it ready. A beat is acted on
     once; the next one (taken after the fault) decides."""
     beats = {"vpn-gw1": {"beat": 1, "serving": True}, "vpn-gw2": {"beat": 1, "serving": True}}
-    config = {
-        "vpn_gateway:kubernetes": {
-            "service": {"name": "pg", "namespace": namespace},
-            "readiness": {"enabled": True, "deadline": 90,
-                          "gateways": {"vpn-gw1": A, "vpn-gw2": B}},
-        },
-        "vpn_gateway:monitoring:state_dir": str(tmp_path),
-    }
-    k8s, states = modules(config, {"mine.get": lambda *a, **k: json.loads(json.dumps(beats))})
-    states.service_present("pg", namespace, PORTS, **cluster.conn)
-    states.endpointslice_present("pg", namespace, [A, B], **cluster.conn)
+    k8s, _ = readiness_on(cluster, namespace, tmp_path, 90,
+                          lambda *a, **k: json.loads(json.dumps(beats)))
     k8s.sync_readiness(**cluster.conn)
     # pluto killed in vpn-gw1: its recovery's endpoint_ready
     k8s.set_endpoints_ready("pg", namespace, False, addresses=[A], **cluster.conn)
