@@ -26,6 +26,25 @@ def test_recover_on_the_backup_applies_the_failback_policy(tmp_path, monkeypatch
     assert pluto.calls == [("up", "remote-db"), ("down", "remote-db-backup")]
 
 
+def test_on_the_backup_the_recovery_sets_the_endpoint_ready(tmp_path, monkeypatch):
+    """A ladder that gave up before the backup's SA came up left the endpoint not ready;
+    pluto brought the backup up on its own: the failover event's recovery sets it ready
+    (in the e2e guest run only the heartbeats did, 336 s and 419 s after the primary
+    went down)."""
+    pluto, written = FakePluto(primary_alive=False), []
+    salt = dict(pluto.salt(), **{"k8s.set_endpoints_ready": lambda service, namespace, ready,
+                                 addresses, **api: written.append((ready, addresses)) or {1: 1}})
+    module, settings = fresh_recovery(tmp_path, monkeypatch, salt=salt)
+    settings["endpoint_ready"] = {"enabled": True, "service": "postgres",
+                                  "namespace": "databases", "address": "198.18.2.11"}
+    monkeypatch.setattr(module, "monitoring_settings", lambda: settings)
+    result = module.recover("remote-db")["remote-db"]
+    assert (result["action"], result["state"]) == ("failback", "failover"), result
+    assert result["comment"].startswith("staying on the backup") and pluto.calls == []
+    assert written == [(True, ["198.18.2.11"])]
+    assert result["endpoint"] == {"ready": True, "changed": True}
+
+
 def test_recover_when_down_climbs_the_ladder(tmp_path, monkeypatch):
     pluto = FakePluto(primary_alive=True)
     pluto.ike["remote-db-backup"] = False  # neither peer carries it
