@@ -682,11 +682,14 @@ def _run_step(settings, tunnel, step, target):
     return _wait_health(settings, tunnel, max(1.0, wait - (time.monotonic() - started)))
 
 
-def _set_endpoint_ready(settings, ready):
-    """Point the gateway's EndpointSlice endpoint at the tunnel's health, if asked."""
+def _set_endpoint_ready(settings, carried):
+    """Point the gateway's EndpointSlice endpoint at its tunnels' health, if asked:
+    ready when this tunnel is ``carried`` and so is every other one it watches (one
+    endpoint serves them all, as the heartbeat's ``serving`` says)."""
     options = settings["endpoint_ready"]
     if not options.get("enabled"):
         return None
+    ready = carried and _all_carried(settings)
     try:
         changes = __salt__["k8s.set_endpoints_ready"](
             options["service"], options["namespace"], ready, addresses=[options["address"]],
@@ -694,6 +697,15 @@ def _set_endpoint_ready(settings, ready):
     except Exception as exc:  # the API server may be unreachable: report, never stop recovery
         return {"ready": ready, "error": f"{type(exc).__name__}: {exc}"}
     return {"ready": ready, "changed": bool(changes)}
+
+
+def _all_carried(settings):
+    try:
+        status = _status(reasons=False)
+    except CommandExecutionError:  # pluto gone: nothing is carried
+        return False
+    names = _tunnel_names(settings, status, None)
+    return bool(names) and all(_health(status, t, settings["up_when"])["up"] for t in names)
 
 
 def _alert(tunnel, state, step, attempt, detail):
@@ -949,8 +961,10 @@ def failback(name=None):
     period), make before break: bring the primary conn up beside the backup
     and take the backup down only once the primary's IKE SA is established;
     a primary that stays silent for ``step_timeout`` leaves the backup
-    untouched. ``failback: never`` leaves it. Only
-    tunnels this minion's pillar declares are acted on, as in ``ensure_up``.
+    untouched. ``failback: never`` leaves it. With ``endpoint_ready`` enabled
+    the EndpointSlice's ``ready`` then follows whether every watched tunnel is
+    carried, as in ``ensure_up``. Only tunnels this minion's pillar declares
+    are acted on, as in ``ensure_up``.
 
     CLI Example:
 

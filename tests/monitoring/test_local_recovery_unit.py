@@ -43,6 +43,10 @@ def test_on_the_backup_the_recovery_sets_the_endpoint_ready(tmp_path, monkeypatc
     assert result["comment"].startswith("staying on the backup") and pluto.calls == []
     assert written == [(True, ["198.18.2.11"])]
     assert result["endpoint"] == {"ready": True, "changed": True}
+    # one endpoint for every tunnel the gateway watches: another one down keeps it not ready
+    settings["tunnels"] = ["remote-db", "other-db"]
+    module.recover("remote-db")
+    assert written[1:] == [(False, ["198.18.2.11"])]
 
 
 def test_recover_when_down_climbs_the_ladder(tmp_path, monkeypatch):
