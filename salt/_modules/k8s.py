@@ -406,13 +406,16 @@ def readiness_decision(gateways, beats, memory, now, deadline, require_tunnel=Tr
     ``gateways`` {minion: address}; ``beats`` {minion: the mine's latest beat or
     None}; ``memory`` {minion: {"beat", "seen"}} from the previous call (``seen``
     on the observer's clock when the beat last changed). A gateway first seen
-    gets one deadline of grace. Returns (memory, {address: serving or None},
-    report): None (leave the endpoint as it is) for a fresh beat already acted on.
-    A beat is acted on once: since then the gateway's own recovery may have set
-    its endpoint from fresher knowledge (``endpoint_ready``), and the same beat,
-    taken before the fault, would set it ready again (seen in the e2e guest run:
-    vpn-gw1 not ready at 27.6 s after pluto was killed, ready at 49.1 s from its
-    last beat before the kill, not ready again at 59.9 s).
+    gets one deadline of grace; ``written`` in memory is what the observer last
+    wrote for it (``written``, after the write). Returns (memory, {address:
+    serving or None}, report): None (leave the endpoint as it is) for a fresh
+    beat whose verdict was written already. A beat is acted on once: since then
+    the gateway's own recovery may have set its endpoint from fresher knowledge
+    (``endpoint_ready``), and the same beat, taken before the fault, would set it
+    ready again (seen in the e2e guest run: vpn-gw1 not ready at 27.6 s after
+    pluto was killed, ready at 49.1 s from its last beat before the kill, not
+    ready again at 59.9 s). A verdict that changes without a new beat (a pillar
+    change) or was never written (the API failed) is acted on.
     """
     memory, serving, report = dict(memory or {}), {}, {}
     for minion, address in sorted(gateways.items()):
@@ -421,12 +424,13 @@ def readiness_decision(gateways, beats, memory, now, deadline, require_tunnel=Tr
         previous, value = memory.get(minion), beat.get("beat")
         new = (not previous or "seen" not in previous  # first look: one deadline of grace
                or (value is not None and value != previous.get("beat")))
-        entry = {"beat": value, "seen": now} if new else dict(previous)
+        entry = ({"beat": value, "seen": now, "written": (previous or {}).get("written")}
+                 if new else dict(previous))
         silent = max(0.0, now - entry["seen"])
         fresh = silent <= deadline
         up = fresh and (bool(beat.get("serving")) if require_tunnel else True)
         memory[minion] = entry
-        serving[address] = up if new or not fresh else None
+        serving[address] = None if not new and fresh and entry.get("written") == up else up
         report[minion] = {"address": address, "silent_for": round(silent, 1), "fresh": fresh,
                           "tunnels": beat.get("tunnels"), "serving": up}
     return memory, serving, report
@@ -1070,6 +1074,8 @@ def sync_readiness(kubeconfig=None, context=None):
             "vpn_gateway:kubernetes:readiness needs gateways ({minion: address}) and "
             "vpn_gateway:kubernetes:service:name and :namespace")
     beats = __salt__["mine.get"](sorted(gateways), HEARTBEAT_MINE, tgt_type="list") or {}
+    if __opts__.get("id") in gateways:  # its own health now, not its last beat in the mine
+        beats[__opts__["id"]] = __salt__["vpn_heartbeat.beat"]()
     path = os.path.join(
         __salt__["config.get"]("vpn_gateway:monitoring:state_dir", "/var/lib/vpn-gateway")
         or "/var/lib/vpn-gateway", "readiness.json")
@@ -1082,10 +1088,18 @@ def sync_readiness(kubeconfig=None, context=None):
         gateways, beats, memory, time.time(), float(readiness["deadline"]),
         bool(readiness["require_tunnel"]))
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    with salt.utils.atomicfile.atomic_open(path, "w") as handle:
-        json.dump(memory, handle)
+
+    def save():
+        with salt.utils.atomicfile.atomic_open(path, "w") as handle:
+            json.dump(memory, handle)
+
+    save()  # the beats seen count even if the write below fails
     changes = _set_serving(_Api(kubeconfig, context), service["name"], service["namespace"],
                            serving.get)
+    for minion, address in gateways.items():
+        if serving.get(address) is not None:
+            memory[minion]["written"] = serving[address]
+    save()
     if changes:
         log.warning("k8s: readiness from heartbeats changed: %s",
                     {m: r["serving"] for m, r in report.items()})

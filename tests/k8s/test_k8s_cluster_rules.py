@@ -41,6 +41,7 @@ def modules(config=None, salt=None):
     k8s.__salt__ = {"config.get": lambda key, default=None: config.get(key, default),
                     **(salt or {})}
     k8s.time = Clock()
+    k8s.__opts__ = {"id": "k8s-observer"}  # not a gateway: every beat from the mine
     states = load("salt/_states/k8s.py")
     states.__salt__ = {f"k8s.{name}": getattr(k8s, name) for name in k8s.__load__}
     states.__opts__ = {"test": False}
@@ -307,32 +308,41 @@ def test_slices_of_an_older_version_get_their_owner_on_the_next_run(cluster, nam
 def test_readiness_decision_from_heartbeats():
     k8s, _ = modules()
     gateways = {"vpn-gw1": A, "vpn-gw2": B}
+    memory = {}
+
+    def decide(beat, now, deadline=20, require_tunnel=True, gateways=gateways):
+        """readiness_decision, then what sync_readiness does once its write succeeded."""
+        nonlocal memory
+        memory, serving, report = k8s.readiness_decision(gateways, beat, memory, now, deadline,
+                                                         require_tunnel)
+        for minion, address in gateways.items():
+            if serving[address] is not None:
+                memory[minion]["written"] = serving[address]
+        return serving, report
+
     beat = {"vpn-gw1": {"beat": 1, "serving": True}, "vpn-gw2": {"beat": 1, "serving": True}}
-    memory, serving, _ = k8s.readiness_decision(gateways, beat, {}, 100, 20)
-    assert serving == {A: True, B: True}
+    assert decide(beat, 100)[0] == {A: True, B: True}
     # gw1 keeps beating, gw2 falls silent: within the deadline its endpoint is left as it
-    # is (its beat was acted on: its own recovery may have set it since)
+    # is (its beat's verdict is written: its own recovery may have set it since)
     beat = {"vpn-gw1": {"beat": 2, "serving": True}, "vpn-gw2": {"beat": 1, "serving": True}}
-    memory, serving, _ = k8s.readiness_decision(gateways, beat, memory, 115, 20)
-    assert serving == {A: True, B: None}
+    assert decide(beat, 115)[0] == {A: True, B: None}
     beat["vpn-gw1"] = {"beat": 3, "serving": True}
-    memory, serving, report = k8s.readiness_decision(gateways, beat, memory, 121, 20)
+    serving, report = decide(beat, 121)
     assert serving == {A: True, B: False}
     assert report["vpn-gw2"]["fresh"] is False and report["vpn-gw2"]["silent_for"] == 21
     # gw2 beats again: back; its tunnel down: not serving though fresh
     beat["vpn-gw2"] = {"beat": 9, "serving": False}
-    memory, serving, _ = k8s.readiness_decision(gateways, beat, memory, 122, 20)
-    assert serving == {A: None, B: False}
-    beat = {"vpn-gw1": {"beat": 4, "serving": True}, "vpn-gw2": {"beat": 10, "serving": False}}
-    memory, serving, _ = k8s.readiness_decision(gateways, beat, memory, 123, 20,
-                                                require_tunnel=False)
-    assert serving == {A: True, B: True}
+    assert decide(beat, 122)[0] == {A: None, B: False}
+    # a verdict that changes with no new beat (the pillar's require_tunnel) is acted on
+    assert decide(beat, 123, require_tunnel=False)[0] == {A: None, B: True}
+    # a verdict never written (the API failed: sync_readiness records no "written") is
+    # acted on again with the same beat
+    memory["vpn-gw2"].pop("written")
+    assert decide(beat, 124, require_tunnel=False)[0] == {A: None, B: True}
     # nothing in the mine at all: one deadline of grace, then not serving
-    memory, serving, _ = k8s.readiness_decision({"gw3": "198.18.2.13"}, {}, {}, 0, 20, False)
-    assert serving == {"198.18.2.13": True}
-    memory, serving, _ = k8s.readiness_decision({"gw3": "198.18.2.13"}, {}, memory, 21, 20,
-                                                False)
-    assert serving == {"198.18.2.13": False}
+    memory = {}
+    assert decide({}, 0, 20, False, {"gw3": "198.18.2.13"})[0] == {"198.18.2.13": True}
+    assert decide({}, 21, 20, False, {"gw3": "198.18.2.13"})[0] == {"198.18.2.13": False}
 
 
 def readiness_on(cluster, namespace, tmp_path, deadline, mine_get):
@@ -404,6 +414,22 @@ def test_a_beat_already_acted_on_does_not_undo_the_gateways_own_recovery(
     beats["vpn-gw1"] = {"beat": 3, "serving": True}  # recovered
     k8s.sync_readiness(**cluster.conn)
     assert conditions_by_address(cluster, namespace)[A]["ready"] is True
+
+
+def test_an_observer_that_is_a_gateway_judges_itself_by_its_health_now(
+        cluster, namespace, tmp_path):
+    """vpn-gw1 writes the slices and is a gateway: for itself it takes a beat now
+    (vpn_heartbeat.beat), not its last one in the mine, which may be from before its
+    own recovery's last write (either way)."""
+    mine = {"vpn-gw1": {"beat": 1, "serving": True}, "vpn-gw2": {"beat": 1, "serving": True}}
+    now = {"beat": 2, "serving": False}  # pluto killed since its last beat
+    k8s, _ = readiness_on(cluster, namespace, tmp_path, 90,
+                          lambda *a, **k: json.loads(json.dumps(mine)))
+    k8s.__opts__ = {"id": "vpn-gw1"}
+    k8s.__salt__["vpn_heartbeat.beat"] = lambda: dict(now)
+    report = k8s.sync_readiness(**cluster.conn)["gateways"]
+    assert (report["vpn-gw1"]["serving"], report["vpn-gw2"]["serving"]) == (False, True)
+    assert conditions_by_address(cluster, namespace)[A]["ready"] is False
 
 
 def test_the_heartbeat_serves_only_with_every_tunnel_carried():
