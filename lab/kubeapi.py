@@ -3,20 +3,13 @@
 on its lab address as a transient systemd unit. ``kubectl`` (the machine
 image's client, bound into the hosts when this machine has it: it is no Debian
 package) reads it back for the k8s tests; starting the server needs only the
-venv's Kubernetes client."""
+venv's Python and PyYAML."""
 import json
 from pathlib import Path
 
 KUBECTL = Path("/usr/bin/kubectl")
 KUBECTL_MISSING = (f"{KUBECTL} is missing: kubectl is no Debian package; the project's machine "
                    "image ships v1.32 there (any client from 1.28 on works)")
-CREATE_NAMESPACE = """\
-import sys
-from kubernetes import client, config
-api = client.CoreV1Api(config.new_client_from_config(sys.argv[1]))
-for name in sys.argv[2:]:
-    api.create_namespace({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
-"""
 
 
 class KubectlMissing(RuntimeError):
@@ -28,8 +21,10 @@ SERVER_KUBECONFIG = "/root/fake-apiserver.kubeconfig"
 # lab test sees what reached the server (query strings, status codes) from outside it.
 AUDIT_LOG = "/var/log/kubernetes/audit.log"
 KNOBS_PATH = "/fake-apiserver/knobs"  # tests/k8s/fake_apiserver.py KNOBS_PATH
-# POST the stand-in's knobs (tests/k8s/fake_apiserver.py set_knobs) with the admin kubeconfig.
-SET_KNOBS = """\
+# POST a JSON body to a path of the server with the admin kubeconfig; print the answer.
+# Plain urllib, not the Kubernetes client: importing that took minutes under TCG (the
+# e2e guest's API server step, 356 s, was mostly its import).
+POST = """\
 import base64, json, ssl, sys, urllib.request
 import yaml
 config = yaml.safe_load(open(sys.argv[1]))
@@ -102,8 +97,9 @@ def start(lab, host="salt-master", segment="mgmt", namespaces=("databases",)):
                 "--audit-log-path", AUDIT_LOG], check=True)
     server.run(["sh", "-c", f"for i in $(seq 300); do [ -s {SERVER_KUBECONFIG} ] && exit 0; "
                 "sleep 0.1; done; exit 1"], check=True)
-    server.run([str(lab.venv / "bin" / "python"), "-c", CREATE_NAMESPACE, SERVER_KUBECONFIG,
-                *namespaces], check=True)
+    for name in namespaces:
+        post(lab, "/api/v1/namespaces",
+             {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}, host)
     return server.read(SERVER_KUBECONFIG)
 
 
@@ -123,8 +119,13 @@ def knobs(lab, host="salt-master", **settings):
     """Turn the stand-in's knobs (refuse_dry_run=WEBHOOK|None, fail_next={count, code,
     retry_after, methods}, clear_faults=True) in the server started by ``start``; the
     knobs now set."""
-    result = lab[host].run([str(lab.venv / "bin" / "python"), "-c", SET_KNOBS, SERVER_KUBECONFIG,
-                            KNOBS_PATH, json.dumps(settings)], check=True)
+    return post(lab, KNOBS_PATH, settings, host)
+
+
+def post(lab, path, body, host="salt-master"):
+    """POST ``body`` (JSON) to ``path`` of the server started by ``start``; its answer."""
+    result = lab[host].run([str(lab.venv / "bin" / "python"), "-c", POST, SERVER_KUBECONFIG,
+                            path, json.dumps(body)], check=True)
     return json.loads(result.stdout)
 
 

@@ -1,6 +1,6 @@
 """The gateway role on a lab: the hosts it needs and the preparation before a
-highstate (the Kubernetes API for the k8s part, the role grain, synced
-modules). Shared by the role test, the demo and the role benchmark."""
+highstate (the Kubernetes API for the k8s part, the role grain). Shared by the
+role test, the demo and the role benchmark."""
 import time
 
 from . import kubeapi, postgres, saltstack
@@ -30,9 +30,9 @@ def prepare(lab, timeout=120, log=lambda line: None):
         time.sleep(1)
         tries += 1
     log(f"role: the role grain: {time.monotonic() - started:.0f} s ({tries} asks)")
-    started = time.monotonic()
-    saltstack.salt(lab, "vpn-gw*", "saltutil.sync_all")
-    log(f"role: saltutil.sync_all: {time.monotonic() - started:.0f} s")
+    # No saltutil.sync_all here: the minion-start reactor syncs the pack's modules, and
+    # state.apply syncs them again before it renders (autoload_dynamic_modules). A third
+    # sync took 331 s in the e2e guest.
 
 
 def highstate(lab, test=False, timeout=900):

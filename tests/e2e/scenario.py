@@ -204,7 +204,7 @@ def prepare(lab, log=print):
     started = step("webhook, vpn-gw2 stopped", started)
     role.prepare(lab, timeout=600, log=lambda line: log(f"e2e: {line}"))
     kubeapi.watch_slices(lab)
-    started = step("role grain, sync_all", started)
+    started = step("role.prepare", started)
     changed = highstate(lab)
     started = step("highstate", started)
     log(f"e2e: highstate states changed: { {m: len(ids) for m, ids in changed.items()} }")

@@ -36,11 +36,26 @@ def events(fake):
         return [json.loads(line) for line in log]
 
 
-def set_knobs(path, settings):
-    """lab/kubeapi.py's SET_KNOBS script, run as the lab runs it: (exit code, output)."""
-    done = subprocess.run([sys.executable, "-c", kubeapi.SET_KNOBS, str(path), KNOBS_PATH,
-                           json.dumps(settings)], capture_output=True, text=True, timeout=60)
+def post(kubeconfig, path, body):
+    """lab/kubeapi.py's POST script, run as the lab runs it: (exit code, output)."""
+    done = subprocess.run([sys.executable, "-c", kubeapi.POST, str(kubeconfig), path,
+                           json.dumps(body)], capture_output=True, text=True, timeout=60)
     return done.returncode, done.stdout + done.stderr
+
+
+def set_knobs(kubeconfig, settings):
+    return post(kubeconfig, KNOBS_PATH, settings)
+
+
+def test_the_lab_creates_its_namespace_with_a_plain_post_the_client_then_reads(fake, tmp_path):
+    # lab/kubeapi.start's request (POST /api/v1/namespaces, as kubectl create namespace)
+    code, out = post(tmp_path / "kubeconfig", "/api/v1/namespaces",
+                     {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "databases"}})
+    assert code == 0, out
+    assert json.loads(out)["metadata"]["name"] == "databases"
+    core = k8s_client.CoreV1Api(k8s_config.new_client_from_config(str(tmp_path / "kubeconfig")))
+    assert core.read_namespace("databases").status.phase == "Active"
+    assert events(fake)[0]["verb"] == "create" and events(fake)[0]["responseStatus"]["code"] == 201
 
 
 def test_each_request_is_one_audit_event_with_its_verb_uri_user_and_code(fake, tmp_path):
@@ -87,5 +102,5 @@ def test_the_knobs_over_http_refuse_dry_runs_and_inject_faults_for_the_admin_onl
             "ports": [{"port": 5432}]}}, dry_run="All")
     code, out = set_knobs(tmp_path / "kubeconfig", {"refuse_dry_run": None, "clear_faults": True})
     assert (code, json.loads(out)) == (0, {"refuse_dry_run": None, "faults": []})
-    # SET_KNOBS trusts the kubeconfig's CA, with no verification turned off
-    assert "CERT_NONE" not in kubeapi.SET_KNOBS and "check_hostname" not in kubeapi.SET_KNOBS
+    # POST trusts the kubeconfig's CA, with no verification turned off
+    assert "CERT_NONE" not in kubeapi.POST and "check_hostname" not in kubeapi.POST
