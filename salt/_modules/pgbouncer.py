@@ -978,6 +978,10 @@ def _pointed_nowhere(databases, directory):
     return pointed
 
 
+# check_config's problem when the scratch PgBouncer logged nothing wrong but was not up in time
+NOT_UP = "PgBouncer did not come up on the candidate config"
+
+
 def check_config(sections, hba=None, timeout=10):
     """Start a scratch PgBouncer on a candidate config and return the ERROR/WARNING/FATAL
     lines it logs (empty when PgBouncer takes it). It touches nothing of the host's services
@@ -1033,7 +1037,7 @@ def check_config(sections, hba=None, timeout=10):
     problems = list(dict.fromkeys(  # in order, once each (PgBouncer repeats some)
         match.group(1) for match in map(level.search, lines) if match))
     if not problems and not any("process up" in line for line in lines):
-        problems.append(f"PgBouncer did not come up on the candidate config: {lines[-3:]}")
+        problems.append(f"{NOT_UP} within {timeout} s: {lines[-3:]}")
     return problems
 
 
@@ -1133,9 +1137,10 @@ def check_hba(hba):
     return True
 
 
-def validate_config(sections, hba=None):
-    """Schema check, then a scratch PgBouncer run; raises SaltInvocationError naming what is
-    wrong, returns the rendered ini text when PgBouncer takes it.
+def validate_config(sections, hba=None, timeout=10):
+    """Schema check, then a scratch PgBouncer run (``timeout`` seconds to come up); raises
+    SaltInvocationError naming what is wrong, returns the rendered ini text when PgBouncer
+    takes it.
 
     CLI Example:
 
@@ -1156,7 +1161,10 @@ def validate_config(sections, hba=None):
         # A dry run before pgbouncer.tls_present wrote the TLS files: the scratch run checks
         # without the leg whose files are not there yet (the real run checks them whole).
         sections["pgbouncer"] = _without_missing_tls(sections.get("pgbouncer", {}))
-    problems = check_config(sections, hba=hba)
+    problems = check_config(sections, hba=hba, timeout=timeout)
+    if problems and problems[0].startswith(NOT_UP):
+        # nothing wrong logged: a busy host (the e2e guest, under TCG, took over 10 s)
+        raise _invalid("check_timeout", problems[0], "raise it on a slow or busy host")
     hba_lines = [p for p in problems if re.search(r"hba line \d+", p)]
     if hba_lines:
         number = int(re.search(r"hba line (\d+)", hba_lines[0]).group(1))

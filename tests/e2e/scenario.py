@@ -64,6 +64,9 @@ SETTINGS = {"up_when": "child_sa", "holddown": 2, "step_timeout": STEP_TIMEOUT,
             "conn_restarts": 2, "failback": "auto", "failback_after": 30,
             "recovery": "local", "watch_interval": 6,
             "alerts": {"rate_window": 60, "timeout": 5}}
+# s a scratch PgBouncer gets to take a candidate config: 10 s was not enough for
+# vpn-gw2's in the guest's first highstate (run of 2026-12-01 22:57)
+CHECK_TIMEOUT = 60 if SLOWDOWN > 1 else 10
 POOL_SIZE_CHANGED = 12
 # s the salt-master stays stopped: pluto killed took 43-89 s in the guest; the worst a
 # healing gateway may take is a failed restart, a switch and a failback try (4 steps)
@@ -92,12 +95,13 @@ def scenario_pillar(pool_size=None):
     guest's CPU (under TCG the example's schedules, each a fork of the minion every
     5 s, saturated its two vCPUs with the master's lab) the metrics schedule off, the
     heartbeat and readiness check every 30 s, the readiness deadline 90 s, and the
-    beacon every 10 s (it reports to the master; the watcher recovers);
-    ``pool_size`` for the pods' database."""
+    beacon every 10 s (it reports to the master; the watcher recovers), and the
+    scratch PgBouncer's ``CHECK_TIMEOUT``; ``pool_size`` for the pods' database."""
     gateway = {"tunnel": {"salifetime": 1080, "ikelifetime": 1080}, "monitoring": SETTINGS,
                "kubernetes": {"readiness": {"deadline": 90}}}
+    gateway["pooler"] = {"check_timeout": CHECK_TIMEOUT}
     if pool_size:
-        gateway["pooler"] = {"databases": {POOLER_DATABASE: {"pool_size": pool_size}}}
+        gateway["pooler"]["databases"] = {POOLER_DATABASE: {"pool_size": pool_size}}
     return {"vpn_gateway": gateway,
             "beacons": {"libreswan": [{"interval": 10}, {"disable_during_state_run": True}]},
             "schedule": {"vpn_gateway_metrics": {"enabled": False},

@@ -795,6 +795,11 @@ BAD_INPUT = {
     "hba opening the admin console": (
         {"hba": ["host all all 198.18.2.0/24 scram-sha-256"]}, "pgbouncer-settings",
         "vpn_gateway:pooler:hba:0: admits 198.18.2.0/24 to PgBouncer's admin database"),
+    # a scratch PgBouncer given no time to come up: the key to raise, not "rejects"
+    "no time to check the candidate": (
+        {"check_timeout": 0, "settings": {"max_client_conn": 123}}, "pgbouncer-settings",
+        "vpn_gateway:pooler:check_timeout: PgBouncer did not come up on the candidate config "
+        "within 0 s"),
     "hba line PgBouncer cannot parse": (
         {"hba": ["host all all 127.0.0.1/32 scram-sha-256", "host all all 198.18.2.0/33 md5"]},
         "pgbouncer-settings", "vpn_gateway:pooler:hba:1: "),
