@@ -34,7 +34,7 @@ context = ssl.create_default_context(
 request = urllib.request.Request(
     cluster["server"] + sys.argv[2], data=sys.argv[3].encode(), method="POST",
     headers={"Authorization": "Bearer " + user["token"], "Content-Type": "application/json"})
-print(urllib.request.urlopen(request, context=context, timeout=10).read().decode())
+print(urllib.request.urlopen(request, context=context, timeout=60).read().decode())
 """
 
 # Watch the EndpointSlices of a namespace: each second a list (the token of the admin

@@ -187,7 +187,7 @@ def _running_config():
     return {row["key"]: row for row in __salt__["pgbouncer.show"]("config")}
 
 
-def settings(name, settings, hba=None, restart=False, pillar_key=None, check_timeout=10):
+def settings(name, settings, hba=None, restart=False, pillar_key=None):
     """The whole [pgbouncer] section (keys not given go back to PgBouncer's defaults).
 
     name
@@ -201,9 +201,6 @@ def settings(name, settings, hba=None, restart=False, pillar_key=None, check_tim
         Allow a restart (which drops every client) for settings PgBouncer reads only at start
         (``listen_addr``, ``listen_port``, ``unix_socket_dir``, ``pidfile``, ...). Without it such a
         change is reported, nothing is written and PgBouncer keeps running untouched.
-    check_timeout
-        Seconds a scratch PgBouncer gets to come up on the candidate config before it is
-        refused (raise it on a slow or busy host).
 
     .. code-block:: yaml
 
@@ -229,7 +226,7 @@ def settings(name, settings, hba=None, restart=False, pillar_key=None, check_tim
         live = _running_config()
         _check_listen(wanted, live, __opts__["test"])
         sections = {**current, "pgbouncer": wanted}
-        __salt__["pgbouncer.validate_config"](sections, hba=hba_text, timeout=check_timeout)
+        __salt__["pgbouncer.validate_config"](sections, hba=hba_text)
     except (SaltInvocationError, CommandExecutionError) as exc:
         return _fail(ret, exc, pillar_key)
 

@@ -70,8 +70,7 @@ class Host:
             "pgbouncer.check_hba": pgb.check_hba,
             "pgbouncer.check_pool_sizes": pgb.check_pool_sizes,
             "pgbouncer.same_setting": pgb.same_setting,
-            "pgbouncer.validate_config": lambda sections, hba=None, timeout=10: (
-                pgb.render_config(sections)),
+            "pgbouncer.validate_config": lambda sections, hba=None: pgb.render_config(sections),
             "pgbouncer.running": lambda: True,
             "pgbouncer.show": self.show,
             "pgbouncer.port_in_use": lambda addr, port: None,

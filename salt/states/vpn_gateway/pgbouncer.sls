@@ -148,7 +148,6 @@ pgbouncer-settings:
     - settings: {{ settings | json }}
     - hba: {{ pooler.get('hba', []) | json }}
     - restart: {{ restart }}
-    - check_timeout: {{ pooler.get('check_timeout', 10) | json }}
     - pillar_key: vpn_gateway:pooler
     - require:
       - pkg: pgbouncer-package
