@@ -98,8 +98,8 @@ def scenario_pillar(pool_size=None):
     beacon every 10 s (it reports to the master; the watcher recovers), and the
     scratch PgBouncer's ``CHECK_TIMEOUT``; ``pool_size`` for the pods' database."""
     gateway = {"tunnel": {"salifetime": 1080, "ikelifetime": 1080}, "monitoring": SETTINGS,
-               "kubernetes": {"readiness": {"deadline": 90}}}
-    gateway["pooler"] = {"check_timeout": CHECK_TIMEOUT}
+               "kubernetes": {"readiness": {"deadline": 90}},
+               "pooler": {"check_timeout": CHECK_TIMEOUT}}
     if pool_size:
         gateway["pooler"]["databases"] = {POOLER_DATABASE: {"pool_size": pool_size}}
     return {"vpn_gateway": gateway,
