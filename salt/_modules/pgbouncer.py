@@ -716,7 +716,7 @@ def _account_exists():
     return True
 
 
-def _run_as_service_user(argv, timeout=30, **kwargs):
+def _run_as_service_user(argv, timeout, **kwargs):
     uid, gid = _account()
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "PGCONNECT_TIMEOUT": "5"}
     return subprocess.run(argv, user=uid, group=gid, extra_groups=[], env=env, cwd="/",
@@ -762,11 +762,21 @@ def _console_address():
     return settings.get("unix_socket_dir", "/tmp"), settings.get("listen_port", "6432")
 
 
-def console(command, timeout=30):
+CONSOLE_TIMEOUT_KEY = "vpn_gateway:pooler:console_timeout"
+
+
+class _ConsoleTimeout(CommandExecutionError):
+    """The console did not answer in time: PgBouncer may well run (a slow or busy host)."""
+
+
+def console(command, timeout=None):
     """Run one admin console command; rows as a list of dicts (empty for commands).
 
     command
         A console command such as ``SHOW POOLS`` or ``RELOAD``.
+    timeout
+        Seconds for the answer; by default ``vpn_gateway:pooler:console_timeout``
+        (``config.get``: minion config or pillar), else 30.
 
     CLI Example:
 
@@ -777,10 +787,14 @@ def console(command, timeout=30):
     socket_dir, port = _console_address()
     argv = [_tool("psql"), "-X", "-q", "--csv", "-v", "ON_ERROR_STOP=1", "-h", socket_dir,
             "-p", port, "-U", "pgbouncer", "-d", "pgbouncer", "-c", command]
+    hint = ""
+    if timeout is None:
+        timeout = __salt__["config.get"](CONSOLE_TIMEOUT_KEY, 30)
+        hint = f"; raise {CONSOLE_TIMEOUT_KEY} on a slow or busy host"
     try:
         proc = _run_as_service_user(argv, timeout=timeout)
     except subprocess.TimeoutExpired:
-        raise CommandExecutionError(f"PgBouncer console: {command} timed out after {timeout}s")
+        raise _ConsoleTimeout(f"PgBouncer console: {command} timed out after {timeout} s{hint}")
     if proc.returncode:
         raise CommandExecutionError(f"PgBouncer console ({socket_dir}, port {port}): {command}: "
                                     f"{proc.stderr.strip()}")
@@ -805,7 +819,7 @@ def show(subject):
     return console(f"SHOW {subject.upper()}")
 
 
-def _command(verb, database=None, timeout=30):
+def _command(verb, database=None, timeout=None):
     if database is not None:
         _check_name(database, "database", "database name")
     console(f"{verb} {database}" if database else verb, timeout=timeout)
@@ -892,7 +906,8 @@ def database_mismatch(name, entry):
 
 
 def running():
-    """Whether the admin console answers.
+    """Whether the admin console answers; CommandExecutionError when it does not answer
+    within ``vpn_gateway:pooler:console_timeout`` (PgBouncer may run: a slow or busy host).
 
     CLI Example:
 
@@ -907,7 +922,9 @@ def running():
             _tool("psql")  # it runs, but cannot be asked: say what to install
         return False
     try:
-        console("SHOW VERSION", timeout=10)
+        console("SHOW VERSION")
+    except _ConsoleTimeout:
+        raise  # it may run: "not running" would make a state write without a RELOAD
     except CommandExecutionError:
         return False
     return True

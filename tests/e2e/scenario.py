@@ -67,6 +67,9 @@ SETTINGS = {"up_when": "child_sa", "holddown": 2, "step_timeout": STEP_TIMEOUT,
 # s a scratch PgBouncer gets to take a candidate config: 10 s was not enough for
 # vpn-gw2's in the guest's first highstate (run of 2026-12-01 22:57)
 CHECK_TIMEOUT = 60 if SLOWDOWN > 1 else 10
+# s the admin console gets to answer: RELOAD did not in 30 s in vpn-gw1's highstate of
+# the pool change (run of 2026-12-02 02:53)
+CONSOLE_TIMEOUT = 180 if SLOWDOWN > 1 else 30
 POOL_SIZE_CHANGED = 12
 # s the salt-master stays stopped: pluto killed took 43-89 s in the guest; the worst a
 # healing gateway may take is a failed restart, a switch and a failback try (4 steps)
@@ -96,10 +99,12 @@ def scenario_pillar(pool_size=None):
     5 s, saturated its two vCPUs with the master's lab) the metrics schedule off, the
     heartbeat and readiness check every 30 s, the readiness deadline 90 s, and the
     beacon every 10 s (it reports to the master; the watcher recovers), and the
-    scratch PgBouncer's ``CHECK_TIMEOUT``; ``pool_size`` for the pods' database."""
+    scratch PgBouncer's ``CHECK_TIMEOUT`` and the console's ``CONSOLE_TIMEOUT``;
+    ``pool_size`` for the pods' database."""
     gateway = {"tunnel": {"salifetime": 1080, "ikelifetime": 1080}, "monitoring": SETTINGS,
                "kubernetes": {"readiness": {"deadline": 90}},
-               "pooler": {"check_timeout": CHECK_TIMEOUT}}
+               "pooler": {"check_timeout": CHECK_TIMEOUT,
+                          "console_timeout": CONSOLE_TIMEOUT}}
     if pool_size:
         gateway["pooler"]["databases"] = {POOLER_DATABASE: {"pool_size": pool_size}}
     return {"vpn_gateway": gateway,

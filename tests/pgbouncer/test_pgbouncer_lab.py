@@ -799,6 +799,11 @@ BAD_INPUT = {
     "no time to check the candidate": (
         {"check_timeout": 0, "settings": {"max_client_conn": 123}}, "pgbouncer-settings",
         "PgBouncer did not come up on the candidate config within 0 s: "),
+    # a console given no time to answer: the pool change fails before it writes; PgBouncer
+    # is not taken for stopped (that would write the pool and skip its RELOAD)
+    "no time for the console to answer": (
+        {"console_timeout": 0, "databases": {"appdb": {"host": "198.19.1.10", "pool_size": 7}}},
+        "pgbouncer-pool-appdb", "PgBouncer console: SHOW VERSION timed out after 0 s; "),
     "hba line PgBouncer cannot parse": (
         {"hba": ["host all all 127.0.0.1/32 scram-sha-256", "host all all 198.18.2.0/33 md5"]},
         "pgbouncer-settings", "vpn_gateway:pooler:hba:1: "),
@@ -818,9 +823,10 @@ def test_bad_input_is_refused_by_pillar_key_and_nothing_changes(lab, case):
         before = fingerprint(lab)
         returns = apply(lab, pillar=pillar)
         assert failed(returns)[state].startswith(key), failed(returns)
-        if "check_timeout" in pillar:
-            assert "; raise vpn_gateway:pooler:check_timeout on a slow or busy host" in (
-                returns[state]["comment"])
+        for timeout in ("check_timeout", "console_timeout"):
+            if timeout in pillar:
+                assert f"; raise vpn_gateway:pooler:{timeout} on a slow or busy host" in (
+                    returns[state]["comment"])
         assert "(nothing changed)" in returns[state]["comment"]
         assert all(secret not in returns[state]["comment"] for secret in ("it's", "a\nb"))
         assert fingerprint(lab) == before
