@@ -167,8 +167,9 @@ def _read(path):
         return None
 
 
-def _recover(tunnel):
-    """``libreswan.recover`` for one tunnel, its outcome logged in one line."""
+def _recover(tunnel, observed=None):
+    """``libreswan.recover`` for one tunnel, its outcome logged in one line, with what the
+    watcher saw (``observed``: its health) that called for it."""
     try:
         result = __salt__["libreswan.recover"](tunnel).get(tunnel, {})
     except Exception as exc:  # a tunnel pillar no longer declares, pluto missing...
@@ -178,6 +179,9 @@ def _recover(tunnel):
     summary = {k: result.get(k) for k in ("action", "state", "active", "result", "deferred",
                                           "comment", "outcome") if result.get(k) is not None}
     summary["steps"] = [s["step"] for s in result.get("steps") or []]
+    if observed:
+        summary["after"] = observed["state"] + (f": {observed['reason']}"
+                                                if observed.get("reason") else "")
     log.info("libreswan recovery watcher: recovery of %s: %s", tunnel, summary)
     return result
 
@@ -216,7 +220,8 @@ def _watch(generation, interval, directory=WATCHER_DIR, sleep=time.sleep):
                 log.debug("libreswan recovery watcher: no health: %s", exc)
                 health = None
             if health is not None:
-                _watch_once(entries, time.time(), health, settings, _recover)
+                _watch_once(entries, time.time(), health, settings,
+                            lambda tunnel: _recover(tunnel, health[tunnel]))
             sleep(interval)
         log.info("libreswan recovery watcher: settings changed, ending")
     finally:

@@ -338,6 +338,7 @@ def test_the_tunnel_heals_while_the_master_is_stopped(lab):
         log = minion_log(gw)[log_from:]
         assert "libreswan recovery watcher: recovery of remote-db: {'action': 'ensure_up'" \
             in log, log[-3000:]
+        assert "'after': 'down: pluto is not running" in log, log[-3000:]  # what it saw
         assert master.run(["systemctl", "is-active", "salt-master"]).stdout.strip() != "active"
     finally:
         master.run(["systemctl", "start", "salt-master"], check=True)
