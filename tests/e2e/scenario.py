@@ -120,12 +120,18 @@ def make_lab(platform, name):
     return Lab(topology, name=name, platform=platform, pillar=scenario_pillar())
 
 
+# s between two asks of a wait: each ask runs commands in the lab hosts (whack, the
+# API server, the workload's log), and under TCG a fork costs the guest's gateways and
+# peers CPU; in the run of 2026-12-02 05:22 neither gateway reached the backup in 900 s
+POLL = 5 if SLOWDOWN > 1 else 1
+
+
 def wait_for(predicate, timeout, what):
     deadline = time.monotonic() + timeout
     while not (value := predicate()):
         if time.monotonic() > deadline:
             raise AssertionError(f"not within {timeout}s: {what}")
-        time.sleep(1)
+        time.sleep(POLL)
     return value
 
 
@@ -371,7 +377,8 @@ def diagnosis(lab, since=None, lines=40):
     """What each gateway's tunnel and own recovery were doing, read in the hosts
     without Salt (the master may be the fault): the peers of its Child SAs, its
     recovery watcher's lines (after ``since``, {gateway: line count}; the last
-    ``lines`` of them), pluto's SA states and its last ``lines`` in the journal."""
+    ``lines`` of them), pluto's SA states and its last ``lines`` in the journal; then
+    the remote gateways' SA states and journal (the answering side of a slow IKE)."""
     report = []
     for name in GATEWAYS:
         start = (since or {}).get(name, 0) + 1
@@ -385,6 +392,12 @@ def diagnosis(lab, since=None, lines=40):
         report.append(f"{name}: Child SAs with {sorted(child_sa_peers(lab[name]))}; "
                       f"its recovery watcher's lines:\n{watcher}\npluto's states:\n{states}"
                       f"\npluto's last lines:\n{pluto}")
+    for name in ("remote-gw-primary", "remote-gw-backup"):  # the answering side
+        states = lab[name].run(["sh", "-c", "ipsec whack --status | grep -E '#[0-9]+: '"],
+                               timeout=60).stdout
+        pluto = lab[name].run(["journalctl", "-u", "ipsec", "-o", "cat", "-n", str(lines)],
+                              timeout=60).stdout
+        report.append(f"{name}: pluto's states:\n{states}\npluto's last lines:\n{pluto}")
     return "\n".join(report)
 
 
