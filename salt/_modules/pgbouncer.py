@@ -35,6 +35,7 @@ import hmac
 import io
 import ipaddress
 import json
+import math
 import os
 import pwd
 import re
@@ -718,7 +719,10 @@ def _account_exists():
 
 def _run_as_service_user(argv, timeout, **kwargs):
     uid, gid = _account()
-    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "PGCONNECT_TIMEOUT": "5"}
+    # libpq's own connect bound past ours: a PgBouncer slow to accept is our timeout, never
+    # psql's "timeout expired", which would read as "not running" (a missing socket is that)
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
+           "PGCONNECT_TIMEOUT": str(math.ceil(timeout) + 10)}
     return subprocess.run(argv, user=uid, group=gid, extra_groups=[], env=env, cwd="/",
                           capture_output=True, text=True, timeout=timeout, **kwargs)
 

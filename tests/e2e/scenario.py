@@ -392,7 +392,7 @@ def diagnosis(lab, since=None, lines=40):
         report.append(f"{name}: Child SAs with {sorted(child_sa_peers(lab[name]))}; "
                       f"its recovery watcher's lines:\n{watcher}\npluto's states:\n{states}"
                       f"\npluto's last lines:\n{pluto}")
-    for name in ("remote-gw-primary", "remote-gw-backup"):  # the answering side
+    for name in peers.REMOTE_GATEWAYS:  # the answering side
         states = lab[name].run(["sh", "-c", "ipsec whack --status | grep -E '#[0-9]+: '"],
                                timeout=60).stdout
         pluto = lab[name].run(["journalctl", "-u", "ipsec", "-o", "cat", "-n", str(lines)],

@@ -804,6 +804,11 @@ BAD_INPUT = {
     "no time for the console to answer": (
         {"console_timeout": 0, "databases": {"appdb": {"host": "198.19.1.10", "pool_size": 7}}},
         "pgbouncer-pool-appdb", "PgBouncer console: SHOW VERSION timed out after 0 s; "),
+    # PgBouncer stopped (SIGSTOP): its socket takes the connection, nothing answers; past
+    # libpq's own connect bound this is still the console's timeout, not "not running"
+    "a PgBouncer that does not answer": (
+        {"console_timeout": 8, "databases": {"appdb": {"host": "198.19.1.10", "pool_size": 7}}},
+        "pgbouncer-pool-appdb", "PgBouncer console: SHOW VERSION timed out after 8 s; "),
     "hba line PgBouncer cannot parse": (
         {"hba": ["host all all 127.0.0.1/32 scram-sha-256", "host all all 198.18.2.0/33 md5"]},
         "pgbouncer-settings", "vpn_gateway:pooler:hba:1: "),
@@ -819,6 +824,8 @@ def test_bad_input_is_refused_by_pillar_key_and_nothing_changes(lab, case):
                 "import socket, time; s = socket.socket(); s.bind(('198.18.2.11', 6440)); "
                 "s.listen(); time.sleep(300)"], check=True)
         gw.wait_port(6440, "198.18.2.11")
+    if case == "a PgBouncer that does not answer":
+        gw.run(["systemctl", "kill", "--signal=STOP", "pgbouncer"], check=True)
     try:
         before = fingerprint(lab)
         returns = apply(lab, pillar=pillar)
@@ -832,3 +839,4 @@ def test_bad_input_is_refused_by_pillar_key_and_nothing_changes(lab, case):
         assert fingerprint(lab) == before
     finally:
         gw.run(["systemctl", "stop", "port-holder"])
+        gw.run(["systemctl", "kill", "--signal=CONT", "pgbouncer"])
