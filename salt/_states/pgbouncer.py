@@ -454,6 +454,10 @@ def user_present(name, password_pillar=None, stored="plain", salt=None, iteratio
     if in_place:
         ret["comment"] = f"user {name} is in the auth file"
         return ret
+    try:  # asked before the write: a console that does not answer leaves the file as it was
+        live = __salt__["pgbouncer.running"]()
+    except CommandExecutionError as exc:
+        return _fail(ret, exc, pillar_key)
     changes = {name: {"password": "set" if not exists else "changed", "stored": stored}}
     if __opts__["test"]:
         ret.update(result=None, changes=changes,
@@ -463,7 +467,7 @@ def user_present(name, password_pillar=None, stored="plain", salt=None, iteratio
     def steps():
         __salt__["pgbouncer.set_user"](name, stored=stored, salt=salt, iterations=iterations,
                                        **source)
-        if __salt__["pgbouncer.running"]():
+        if live:
             __salt__["pgbouncer.reload"]()
         if not __salt__["pgbouncer.user_matches"](name, stored=stored, salt=salt,
                                                   iterations=iterations, **source):

@@ -809,6 +809,10 @@ BAD_INPUT = {
     "a PgBouncer that does not answer": (
         {"console_timeout": 8, "databases": {"appdb": {"host": "198.19.1.10", "pool_size": 7}}},
         "pgbouncer-pool-appdb", "PgBouncer console: SHOW VERSION timed out after 8 s; "),
+    # ... and a user's: asked before its auth file line is written
+    "a PgBouncer that does not answer, a new user": (
+        {"console_timeout": 8, "users": {"app2": {"password": "lab-app2-password"}}},
+        "pgbouncer-user-app2", "PgBouncer console: SHOW VERSION timed out after 8 s; "),
     "hba line PgBouncer cannot parse": (
         {"hba": ["host all all 127.0.0.1/32 scram-sha-256", "host all all 198.18.2.0/33 md5"]},
         "pgbouncer-settings", "vpn_gateway:pooler:hba:1: "),
@@ -824,7 +828,7 @@ def test_bad_input_is_refused_by_pillar_key_and_nothing_changes(lab, case):
                 "import socket, time; s = socket.socket(); s.bind(('198.18.2.11', 6440)); "
                 "s.listen(); time.sleep(300)"], check=True)
         gw.wait_port(6440, "198.18.2.11")
-    if case == "a PgBouncer that does not answer":
+    if case.startswith("a PgBouncer that does not answer"):
         gw.run(["systemctl", "kill", "--signal=STOP", "pgbouncer"], check=True)
     try:
         before = fingerprint(lab)
