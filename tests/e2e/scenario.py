@@ -373,31 +373,31 @@ def log_lengths(lab):
                       .stdout.strip() or 0) for name in GATEWAYS}
 
 
+def pluto_report(host, lines):
+    """pluto's SA states and its last ``lines`` in the journal, read in ``host``."""
+    states = host.run(["sh", "-c", "ipsec whack --status | grep -E '#[0-9]+: '"],
+                      timeout=60).stdout
+    journal = host.run(["journalctl", "-u", "ipsec", "-o", "cat", "-n", str(lines)],
+                       timeout=60).stdout
+    return f"pluto's states:\n{states}\npluto's last lines:\n{journal}"
+
+
 def diagnosis(lab, since=None, lines=40):
     """What each gateway's tunnel and own recovery were doing, read in the hosts
     without Salt (the master may be the fault): the peers of its Child SAs, its
     recovery watcher's lines (after ``since``, {gateway: line count}; the last
-    ``lines`` of them), pluto's SA states and its last ``lines`` in the journal; then
-    the remote gateways' SA states and journal (the answering side of a slow IKE)."""
+    ``lines`` of them) and ``pluto_report``; then the remote gateways'
+    ``pluto_report`` (the answering side of a slow IKE)."""
     report = []
     for name in GATEWAYS:
         start = (since or {}).get(name, 0) + 1
         watcher = lab[name].run(["sh", "-c", f"tail -n +{start} {MINION_LOG} | "
                                  f"grep -h 'recovery watcher' | tail -n {lines}"],
                                 timeout=60).stdout
-        states = lab[name].run(["sh", "-c", "ipsec whack --status | grep -E '#[0-9]+: '"],
-                               timeout=60).stdout
-        pluto = lab[name].run(["journalctl", "-u", "ipsec", "-o", "cat", "-n", str(lines)],
-                              timeout=60).stdout
         report.append(f"{name}: Child SAs with {sorted(child_sa_peers(lab[name]))}; "
-                      f"its recovery watcher's lines:\n{watcher}\npluto's states:\n{states}"
-                      f"\npluto's last lines:\n{pluto}")
-    for name in peers.REMOTE_GATEWAYS:  # the answering side
-        states = lab[name].run(["sh", "-c", "ipsec whack --status | grep -E '#[0-9]+: '"],
-                               timeout=60).stdout
-        pluto = lab[name].run(["journalctl", "-u", "ipsec", "-o", "cat", "-n", str(lines)],
-                              timeout=60).stdout
-        report.append(f"{name}: pluto's states:\n{states}\npluto's last lines:\n{pluto}")
+                      f"its recovery watcher's lines:\n{watcher}\n"
+                      f"{pluto_report(lab[name], lines)}")
+    report += [f"{name}: {pluto_report(lab[name], lines)}" for name in peers.REMOTE_GATEWAYS]
     return "\n".join(report)
 
 
