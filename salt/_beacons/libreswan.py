@@ -43,7 +43,9 @@ Recovery without the master (``recovery: local``, the default): the beacon
 keeps one recovery watcher running, a process of its own (Salt's
 ``SignalHandlingProcess``, a fork of the minion as the scheduler makes its
 jobs: the minion's modules and pillar as they are now, no master involved).
-The watcher polls ``libreswan.health`` every ``watch_interval`` s (pillar), applies the
+The watcher polls ``libreswan.health`` every ``watch_interval`` s (pillar; each poll
+bounded by ``status_timeout``, not ``QUERY_TIMEOUT``: the watcher's own process can
+wait for a busy pluto, and a poll that times out reads as a hung pluto), applies the
 same hold-down and repeat clock (``_transition``) and runs
 ``libreswan.recover`` for a tunnel at each change and repeat. It runs apart
 from the minion's main loop on purpose: a Salt 3008 minion that has lost its
@@ -215,7 +217,8 @@ def _watch(generation, interval, directory=WATCHER_DIR, sleep=time.sleep):
         while _read(os.path.join(directory, WATCHER_GENERATION)) == generation:
             try:
                 settings = __salt__["libreswan.monitoring_settings"]()
-                health = __salt__["libreswan.health"](timeout=QUERY_TIMEOUT, reasons=False)
+                health = __salt__["libreswan.health"](timeout=settings["status_timeout"],
+                                                      reasons=False)
             except Exception as exc:  # pluto not installed yet, a bad setting: next poll
                 log.debug("libreswan recovery watcher: no health: %s", exc)
                 health = None

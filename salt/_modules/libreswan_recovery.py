@@ -83,6 +83,10 @@ DEFAULTS = {
     # Ladder: conn-level restarts before failing over; seconds to wait for the IKE SA per step.
     "conn_restarts": 2,
     "step_timeout": 10,
+    # Seconds pluto may take to answer a status query (whack --status) before the recovery
+    # watcher and a ladder take it for hung (a hung pluto gets restart_service): a busy
+    # pluto (updown scripts run inside it, one at a time) must not be restarted for it.
+    "status_timeout": 10,
     # Retry budget: at most `attempts` ladders per `window` s, spaced base * 2^n s (<= max).
     "budget": {"attempts": 5, "window": 3600},
     "backoff": {"base": 30, "max": 600},
@@ -114,7 +118,8 @@ _CHOICES = {"up_when": ("child_sa", "ike_sa"), "failback": ("auto", "never"),
             "recovery": ("local", "master"),
             "logrotate:frequency": ("daily", "weekly", "monthly")}
 _NUMBERS = {"holddown": (0, 3600), "repeat": (1, 86400), "repeat_max": (1, 86400),
-            "conn_restarts": (0, 10), "step_timeout": (1, 300), "failback_after": (0, 86400),
+            "conn_restarts": (0, 10), "step_timeout": (1, 300),
+            "status_timeout": (1, 300), "failback_after": (0, 86400),
             "watch_interval": (1, 300),
             "budget:attempts": (1, 1000), "budget:window": (1, 7 * 86400),
             "backoff:base": (0, 86400), "backoff:max": (0, 86400),
@@ -368,7 +373,7 @@ def health(name=None, timeout=None, reasons=True):
     """
     Health of each tunnel (or of ``name``): ``state`` up / failover / down,
     the ``active`` peer and why it is down, judged by ``up_when``. pluto's
-    status queries are bounded by ``timeout`` s (default: libreswan.status's).
+    status queries are bounded by ``timeout`` s (default: ``status_timeout``).
     ``reasons=False`` takes the reason from pluto's states alone, without
     reading its log (the beacon's, the watcher's and the metrics' polls).
 
@@ -381,13 +386,13 @@ def health(name=None, timeout=None, reasons=True):
         salt 'vpn-gw*' libreswan.health timeout=3
     """
     settings = monitoring_settings()
-    status = _status(timeout, reasons)
+    status = _status(timeout or settings["status_timeout"], reasons)
     return {t: _health(status, t, settings["up_when"])
             for t in _tunnel_names(settings, status, name)}
 
 
 def _health_now(settings, tunnel, reasons=True):
-    return _health(_status(reasons=reasons), tunnel, settings["up_when"])
+    return _health(_status(settings["status_timeout"], reasons), tunnel, settings["up_when"])
 
 
 # -- run-time memory --------------------------------------------------------------------------
@@ -655,9 +660,10 @@ def _pluto_pid():
                                       python_shell=False, timeout=SUBPROCESS_TIMEOUT).strip()
 
 
-def _wait_pluto(timeout):
+def _wait_pluto(settings, timeout):
     deadline = time.monotonic() + timeout
-    while not _status(reasons=False)["running"] and time.monotonic() < deadline:
+    while not _status(settings["status_timeout"], False)["running"] \
+            and time.monotonic() < deadline:
         time.sleep(0.5)
 
 
@@ -675,7 +681,7 @@ def _run_step(settings, tunnel, step, target):
             # pluto 4.10 can crash (SEGV) terminating a narrowed conn with several
             # instances; systemd restarts it with the auto=start (primary) conn: once
             # it answers again, switch once more.
-            _wait_pluto(wait)
+            _wait_pluto(settings, wait)
             __salt__["libreswan.switch"](tunnel, to=target, wait=wait)
     else:
         _restart_service()
@@ -701,7 +707,7 @@ def _set_endpoint_ready(settings, carried):
 
 def _all_carried(settings):
     try:
-        status = _status(reasons=False)
+        status = _status(settings["status_timeout"], False)
     except CommandExecutionError:  # pluto gone: nothing is carried
         return False
     names = _tunnel_names(settings, status, None)
@@ -830,7 +836,7 @@ def _each_locked(name, act):
     declared = _declared_here()
     settings = monitoring_settings()
     results = {}
-    status = None if name is not None else _status(reasons=False)
+    status = None if name is not None else _status(settings["status_timeout"], False)
     tunnels = _acting_on(name, declared, status, settings)
     with _locked(settings, name) as mine:
         for tunnel in tunnels:

@@ -61,6 +61,38 @@ def test_recover_when_down_climbs_the_ladder(tmp_path, monkeypatch):
     assert memory["recoveries"]["success"] == 1 and memory["attempts"] == []
 
 
+def test_a_ladder_waits_status_timeout_for_pluto_at_every_read(tmp_path, monkeypatch):
+    """A busy pluto is not a hung one: each read of pluto a recovery makes (the tunnels
+    to act on, the health before and after each step, the endpoint's) is bounded by
+    ``status_timeout``. With libreswan.status's 10 s, a pluto running both gateways'
+    updown scripts in the e2e guest read as hung and the ladder restarted it."""
+    pluto, asked = FakePluto(primary_alive=True), []
+    pluto.ike["remote-db-backup"] = False
+
+    def status(timeout=None, reasons=True):
+        asked.append(timeout)
+        return pluto.status(timeout, reasons)
+
+    salt = dict(pluto.salt(), **{"libreswan.status": status,
+                                 "libreswan.restart_conn": lambda conn, wait: pluto.up(conn)})
+    module, settings = fresh_recovery(tmp_path, monkeypatch, salt=salt)
+    settings["status_timeout"] = 42
+    monkeypatch.setattr(module, "monitoring_settings", lambda: settings)
+    assert module.recover()["remote-db"]["state"] == "up"
+    assert len(asked) >= 3 and set(asked) == {42}, asked
+    asked.clear()
+    module.health()
+    assert asked == [42]
+
+
+def test_status_timeout_is_a_bounded_number_of_seconds():
+    recovery = load("salt/_modules/libreswan_recovery.py")
+    assert recovery._settings({})["status_timeout"] == 10
+    with pytest.raises(recovery.SettingsError,
+                       match="vpn_gateway:monitoring:status_timeout: 0 is not a number from 1"):
+        recovery._settings({"status_timeout": 0})
+
+
 def test_recover_when_up_leaves_the_tunnel_alone(tmp_path, monkeypatch):
     pluto = FakePluto(primary_alive=True)
     pluto.ike.update({"remote-db": True, "remote-db-backup": False})
@@ -100,7 +132,8 @@ def test_recovery_setting_is_local_or_master():
 
 # -- the recovery watcher -------------------------------------------------------------------
 SETTINGS = {"holddown": 2, "repeat": 4, "repeat_max": 16, "recovery": "local",
-            "watch_interval": 7, "failback": "auto", "failback_after": 300}
+            "watch_interval": 7, "failback": "auto", "failback_after": 300,
+            "status_timeout": 10}
 
 
 def test_the_watcher_recovers_at_each_change_and_repeat_after_the_holddown():
@@ -146,6 +179,25 @@ def fake_watcher_salt(states, recovered):
                 "state": states.pop(0) if len(states) > 1 else states[0]}},
             "libreswan.recover": lambda tunnel: recovered.append(tunnel) or {
                 tunnel: {"action": "ensure_up", "state": "up", "steps": []}}}
+
+
+def test_the_watcher_asks_pluto_with_status_timeout_not_the_beacons_bound(tmp_path):
+    """The watcher runs in its own process: it waits ``status_timeout`` for pluto (the
+    beacon's 3 s protects the minion's main loop, which the watcher is not)."""
+    beacon = load("salt/_beacons/libreswan.py")
+    asked, clock = [], [0.0]
+    beacon.__salt__ = {"libreswan.monitoring_settings": lambda: dict(SETTINGS, status_timeout=42),
+                       "libreswan.health": lambda timeout, reasons: asked.append(timeout) or {
+                           "remote-db": {"state": "up"}}}
+    beacon.time = type("T", (), {"time": staticmethod(lambda: clock[0])})
+    (tmp_path / beacon.WATCHER_GENERATION).write_text("g1")
+
+    def sleep(seconds):
+        clock[0] += seconds
+        (tmp_path / beacon.WATCHER_GENERATION).write_text("g2")
+
+    beacon._watch("g1", 2, str(tmp_path), sleep=sleep)
+    assert asked == [42] and beacon.QUERY_TIMEOUT != 42
 
 
 def test_the_watcher_ends_when_the_beacon_wants_other_settings(tmp_path):
