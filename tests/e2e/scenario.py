@@ -60,7 +60,12 @@ LOG, ERRORS = "/run/e2e.log", "/run/e2e.errors"
 # before the master is); the watcher's polls every 6 s (each forks the minion twice: at
 # the example's 2 s, both gateways' watchers took most of the guest's two vCPUs).
 STEP_TIMEOUT = 60 if SLOWDOWN > 1 else 10
+# pluto took over 3 s, then over 10 s, to answer a status query in the guest while it
+# ran the updown scripts of both gateways' returning tunnels, and the ladder restarted
+# it as hung (run of 2026-12-02 08:30)
+STATUS_TIMEOUT = 60 if SLOWDOWN > 1 else 10
 SETTINGS = {"up_when": "child_sa", "holddown": 2, "step_timeout": STEP_TIMEOUT,
+            "status_timeout": STATUS_TIMEOUT,
             "conn_restarts": 2, "failback": "auto", "failback_after": 30,
             "recovery": "local", "watch_interval": 6,
             "alerts": {"rate_window": 60, "timeout": 5}}
@@ -374,12 +379,19 @@ def log_lengths(lab):
 
 
 def pluto_report(host, lines):
-    """pluto's SA states and its last ``lines`` in the journal, read in ``host``."""
+    """pluto's SA states, its last ``lines`` in the journal (timed to the microsecond:
+    one kernel's clock for every host, so both ends of an exchange line up) and the
+    receive side of IKE (the host's UDP counters, the IKE sockets' queues and drops):
+    whether an answer that one side sent reached the other's pluto."""
     states = host.run(["sh", "-c", "ipsec whack --status | grep -E '#[0-9]+: '"],
                       timeout=60).stdout
-    journal = host.run(["journalctl", "-u", "ipsec", "-o", "cat", "-n", str(lines)],
+    journal = host.run(["journalctl", "-u", "ipsec", "-o", "short-precise", "-n", str(lines)],
                        timeout=60).stdout
-    return f"pluto's states:\n{states}\npluto's last lines:\n{journal}"
+    received = host.run(["sh", "-c", "nstat -asz 'Udp*' | grep -E '^Udp(InDatagrams|NoPorts|"
+                         "InErrors|RcvbufErrors) '; ss -uamn '( sport = :500 or sport = :4500 )'"],
+                        timeout=60).stdout
+    return (f"pluto's states:\n{states}\npluto's last lines:\n{journal}\n"
+            f"IKE's receive side:\n{received}")
 
 
 def diagnosis(lab, since=None, lines=40):
