@@ -1164,10 +1164,12 @@ def _whack_conn(action, name):
             "output": [line for line in _unprefix(result["stdout"] + result["stderr"]) if line]}
 
 
-def up(name, wait=10):
+def up(name, wait=10, timeout=None):
     """
     Initiate conn ``name`` (asynchronously) and wait up to ``wait`` seconds for
-    its IKE SA. Returns the conn's status entry plus ``initiated``.
+    its IKE SA. Returns the conn's status entry plus ``initiated``. Each read
+    of pluto's status is bounded by ``timeout`` s (default ``QUERY_TIMEOUT``;
+    the recovery passes ``status_timeout``).
 
     CLI Example:
 
@@ -1176,7 +1178,7 @@ def up(name, wait=10):
         salt 'vpn-gw1' libreswan.up remote-db
         salt 'vpn-gw1' libreswan.up remote-db-backup wait=20
     """
-    before = _status(reasons=False)["conns"].get(name)
+    before = _status(reasons=False, timeout=timeout)["conns"].get(name)
     negotiating = before and before["ike_sa"] and not before["ike_sa"]["established"]
     # An IKE SA still negotiating is retried by pluto itself; a second initiate of a
     # narrowing template makes a second instance, and Libreswan 5.2's pluto aborts
@@ -1185,12 +1187,12 @@ def up(name, wait=10):
         "whack", "--name", name, "--initiate", "--asynchronous")
     deadline = time.monotonic() + float(wait)
     while True:  # pluto's log is read once, for the reason of a conn that did not come up
-        conn = _status(reasons=False)["conns"].get(name)
+        conn = _status(reasons=False, timeout=timeout)["conns"].get(name)
         if conn is None or conn["ike_established"] or time.monotonic() >= deadline:
             break
         time.sleep(0.5)
     if conn is not None and not conn["up"]:
-        conn = _status(reasons=True)["conns"].get(name) or conn
+        conn = _status(reasons=True, timeout=timeout)["conns"].get(name) or conn
     return {"name": name, "initiated": result["retcode"] == 0, "loaded": conn is not None,
             "ike_established": bool(conn and conn["ike_established"]),
             "up": bool(conn and conn["up"]), "reason": conn["reason"] if conn else "not loaded"}
@@ -1210,7 +1212,7 @@ def down(name):
     return _whack_conn("--terminate", name)
 
 
-def restart_conn(name, wait=10):
+def restart_conn(name, wait=10, timeout=None):
     """
     Take conn ``name`` down and up again (configuration unchanged).
 
@@ -1221,10 +1223,10 @@ def restart_conn(name, wait=10):
         salt 'vpn-gw1' libreswan.restart_conn remote-db
     """
     down(name)
-    return up(name, wait=wait)
+    return up(name, wait=wait, timeout=timeout)
 
 
-def switch(name, to="backup", wait=10):
+def switch(name, to="backup", wait=10, timeout=None):
     """
     Move tunnel ``name`` to its ``primary`` or ``backup`` peer: the other conn
     is taken down first, so the two never carry the same selectors at once.
@@ -1239,7 +1241,7 @@ def switch(name, to="backup", wait=10):
         raise ValueError(f"to={to!r}: use primary or backup")
     target, other = (name + BACKUP_SUFFIX, name) if to == "backup" else (name, name + BACKUP_SUFFIX)
     down(other)
-    return up(target, wait=wait)
+    return up(target, wait=wait, timeout=timeout)
 
 
 def reread_secrets():

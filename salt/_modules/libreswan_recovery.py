@@ -670,19 +670,19 @@ def _wait_pluto(settings, timeout):
 def _run_step(settings, tunnel, step, target):
     """Do one step and verify it: the tunnel up (by up_when) within step_timeout."""
     started = time.monotonic()
-    wait = settings["step_timeout"]
+    wait, bound = settings["step_timeout"], settings["status_timeout"]
     if step == "restart_conn":
         conn = tunnel + BACKUP_SUFFIX if target == "backup" else tunnel
-        __salt__["libreswan.restart_conn"](conn, wait=wait)
+        __salt__["libreswan.restart_conn"](conn, wait=wait, timeout=bound)
     elif step == "switch":
         pid = _pluto_pid()
-        __salt__["libreswan.switch"](tunnel, to=target, wait=wait)
+        __salt__["libreswan.switch"](tunnel, to=target, wait=wait, timeout=bound)
         if not _health_now(settings, tunnel)["up"] and _pluto_pid() != pid:
             # pluto 4.10 can crash (SEGV) terminating a narrowed conn with several
             # instances; systemd restarts it with the auto=start (primary) conn: once
             # it answers again, switch once more.
             _wait_pluto(settings, wait)
-            __salt__["libreswan.switch"](tunnel, to=target, wait=wait)
+            __salt__["libreswan.switch"](tunnel, to=target, wait=wait, timeout=bound)
     else:
         _restart_service()
     return _wait_health(settings, tunnel, max(1.0, wait - (time.monotonic() - started)))
@@ -944,18 +944,19 @@ def _make_before_break(settings, tunnel, answered_since):
     Returns (health, outcome): failed_back, primary_silent or
     primary_child_failed (then back on the backup)."""
     wait = settings["step_timeout"]
-    probe = __salt__["libreswan.up"](tunnel, wait=wait)
+    probe = __salt__["libreswan.up"](tunnel, wait=wait, timeout=settings["status_timeout"])
     if not probe.get("ike_established") and not __salt__["libreswan.peer_answered"](
             tunnel, answered_since):
         return _health_now(settings, tunnel), "primary_silent"
     __salt__["libreswan.down"](tunnel + BACKUP_SUFFIX)
     current = _health_now(settings, tunnel)
     if current["state"] != "up":
-        __salt__["libreswan.up"](tunnel, wait=wait)
+        __salt__["libreswan.up"](tunnel, wait=wait, timeout=settings["status_timeout"])
         current = _wait_health(settings, tunnel, wait)
     if current["state"] == "up":
         return current, "failed_back"
-    __salt__["libreswan.switch"](tunnel, to="backup", wait=wait)
+    __salt__["libreswan.switch"](tunnel, to="backup", wait=wait,
+                                 timeout=settings["status_timeout"])
     return _wait_health(settings, tunnel, wait), "primary_child_failed"
 
 

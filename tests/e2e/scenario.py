@@ -77,7 +77,8 @@ CHECK_TIMEOUT = 60 if SLOWDOWN > 1 else 10
 CONSOLE_TIMEOUT = 180 if SLOWDOWN > 1 else 30
 POOL_SIZE_CHANGED = 12
 # s the salt-master stays stopped: pluto killed took 43-89 s in the guest; the worst a
-# healing gateway may take is a failed restart, a switch and a failback try (4 steps)
+# healing gateway may take is a failed restart, a switch and a failback try (4 steps,
+# each step_timeout plus its reads of a slow pluto, up to STATUS_TIMEOUT per command)
 MASTER_DOWN = 4 * STEP_TIMEOUT
 REKEYS = 2
 # One transaction per connection, as a pod's; a line per try: start end ok|fail id.

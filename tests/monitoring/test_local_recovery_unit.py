@@ -52,7 +52,7 @@ def test_on_the_backup_the_recovery_sets_the_endpoint_ready(tmp_path, monkeypatc
 def test_recover_when_down_climbs_the_ladder(tmp_path, monkeypatch):
     pluto = FakePluto(primary_alive=True)
     pluto.ike["remote-db-backup"] = False  # neither peer carries it
-    salt = dict(pluto.salt(), **{"libreswan.restart_conn": lambda conn, wait: pluto.up(conn)})
+    salt = dict(pluto.salt(), **{"libreswan.restart_conn": pluto.up})
     module, _ = fresh_recovery(tmp_path, monkeypatch, salt=salt)
     result = module.recover("remote-db")["remote-db"]
     assert (result["action"], result["state"], result["result"]) == ("ensure_up", "up", True)
@@ -61,25 +61,31 @@ def test_recover_when_down_climbs_the_ladder(tmp_path, monkeypatch):
     assert memory["recoveries"]["success"] == 1 and memory["attempts"] == []
 
 
-def test_a_ladder_waits_status_timeout_for_pluto_at_every_read(tmp_path, monkeypatch):
-    """A busy pluto is not a hung one: each read of pluto a recovery makes (the tunnels
-    to act on, the health before and after each step, the endpoint's) is bounded by
-    ``status_timeout``. With libreswan.status's 10 s, a pluto running both gateways'
+def test_a_recovery_reads_pluto_with_status_timeout(tmp_path, monkeypatch):
+    """A busy pluto is not a hung one: the recovery's own reads of pluto (the tunnels to
+    act on, the health before and after each step, the endpoint's) and those of the
+    steps it runs (libreswan.up, restart_conn, switch) are bounded by ``status_timeout``.
+    With the watcher's 3 s and libreswan.status's 10 s, a pluto running both gateways'
     updown scripts in the e2e guest read as hung and the ladder restarted it."""
-    pluto, asked = FakePluto(primary_alive=True), []
-    pluto.ike["remote-db-backup"] = False
+    pluto, asked = FakePluto(primary_alive=False), []
+    pluto.ike["remote-db-backup"] = False  # down; the backup answers, the primary does not
 
     def status(timeout=None, reasons=True):
         asked.append(timeout)
         return pluto.status(timeout, reasons)
 
-    salt = dict(pluto.salt(), **{"libreswan.status": status,
-                                 "libreswan.restart_conn": lambda conn, wait: pluto.up(conn)})
+    salt = dict(pluto.salt(), **{
+        "libreswan.status": status,
+        "libreswan.restart_conn": pluto.up,
+        "cmd.run_stdout": lambda *a, **kw: "4242"})  # pluto's pid, unchanged by the switch
     module, settings = fresh_recovery(tmp_path, monkeypatch, salt=salt)
     settings["status_timeout"] = 42
     monkeypatch.setattr(module, "monitoring_settings", lambda: settings)
-    assert module.recover()["remote-db"]["state"] == "up"
+    result = module.recover()["remote-db"]
+    assert (result["state"], [s["step"] for s in result["steps"]]) == (
+        "failover", ["restart_conn", "switch"]), result
     assert len(asked) >= 3 and set(asked) == {42}, asked
+    assert pluto.bounds == [42, 42], pluto.calls  # restart_conn's up, switch's up
     asked.clear()
     module.health()
     assert asked == [42]
@@ -348,7 +354,7 @@ def test_the_reactor_leaves_events_the_minion_recovers_itself(reactor, caplog): 
 def climbed(tmp_path, monkeypatch, pluto):
     """ensure_up's result on ``pluto`` with the tunnel down (no step waits for what
     cannot come)."""
-    salt = dict(pluto.salt(), **{"libreswan.restart_conn": lambda conn, wait: pluto.up(conn),
+    salt = dict(pluto.salt(), **{"libreswan.restart_conn": pluto.up,
                                  "cmd.run_stdout": lambda *a, **kw: "4242"})  # pluto's pid
     module, _ = fresh_recovery(tmp_path, monkeypatch, salt=salt)
     monkeypatch.setattr(module, "_wait_health", lambda settings, tunnel, timeout: (

@@ -308,14 +308,16 @@ class FakePluto:
         self.ike = {"remote-db": False, "remote-db-backup": True}
         self.answered = False  # what pluto's log says (libreswan.peer_answered)
         self.calls = []
+        self.bounds = []  # the status_timeout each up/switch was given (None: the default)
 
     def status(self, timeout=None, reasons=True):
         conns = {name: {"ike_established": up, "up": up, "reason": None if up else "down"}
                  for name, up in self.ike.items()}
         return {"running": True, "conns": conns, "tunnels": {"remote-db": {}}}
 
-    def up(self, name, wait=10):
+    def up(self, name, wait=10, timeout=None):
         self.calls.append(("up", name))
+        self.bounds.append(timeout)
         if name == "remote-db-backup" or self.alive:
             self.answered = self.answered or name == "remote-db"
             # 4.10 with Child SAs: the primary's IKE SA is deleted at once while the
@@ -329,11 +331,11 @@ class FakePluto:
         self.ike[name] = False
         return {"name": name, "ok": True}
 
-    def switch(self, name, to="backup", wait=10):
+    def switch(self, name, to="backup", wait=10, timeout=None):
         self.calls.append(("switch", to))
         target, other = (name + "-backup", name) if to == "backup" else (name, name + "-backup")
         self.down(other)
-        return self.up(target, wait)
+        return self.up(target, wait, timeout)
 
     def salt(self):
         return {"libreswan.status": self.status, "libreswan.up": self.up,

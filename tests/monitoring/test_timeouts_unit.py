@@ -226,3 +226,19 @@ def test_the_beacon_asks_health_with_its_bound_and_stays_quiet_while_backing_off
     events = mod.beacon([{"interval": 2}])  # 21 s later: asks again, down has held
     assert asked == [mod.QUERY_TIMEOUT] * 2
     assert [(e["tag"], e["reason"]) for e in events] == [("remote-db/down", HUNG["error"])]
+
+
+def test_up_restart_conn_and_switch_read_pluto_within_the_bound_they_are_given(
+        module, monkeypatch):
+    """The recovery passes ``status_timeout`` to the steps: their status reads use it,
+    their control calls keep CONTROL_TIMEOUT."""
+    monkeypatch.setattr(module, "installed", lambda: True)
+    fake = module.__salt__ = {"cmd.run_all": FakeRunAll(module)}
+    module.switch("remote-db", to="backup", wait=0, timeout=7)
+    module.restart_conn("remote-db", wait=0, timeout=7)
+    bounds = {tuple(argv[1:]): kwargs["timeout"] for argv, kwargs in fake["cmd.run_all"].calls}
+    assert bounds[("whack", "--status")] == bounds[("whack", "--trafficstatus")] == 7
+    assert bounds[("whack", "--name", "remote-db-backup", "--initiate", "--asynchronous")] == (
+        module.CONTROL_TIMEOUT)
+    status_reads = [kw["timeout"] for argv, kw in fake["cmd.run_all"].calls if "--status" in argv]
+    assert len(status_reads) >= 4 and set(status_reads) == {7}, status_reads
