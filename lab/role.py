@@ -22,11 +22,15 @@ def prepare(lab, timeout=120, log=lambda line: None):
     started = time.monotonic()
     deadline = started + timeout
     wanted = {g: ["vpn-gw"] for g in GATEWAYS if g in lab.hosts}
-    # startup_states gives the role at minion start
+    # startup_states gives the role at minion start; the grain shows before that job
+    # ends, and a highstate started meanwhile is refused ("state.sls is running")
+    idle = {g: [] for g in wanted}
     tries = 1
-    while saltstack.salt(lab, "vpn-gw*", "grains.get", "roles") != wanted:
+    while saltstack.salt(lab, "vpn-gw*", "grains.get", "roles") != wanted or saltstack.salt(
+            lab, "vpn-gw*", "saltutil.is_running", "state.*") != idle:
         if time.monotonic() > deadline:
-            raise RuntimeError("the gateways never got the vpn-gw role grain")
+            raise RuntimeError("the gateways never got the vpn-gw role grain (or its state "
+                               "job never ended)")
         time.sleep(1)
         tries += 1
     log(f"role: the role grain: {time.monotonic() - started:.0f} s ({tries} asks)")
