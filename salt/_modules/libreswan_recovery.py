@@ -289,11 +289,11 @@ def __virtual__():
     return __virtualname__
 
 
-def _status(timeout=None, reasons=True):
+def _status(timeout, reasons):
     if "libreswan.status" not in __salt__:
         raise CommandExecutionError("libreswan.status is not available: install the libreswan "
                                     "package (apply vpn_gateway.ipsec)")
-    return __salt__["libreswan.status"](timeout=timeout or None, reasons=reasons)
+    return __salt__["libreswan.status"](timeout=timeout, reasons=reasons)
 
 
 def monitoring_settings():
